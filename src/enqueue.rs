@@ -1,0 +1,190 @@
+//! Enqueue: validate an input file whole, then add its new records to `retry_queue`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{RecordBatch, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use deltalake::datafusion::common::JoinType;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::input::{Fields, InputFormat, read_input, synthetic_id};
+use crate::store::{CommitTag, DeadRow, QueueRow, Store, Table};
+
+/// How to read and admit an input file.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// The format; by the file's extension when `None`.
+    pub format: Option<InputFormat>,
+    /// The id and payload fields.
+    pub fields: Fields,
+    /// Dead-letter invalid records (reason `invalid_input`) instead of refusing the file.
+    pub skip_invalid: bool,
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EnqueueReport {
+    /// Records read from the input, valid or not.
+    pub read: usize,
+    /// Records added to `retry_queue`.
+    pub enqueued: usize,
+    /// Records skipped because their id is already in a table.
+    pub skipped_existing: usize,
+    /// Invalid records sent to the dead-letter queue.
+    pub invalid: usize,
+}
+
+/// Reads `path` and enqueues its new records as due at `now`. Writes nothing unless the
+/// whole input is valid (or `skip_invalid` is set).
+pub(crate) async fn enqueue(
+    store: &mut Store,
+    now: DateTime<Utc>,
+    path: &Path,
+    options: &EnqueueOptions,
+) -> Result<EnqueueReport> {
+    let format = options
+        .format
+        .unwrap_or_else(|| InputFormat::from_path(path));
+    let input = read_input(path, format, &options.fields)?;
+    let fail = |message: String| Error::InvalidInput {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !input.invalid.is_empty() && !options.skip_invalid {
+        let shown: Vec<String> = input
+            .invalid
+            .iter()
+            .take(5)
+            .map(|i| format!("line {}: {}", i.line, i.error))
+            .collect();
+        let more = input.invalid.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
+        return Err(fail(format!(
+            "{} invalid record(s), nothing enqueued (use --skip-invalid to dead-letter them): {}{more}",
+            input.invalid.len(),
+            shown.join("; ")
+        )));
+    }
+
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    let mut duplicates = Vec::new();
+    for r in &input.records {
+        if let Some(first) = first_line.insert(&r.sample_id, r.line) {
+            duplicates.push(format!("'{}' on lines {first} and {}", r.sample_id, r.line));
+        }
+    }
+    if !duplicates.is_empty() {
+        let count = duplicates.len();
+        duplicates.truncate(5);
+        return Err(fail(format!(
+            "{count} duplicate id(s), nothing enqueued: {}",
+            duplicates.join("; ")
+        )));
+    }
+
+    let dead: Vec<DeadRow> = input
+        .invalid
+        .iter()
+        .map(|i| DeadRow {
+            sample_id: i
+                .sample_id
+                .clone()
+                .unwrap_or_else(|| synthetic_id(path, i.line)),
+            payload: i.raw.clone(),
+            error_msg: Some(format!("line {}: {}", i.line, i.error)),
+            retry_count: 0,
+            failed_at: now,
+            reason: "invalid_input".into(),
+        })
+        .collect();
+    let ids: Vec<&str> = input
+        .records
+        .iter()
+        .map(|r| r.sample_id.as_str())
+        .chain(dead.iter().map(|d| d.sample_id.as_str()))
+        .collect();
+    let existing = existing_ids(store, &ids).await?;
+
+    let dead: Vec<DeadRow> = dead
+        .into_iter()
+        .filter(|d| !existing.contains(&d.sample_id))
+        .collect();
+    let queued: Vec<QueueRow> = input
+        .records
+        .iter()
+        .filter(|r| !existing.contains(&r.sample_id))
+        .map(|r| QueueRow {
+            sample_id: r.sample_id.clone(),
+            payload: r.payload.clone(),
+            error_msg: None,
+            retry_count: 0,
+            process_after: now,
+            enqueued_at: now,
+        })
+        .collect();
+    let report = EnqueueReport {
+        read: input.records.len() + input.invalid.len(),
+        enqueued: queued.len(),
+        skipped_existing: existing.len(),
+        invalid: dead.len(),
+    };
+    let tag = CommitTag::operation("enqueue")
+        .with("source", path.display().to_string())
+        .with("enqueued", report.enqueued)
+        .with("invalid", report.invalid);
+    // Dead letters first: if the process dies between the two commits, enqueueing the
+    // file again skips what landed and adds the rest.
+    if !dead.is_empty() {
+        store.append(&dead, &tag).await?;
+    }
+    if !queued.is_empty() {
+        store.append(&queued, &tag).await?;
+    }
+    Ok(report)
+}
+
+/// The ids among `ids` already in `retry_queue`, `final_results` or `dead_letter_queue`.
+async fn existing_ids(store: &Store, ids: &[&str]) -> Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    let incoming = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "incoming_id",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(StringArray::from(ids.to_vec()))],
+    )?;
+    for table in [
+        Table::RetryQueue,
+        Table::FinalResults,
+        Table::DeadLetterQueue,
+    ] {
+        let (ctx, frame) = store.frame(table).await?;
+        let incoming = ctx.read_batch(incoming.clone())?;
+        let matched = frame.select_columns(&["sample_id"])?.join(
+            incoming,
+            JoinType::LeftSemi,
+            &["sample_id"],
+            &["incoming_id"],
+            None,
+        )?;
+        for batch in matched.collect().await? {
+            let column = cast(batch.column(0), &DataType::Utf8)?;
+            let column = column.as_any().downcast_ref::<StringArray>().expect("Utf8");
+            found.extend(column.iter().flatten().map(str::to_owned));
+        }
+    }
+    Ok(found)
+}

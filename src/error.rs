@@ -1,0 +1,77 @@
+//! The library's error type: the queue itself could not do its job. A failing record is
+//! an [`Outcome`](crate::Outcome), never an error.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a retrylake command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A retry policy setting makes no sense.
+    #[error("invalid retry policy: {0}")]
+    InvalidPolicy(String),
+
+    /// The input to enqueue could not be read or holds invalid records.
+    #[error("{path}: {message}")]
+    InvalidInput {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong and where (line numbers, field names).
+        message: String,
+    },
+
+    /// A folder where a table belongs holds something that is not a Delta table.
+    #[error(
+        "{path} is not a Delta table (it has files but no _delta_log); move it away or choose another --data"
+    )]
+    NotATable {
+        /// The table's folder.
+        path: String,
+    },
+
+    /// A table exists but its schema is not retrylake's.
+    #[error("table {table} has the wrong schema: {detail}")]
+    Schema {
+        /// The table's name.
+        table: &'static str,
+        /// Which column is missing or of the wrong type.
+        detail: String,
+    },
+
+    /// The data directory cannot be created or written.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The data root.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// A Delta Lake operation failed.
+    #[error("table {table}: {source}")]
+    Delta {
+        /// The table's name.
+        table: &'static str,
+        /// The delta-rs error.
+        source: deltalake::DeltaTableError,
+    },
+
+    /// A query over the tables failed.
+    #[error("query failed: {0}")]
+    Query(#[from] deltalake::datafusion::error::DataFusionError),
+
+    /// Building Arrow data failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+
+    /// A table holds data retrylake cannot interpret (a null key, an unknown outcome).
+    #[error("table {table} holds unexpected data: {detail}")]
+    Corrupt {
+        /// The table's name.
+        table: &'static str,
+        /// What was found.
+        detail: String,
+    },
+}
+
+/// `Result` with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,367 @@
+//! The `retrylake` command: flags and dispatch only; the work is in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use retrylake::input::{Fields, InputFormat};
+use retrylake::{
+    CommandProcessor, EnqueueOptions, FixedClock, Jitter, Processor, Queue, RetryPolicy,
+    RoundConfig, RoundReport, SimulateProcessor, Status,
+};
+
+/// A durable exponential-backoff retry queue on Delta Lake tables.
+#[derive(Parser)]
+#[command(name = "retrylake", version, about, max_term_width = 100)]
+struct Cli {
+    /// Where the tables live.
+    #[arg(
+        long,
+        global = true,
+        env = "RETRYLAKE_DATA",
+        default_value = "./retrylake-data"
+    )]
+    data: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the four tables (empty, version 0) if they are missing.
+    Init,
+    /// Add the records of a file to the retry queue, due now.
+    Enqueue {
+        /// JSON Lines, CSV or Parquet file.
+        file: PathBuf,
+        #[command(flatten)]
+        input: InputArgs,
+        /// The current time (RFC 3339); the system clock by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// Run a round: process every due record once.
+    Run(Box<RunArgs>),
+    /// Show the backlog, due records, retries and dead letters.
+    Status {
+        /// The current time (RFC 3339); the system clock by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// Input format; by the file's extension when not given.
+    #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<InputFormat>()))]
+    format: Option<InputFormat>,
+    /// The field holding each record's id.
+    #[arg(long, default_value = "sample_id")]
+    id_field: String,
+    /// The field holding each record's payload.
+    #[arg(long, default_value = "payload")]
+    payload_field: String,
+    /// Dead-letter invalid records (reason invalid_input) instead of refusing the file.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+impl InputArgs {
+    fn options(&self) -> EnqueueOptions {
+        EnqueueOptions {
+            format: self.format,
+            fields: Fields {
+                id: self.id_field.clone(),
+                payload: self.payload_field.clone(),
+            },
+            skip_invalid: self.skip_invalid,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProcessorKind {
+    /// The seed's simulator: transient failures at --transient-rate.
+    Simulate,
+    /// `sh -c CMD` per record (--command).
+    Command,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// What processes each record.
+    #[arg(long, value_enum, default_value = "simulate")]
+    processor: ProcessorKind,
+    /// The shell command of the command processor.
+    #[arg(long, required_if_eq("processor", "command"))]
+    command: Option<String>,
+    /// Share of simulated calls that fail transiently.
+    #[arg(long, default_value_t = 0.3, value_parser = parse_rate)]
+    transient_rate: f64,
+    /// Seed of the simulator and of the jitter.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Most calls in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+    /// Longest a call may take before it counts as a transient failure.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Most records per round.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Retries before a record is dead-lettered.
+    #[arg(long, default_value_t = 5)]
+    max_retries: u32,
+    /// Delay unit: retry n waits base * multiplier^n.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    base_backoff: Duration,
+    /// Growth factor per retry.
+    #[arg(long, default_value_t = 2.0)]
+    multiplier: f64,
+    /// Cap on any delay.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    max_backoff: Duration,
+    /// Random spread: none, full, equal or decorrelated.
+    #[arg(long, default_value = "none", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Jitter>().map_err(|e| e.to_string())))]
+    jitter: Jitter,
+    /// Call the processor even for records with an empty payload.
+    #[arg(long)]
+    allow_empty_payload: bool,
+    /// Enqueue this file first.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    #[command(flatten)]
+    input_args: InputArgs,
+    /// The current time (RFC 3339); the system clock by default.
+    #[arg(long, value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// Keep running rounds until the queue is empty: with --now the clock jumps to the
+    /// next due record, otherwise it waits for it.
+    #[arg(long)]
+    drain: bool,
+    /// Print one JSON object per round.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 2m, 1h)"))
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(DateTime::<Utc>::from)
+        .map_err(|_| "expected an RFC 3339 time such as 2025-11-24T14:00:00Z".to_owned())
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err("expected a probability between 0 and 1".to_owned()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RETRYLAKE_LOG")
+                .unwrap_or_else(|_| "warn,retrylake=info,deltalake_core=off".into()),
+        )
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn open(data: &str, now: Option<DateTime<Utc>>) -> Result<Queue> {
+    let queue = Queue::open(data).await?;
+    Ok(match now {
+        Some(now) => queue.with_clock(Arc::new(FixedClock::new(now))),
+        None => queue,
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Init => {
+            open(&cli.data, None).await?;
+            writeln!(out, "tables ready under {}", cli.data)?;
+        }
+        Command::Enqueue { file, input, now } => {
+            let mut queue = open(&cli.data, now).await?;
+            let report = queue.enqueue(&file, &input.options()).await?;
+            writeln!(
+                out,
+                "enqueued {} of {} records ({} already known, {} invalid dead-lettered)",
+                report.enqueued, report.read, report.skipped_existing, report.invalid
+            )?;
+        }
+        Command::Run(args) => run(&cli.data, *args, &mut out).await?,
+        Command::Status { now, json } => {
+            let mut queue = open(&cli.data, now).await?;
+            let status = queue.status().await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&status)?)?;
+            } else {
+                print_status(&mut out, &status)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
+    let policy = RetryPolicy::builder()
+        .base(args.base_backoff)
+        .multiplier(args.multiplier)
+        .max_retries(args.max_retries)
+        .max_backoff(args.max_backoff)
+        .jitter(args.jitter)
+        .build()?;
+    let processor: Box<dyn Processor> = match args.processor {
+        ProcessorKind::Simulate => Box::new(SimulateProcessor::new(args.transient_rate, args.seed)),
+        ProcessorKind::Command => {
+            let command = args
+                .command
+                .clone()
+                .context("--processor command needs --command")?;
+            Box::new(CommandProcessor::new(command))
+        }
+    };
+    let config = RoundConfig {
+        policy,
+        limit: args.limit,
+        concurrency: args.concurrency as usize,
+        timeout: args.timeout,
+        allow_empty_payload: args.allow_empty_payload,
+        seed: args.seed,
+    };
+    let clock = args.now.map(|now| Arc::new(FixedClock::new(now)));
+    let mut queue = Queue::open(data).await?;
+    if let Some(clock) = &clock {
+        queue = queue.with_clock(clock.clone());
+    }
+    if let Some(input) = &args.input {
+        let report = queue.enqueue(input, &args.input_args.options()).await?;
+        tracing::info!(
+            enqueued = report.enqueued,
+            known = report.skipped_existing,
+            invalid = report.invalid,
+            "enqueued {}",
+            input.display()
+        );
+    }
+    loop {
+        let report = queue.run_round(processor.as_ref(), &config).await?;
+        print_round(out, &report, args.json)?;
+        let Some(next) = report.next_due.filter(|_| args.drain) else {
+            return Ok(());
+        };
+        match &clock {
+            Some(clock) => {
+                let now = queue.clock().now();
+                if next > now {
+                    clock.set(next);
+                }
+            }
+            None => {
+                let wait = (next - queue.clock().now()).to_std().unwrap_or_default();
+                if !wait.is_zero() {
+                    tracing::info!(
+                        "next record due at {next}; waiting {}",
+                        humantime::format_duration(wait)
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
+        return Ok(());
+    }
+    let next = report.next_due.map_or_else(
+        || "queue empty".to_owned(),
+        |t| format!("next due {}", t.to_rfc3339()),
+    );
+    match report.round {
+        None => writeln!(out, "nothing due; {next}")?,
+        Some(round) => writeln!(
+            out,
+            "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered; {next}",
+            report.processed, report.succeeded, report.retried, report.dead_lettered
+        )?,
+    }
+    Ok(())
+}
+
+fn print_status(out: &mut impl Write, s: &Status) -> Result<()> {
+    let next = s
+        .next_due
+        .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+    let avg = s
+        .avg_retries
+        .map_or_else(|| "-".to_owned(), |a| format!("{a:.2}"));
+    let max = s
+        .max_retries
+        .map_or_else(|| "-".to_owned(), |m| m.to_string());
+    writeln!(
+        out,
+        "retry queue    {:>8} waiting, {} due now",
+        s.waiting, s.due
+    )?;
+    writeln!(out, "retries        avg {avg}, max {max}")?;
+    writeln!(out, "next due       {next}")?;
+    writeln!(out, "final results  {:>8}", s.final_count)?;
+    writeln!(out, "dead letters   {:>8}", s.dead)?;
+    if !s.dead_by_error.is_empty() {
+        writeln!(out, "\ndead letters by error:")?;
+        for e in &s.dead_by_error {
+            writeln!(
+                out,
+                "{:>10}  {}",
+                e.count,
+                e.error_msg.as_deref().unwrap_or("(none)")
+            )?;
+        }
+    }
+    Ok(())
+}

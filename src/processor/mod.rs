@@ -1,0 +1,64 @@
+//! Processors: what a round calls for each due record.
+//!
+//! A processor turns one [`Record`] into an [`Outcome`]. The round handles everything
+//! else: the time lock, concurrency, the timeout, backoff and the commits. Implement
+//! [`Processor`] to send records anywhere; `simulate` and `command` come built in.
+
+mod command;
+mod simulate;
+
+pub use command::CommandProcessor;
+pub use simulate::SimulateProcessor;
+
+use async_trait::async_trait;
+
+use crate::outcome::Outcome;
+
+/// One record as a processor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The record's key.
+    pub sample_id: String,
+    /// The data to deliver. The round never calls a processor with a missing or empty
+    /// payload unless `allow_empty_payload` is set.
+    pub payload: Option<String>,
+    /// The record's retry count before this call: 0 on the first attempt.
+    pub attempt: u32,
+}
+
+impl Record {
+    /// `<sample_id>:<attempt>`: the same for every call of one attempt, so a downstream
+    /// can drop a duplicate call after a crash.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.sample_id, self.attempt)
+    }
+}
+
+/// Sends one record to an external system and classifies what happened.
+///
+/// A failing record is an [`Outcome`], never a panic: return
+/// [`Outcome::Transient`] for what a later retry may fix and [`Outcome::Permanent`] for
+/// what it cannot. Calls run concurrently, and a call that outlives the round's timeout is
+/// cancelled (its future dropped), so hold resources in guards that clean up on drop.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use retrylake::{Outcome, Processor, Record};
+///
+/// struct Uppercase;
+///
+/// #[async_trait]
+/// impl Processor for Uppercase {
+///     async fn process(&self, record: &Record) -> Outcome {
+///         match record.payload.as_deref() {
+///             Some(p) if p.is_ascii() => Outcome::success(p.to_uppercase()),
+///             _ => Outcome::permanent("payload is not ASCII"),
+///         }
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Processor: Send + Sync {
+    /// Processes one record.
+    async fn process(&self, record: &Record) -> Outcome;
+}

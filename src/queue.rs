@@ -1,0 +1,88 @@
+//! The queue: the tables, a clock and a worker identity, and the jobs run on them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
+use crate::error::Result;
+use crate::processor::Processor;
+use crate::round::{RoundConfig, RoundReport, run_round};
+use crate::status::{Status, status};
+use crate::store::Store;
+
+/// The worker name used when none is given.
+pub const DEFAULT_WORKER: &str = "main";
+
+/// A retry queue on Delta tables.
+pub struct Queue {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    worker: String,
+}
+
+impl Queue {
+    /// Opens (creating when missing) the tables under `root`, on the system clock.
+    pub async fn open(root: &str) -> Result<Queue> {
+        Ok(Queue {
+            store: Store::open(root).await?,
+            clock: Arc::new(SystemClock),
+            worker: DEFAULT_WORKER.to_owned(),
+        })
+    }
+
+    /// Uses `clock` for every "now". Default value is the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The tables.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The queue's clock.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// Brings every table up to the last journaled round (after a crash).
+    pub async fn recover(&mut self) -> Result<Option<i64>> {
+        self.store.recover(&self.worker).await
+    }
+
+    /// Reads `path` and adds its new records to `retry_queue`, due now.
+    pub async fn enqueue(
+        &mut self,
+        path: &Path,
+        options: &EnqueueOptions,
+    ) -> Result<EnqueueReport> {
+        self.store.refresh().await?;
+        self.recover().await?;
+        let now = self.clock.now();
+        enqueue(&mut self.store, now, path, options).await
+    }
+
+    /// Runs one round: every due record (up to the limit) through `processor`.
+    pub async fn run_round(
+        &mut self,
+        processor: &dyn Processor,
+        config: &RoundConfig,
+    ) -> Result<RoundReport> {
+        run_round(
+            &mut self.store,
+            self.clock.as_ref(),
+            &self.worker,
+            processor,
+            config,
+        )
+        .await
+    }
+
+    /// The queue's state now.
+    pub async fn status(&mut self) -> Result<Status> {
+        self.store.refresh().await?;
+        status(&self.store, self.clock.now()).await
+    }
+}

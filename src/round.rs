@@ -1,0 +1,269 @@
+//! One round: read the due records, call the processor on each (concurrently, under a
+//! timeout), decide where each goes, and commit it all through the journal.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::datafusion::scalar::ScalarValue;
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+
+use crate::clock::{Clock, to_micros};
+use crate::error::Result;
+use crate::outcome::Outcome;
+use crate::policy::{RetryDecision, RetryPolicy};
+use crate::processor::{Processor, Record};
+use crate::store::journal::disposition;
+use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table, collect_rows};
+
+/// The error message of a record with a missing or empty payload (the seed's rule).
+pub const MISSING_PAYLOAD: &str = "Missing Payload";
+
+/// The longest a processor's Retry-After may push a record back.
+pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(24 * 3600);
+
+/// How a round runs.
+#[derive(Debug, Clone)]
+pub struct RoundConfig {
+    /// Backoff and retry budget.
+    pub policy: RetryPolicy,
+    /// Most records per round; all due records when `None`. Default value is `None`.
+    pub limit: Option<usize>,
+    /// Most calls in flight at once. Default value is `16`.
+    pub concurrency: usize,
+    /// Longest a call may take; a call that runs longer is a transient failure.
+    /// Default value is 30 seconds.
+    pub timeout: Duration,
+    /// Call the processor even for a missing or empty payload. Default value is `false`.
+    pub allow_empty_payload: bool,
+    /// Seeds the jitter of each round (mixed with the round number). Default value is `0`.
+    pub seed: u64,
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        RoundConfig {
+            policy: RetryPolicy::default(),
+            limit: None,
+            concurrency: 16,
+            timeout: Duration::from_secs(30),
+            allow_empty_payload: false,
+            seed: 0,
+        }
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RoundReport {
+    /// The round's number, or `None` when nothing was due.
+    pub round: Option<i64>,
+    /// Records attempted.
+    pub processed: usize,
+    /// Records that went to `final_results`.
+    pub succeeded: usize,
+    /// Records left in `retry_queue` with a new time lock.
+    pub retried: usize,
+    /// Records that went to `dead_letter_queue`.
+    pub dead_lettered: usize,
+    /// The earliest `process_after` left in the queue, `None` when it is empty.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Runs one round for `worker` at `clock`'s time.
+pub(crate) async fn run_round(
+    store: &mut Store,
+    clock: &dyn Clock,
+    worker: &str,
+    processor: &dyn Processor,
+    config: &RoundConfig,
+) -> Result<RoundReport> {
+    store.refresh().await?;
+    store.recover(worker).await?;
+    let now = clock.now();
+    let due = due_records(store, now, config.limit).await?;
+    if due.is_empty() {
+        return Ok(RoundReport {
+            next_due: next_due(store).await?,
+            ..RoundReport::default()
+        });
+    }
+    let round = store.last_round(worker).await? + 1;
+    tracing::debug!(round, due = due.len(), "round starts");
+
+    let mut results: Vec<(usize, Attempt)> = futures::stream::iter(due.iter().enumerate())
+        .map(|(i, row)| async move { (i, attempt(processor, clock, row, config).await) })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
+    // Decide in queue order so that jitter draws do not depend on completion order.
+    results.sort_by_key(|(i, _)| *i);
+    let mut rng =
+        SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let rows: Vec<AttemptRow> = results
+        .into_iter()
+        .map(|(i, a)| journal_row(&due[i], a, round, worker, &config.policy, &mut rng))
+        .collect();
+
+    let count = |d: &str| rows.iter().filter(|r| r.disposition == d).count();
+    let mut report = RoundReport {
+        round: Some(round),
+        processed: rows.len(),
+        succeeded: count(disposition::FINAL),
+        retried: count(disposition::RETRY),
+        dead_lettered: count(disposition::DEAD),
+        next_due: None,
+    };
+    let tag = CommitTag::round("round", worker, round)
+        .with("processed", report.processed)
+        .with("succeeded", report.succeeded)
+        .with("retried", report.retried)
+        .with("dead_lettered", report.dead_lettered);
+    store.commit_round(&rows, &tag).await?;
+    report.next_due = next_due(store).await?;
+    Ok(report)
+}
+
+/// The due rows of `retry_queue`, oldest lock first, at most `limit`.
+async fn due_records(
+    store: &Store,
+    now: DateTime<Utc>,
+    limit: Option<usize>,
+) -> Result<Vec<QueueRow>> {
+    let (_ctx, frame) = store.frame(Table::RetryQueue).await?;
+    let frame = frame
+        .filter(col("process_after").lt_eq(lit(timestamp(now))))?
+        .sort(vec![
+            col("process_after").sort(true, false),
+            col("enqueued_at").sort(true, false),
+            col("sample_id").sort(true, false),
+        ])?
+        .limit(0, limit)?;
+    collect_rows(frame).await
+}
+
+/// The earliest time lock in `retry_queue`.
+pub(crate) async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>> {
+    let (_ctx, frame) = store.frame(Table::RetryQueue).await?;
+    let frame = frame.aggregate(
+        vec![],
+        vec![
+            deltalake::datafusion::functions_aggregate::expr_fn::min(col("process_after"))
+                .alias("next"),
+        ],
+    )?;
+    let batches = frame.collect().await?;
+    Ok(batches
+        .first()
+        .and_then(|b| crate::status::time_at(b.column(0), 0)))
+}
+
+/// A timestamp literal matching the tables' timestamp columns.
+pub(crate) fn timestamp(t: DateTime<Utc>) -> ScalarValue {
+    ScalarValue::TimestampMicrosecond(Some(to_micros(t)), Some("UTC".into()))
+}
+
+/// One call's result and timing.
+struct Attempt {
+    outcome: Outcome,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    duration: Duration,
+}
+
+async fn attempt(
+    processor: &dyn Processor,
+    clock: &dyn Clock,
+    row: &QueueRow,
+    config: &RoundConfig,
+) -> Attempt {
+    let started_at = clock.now();
+    let start = Instant::now();
+    let empty = row.payload.as_deref().is_none_or(str::is_empty);
+    let outcome = if empty && !config.allow_empty_payload {
+        Outcome::permanent(MISSING_PAYLOAD)
+    } else {
+        let record = Record {
+            sample_id: row.sample_id.clone(),
+            payload: row.payload.clone(),
+            attempt: u32::try_from(row.retry_count).unwrap_or(0),
+        };
+        match tokio::time::timeout(config.timeout, processor.process(&record)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::transient(format!(
+                "timeout after {}",
+                humantime::format_duration(config.timeout)
+            )),
+        }
+    };
+    Attempt {
+        outcome,
+        started_at,
+        finished_at: clock.now(),
+        duration: start.elapsed(),
+    }
+}
+
+/// Decides where a record goes after an attempt, as the journal row that records it.
+fn journal_row(
+    row: &QueueRow,
+    attempt: Attempt,
+    round: i64,
+    worker: &str,
+    policy: &RetryPolicy,
+    rng: &mut SmallRng,
+) -> AttemptRow {
+    let mut journal = AttemptRow {
+        round,
+        worker: worker.to_owned(),
+        sample_id: row.sample_id.clone(),
+        attempt: row.retry_count,
+        outcome: attempt.outcome.kind().as_str().to_owned(),
+        error_msg: None,
+        started_at: attempt.started_at,
+        finished_at: attempt.finished_at,
+        duration_ms: i64::try_from(attempt.duration.as_millis()).unwrap_or(i64::MAX),
+        process_after: None,
+        disposition: disposition::DEAD.to_owned(),
+        reason: None,
+        retry_count: row.retry_count,
+        payload: row.payload.clone(),
+        response: None,
+    };
+    match attempt.outcome {
+        Outcome::Success { response } => {
+            journal.disposition = disposition::FINAL.to_owned();
+            journal.response = response;
+        }
+        Outcome::Permanent { error } => {
+            journal.error_msg = Some(error);
+            journal.reason = Some("permanent".into());
+        }
+        Outcome::Transient { error, retry_after } => {
+            journal.error_msg = Some(error);
+            let count = u32::try_from(row.retry_count).unwrap_or(0);
+            match policy.decide(count, rng) {
+                RetryDecision::Exhausted => journal.reason = Some("retries_exhausted".into()),
+                RetryDecision::Retry { retry_count, delay } => {
+                    let delay = match retry_after {
+                        Some(after) => delay.max(after.min(RETRY_AFTER_CEILING)),
+                        None => delay,
+                    };
+                    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    journal.disposition = disposition::RETRY.to_owned();
+                    journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
+                    journal.process_after = Some(
+                        attempt
+                            .finished_at
+                            .checked_add_signed(delay)
+                            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                    );
+                }
+            }
+        }
+    }
+    journal
+}

@@ -1,0 +1,139 @@
+//! The seed's monitoring questions, answered: backlog, due now, retries, dead letters.
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use deltalake::datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+use deltalake::datafusion::logical_expr::cast as cast_expr;
+use deltalake::datafusion::prelude::{col, lit};
+use serde::Serialize;
+
+use crate::clock::from_micros;
+use crate::error::Result;
+use crate::round::timestamp;
+use crate::store::{Store, Table};
+
+/// Dead letters sharing one error message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorCount {
+    /// The error message (`null` for none).
+    pub error_msg: Option<String>,
+    /// How many dead letters carry it.
+    pub count: i64,
+}
+
+/// The state of the queue at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// Records in `retry_queue`.
+    pub waiting: i64,
+    /// Of those, records whose time lock has passed.
+    pub due: i64,
+    /// Average `retry_count` in the queue (`null` when it is empty).
+    pub avg_retries: Option<f64>,
+    /// Largest `retry_count` in the queue (`null` when it is empty).
+    pub max_retries: Option<i64>,
+    /// The earliest `process_after` in the queue.
+    pub next_due: Option<DateTime<Utc>>,
+    /// Records in `final_results`.
+    #[serde(rename = "final")]
+    pub final_count: i64,
+    /// Records in `dead_letter_queue`.
+    pub dead: i64,
+    /// Dead letters by error message, most common first.
+    pub dead_by_error: Vec<ErrorCount>,
+}
+
+/// Reads the status of the tables as of `now`.
+pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> {
+    let (_ctx, queue) = store.frame(Table::RetryQueue).await?;
+    let due_flag = cast_expr(
+        col("process_after").lt_eq(lit(timestamp(now))),
+        DataType::Int64,
+    );
+    let batches = queue
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1)),
+                sum(due_flag),
+                avg(col("retry_count")),
+                max(col("retry_count")),
+                min(col("process_after")),
+            ],
+        )?
+        .collect()
+        .await?;
+    let b = &batches[0];
+    let waiting = int_at(b.column(0), 0).unwrap_or(0);
+
+    let dead_groups = {
+        let (_ctx, dead) = store.frame(Table::DeadLetterQueue).await?;
+        dead.aggregate(vec![col("error_msg")], vec![count(lit(1)).alias("n")])?
+            .sort(vec![
+                col("n").sort(false, false),
+                col("error_msg").sort(true, true),
+            ])?
+            .collect()
+            .await?
+    };
+    let mut dead_by_error = Vec::new();
+    for batch in &dead_groups {
+        let messages = strings(batch.column(0))?;
+        for i in 0..batch.num_rows() {
+            dead_by_error.push(ErrorCount {
+                error_msg: messages.is_valid(i).then(|| messages.value(i).to_owned()),
+                count: int_at(batch.column(1), i).unwrap_or(0),
+            });
+        }
+    }
+    Ok(Status {
+        waiting,
+        due: int_at(b.column(1), 0).unwrap_or(0),
+        avg_retries: float_at(b.column(2), 0),
+        max_retries: int_at(b.column(3), 0),
+        next_due: time_at(b.column(4), 0),
+        final_count: row_count(store, Table::FinalResults).await?,
+        dead: dead_by_error.iter().map(|e| e.count).sum(),
+        dead_by_error,
+    })
+}
+
+async fn row_count(store: &Store, table: Table) -> Result<i64> {
+    let (_ctx, frame) = store.frame(table).await?;
+    Ok(frame.count().await? as i64)
+}
+
+fn strings(a: &ArrayRef) -> Result<StringArray> {
+    let utf8 = cast(a, &DataType::Utf8)?;
+    Ok(utf8
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("Utf8")
+        .clone())
+}
+
+/// Row `i` of an integer column, `None` when null.
+pub(crate) fn int_at(a: &ArrayRef, i: usize) -> Option<i64> {
+    let a = cast(a, &DataType::Int64).ok()?;
+    let a = a.as_any().downcast_ref::<Int64Array>()?;
+    a.is_valid(i).then(|| a.value(i))
+}
+
+/// Row `i` of a numeric column as a float, `None` when null.
+pub(crate) fn float_at(a: &ArrayRef, i: usize) -> Option<f64> {
+    let a = cast(a, &DataType::Float64).ok()?;
+    let a = a.as_any().downcast_ref::<Float64Array>()?;
+    a.is_valid(i).then(|| a.value(i))
+}
+
+/// Row `i` of a timestamp column, `None` when null.
+pub(crate) fn time_at(a: &ArrayRef, i: usize) -> Option<DateTime<Utc>> {
+    let ty = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let a = cast(a, &ty).ok()?;
+    let a = a.as_any().downcast_ref::<TimestampMicrosecondArray>()?;
+    a.is_valid(i).then(|| from_micros(a.value(i)))
+}

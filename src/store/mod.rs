@@ -1,0 +1,234 @@
+//! The Delta tables: where they live, creating and checking them, and the few operations a
+//! queue needs (append, the queue MERGE, scans, application-transaction versions).
+
+pub(crate) mod journal;
+mod schema;
+
+pub use journal::CommitTag;
+pub use schema::Rows;
+pub use schema::{AttemptRow, DeadRow, FinalRow, QueueRow, Table};
+
+use std::path::Path;
+
+use deltalake::datafusion::dataframe::DataFrame;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::error::{Error, Result};
+
+/// The four tables under one data root.
+#[derive(Debug)]
+pub struct Store {
+    root: String,
+    tables: [DeltaTable; 4],
+}
+
+fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
+    move |source| Error::Delta {
+        table: table.name(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens the tables under `root` (a local path), creating any that are missing as an
+    /// empty version 0 and checking the schema of those that exist.
+    pub async fn open(root: &str) -> Result<Store> {
+        let local = !root.contains("://");
+        if local {
+            std::fs::create_dir_all(root).map_err(|source| Error::DataDir {
+                path: root.into(),
+                source,
+            })?;
+        }
+        let mut tables = Vec::with_capacity(4);
+        for table in Store::order() {
+            tables.push(open_or_create(root, table, local).await?);
+        }
+        let tables: [DeltaTable; 4] = tables.try_into().expect("four tables");
+        Ok(Store {
+            root: root.to_owned(),
+            tables,
+        })
+    }
+
+    /// The data root the store was opened with.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn order() -> [Table; 4] {
+        [
+            Table::RetryQueue,
+            Table::FinalResults,
+            Table::DeadLetterQueue,
+            Table::Attempts,
+        ]
+    }
+
+    fn index(table: Table) -> usize {
+        Store::order()
+            .iter()
+            .position(|t| *t == table)
+            .expect("every table has a slot")
+    }
+
+    /// The open Delta table behind `table`.
+    pub fn table(&self, table: Table) -> &DeltaTable {
+        &self.tables[Store::index(table)]
+    }
+
+    /// Reloads every table's latest version (other processes may have committed).
+    pub async fn refresh(&mut self) -> Result<()> {
+        for table in Store::order() {
+            self.tables[Store::index(table)]
+                .update_state()
+                .await
+                .map_err(delta(table))?;
+        }
+        Ok(())
+    }
+
+    /// The application-transaction version `app_id` last committed to `table`.
+    pub(crate) async fn txn_version(&self, table: Table, app_id: &str) -> Result<Option<i64>> {
+        let t = self.table(table);
+        let snapshot = t.snapshot().map_err(delta(table))?;
+        snapshot
+            .transaction_version(t.log_store().as_ref(), app_id)
+            .await
+            .map_err(delta(table))
+    }
+
+    /// Appends `rows` to their table in one commit. An empty slice still commits, so the
+    /// commit's application transaction marks the round as applied.
+    pub(crate) async fn append<R: Rows>(&mut self, rows: &[R], tag: &CommitTag) -> Result<()> {
+        let table = R::TABLE;
+        let batch = R::to_batch(rows)?;
+        let slot = &mut self.tables[Store::index(table)];
+        let updated = slot
+            .clone()
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .with_commit_properties(tag.properties())
+            .await
+            .map_err(delta(table))?;
+        *slot = updated;
+        Ok(())
+    }
+
+    /// Runs one MERGE on `retry_queue` from `source` (columns `sample_id`, `action`
+    /// (`delete` or `retry`), `retry_count`, `error_msg`, `process_after`).
+    pub(crate) async fn merge_queue(&mut self, source: DataFrame, tag: &CommitTag) -> Result<()> {
+        let table = Table::RetryQueue;
+        let slot = &mut self.tables[Store::index(table)];
+        let (updated, _metrics) = slot
+            .clone()
+            .merge(source, "target.sample_id = source.sample_id")
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .when_matched_delete(|d| d.predicate("source.action = 'delete'"))
+            .map_err(delta(table))?
+            .when_matched_update(|u| {
+                u.predicate("source.action = 'retry'")
+                    .update("retry_count", "source.retry_count")
+                    .update("error_msg", "source.error_msg")
+                    .update("process_after", "source.process_after")
+            })
+            .map_err(delta(table))?
+            .with_commit_properties(tag.properties())
+            .await
+            .map_err(delta(table))?;
+        *slot = updated;
+        Ok(())
+    }
+
+    /// A DataFusion session with the four tables registered under their names.
+    pub async fn session(&self) -> Result<SessionContext> {
+        let ctx = SessionContext::new();
+        for table in Store::order() {
+            let t = self.table(table);
+            t.update_datafusion_session(&ctx.state())
+                .map_err(delta(table))?;
+            let provider = t.table_provider().await?;
+            ctx.register_table(table.name(), provider)?;
+        }
+        Ok(ctx)
+    }
+
+    /// Every row of the table that holds `R`, read from disk at the loaded version.
+    pub async fn read<R: Rows>(&self) -> Result<Vec<R>> {
+        let (_ctx, frame) = self.frame(R::TABLE).await?;
+        collect_rows(frame).await
+    }
+
+    /// A DataFrame over one table, for filters and projections that skip files.
+    pub(crate) async fn frame(&self, table: Table) -> Result<(SessionContext, DataFrame)> {
+        let ctx = SessionContext::new();
+        let t = self.table(table);
+        t.update_datafusion_session(&ctx.state())
+            .map_err(delta(table))?;
+        let provider = t.table_provider().await?;
+        let frame = ctx.read_table(provider)?;
+        Ok((ctx, frame))
+    }
+}
+
+/// Collects a DataFrame of a table's rows into typed rows.
+pub(crate) async fn collect_rows<R: Rows>(frame: DataFrame) -> Result<Vec<R>> {
+    let mut rows = Vec::new();
+    for batch in frame.collect().await? {
+        rows.extend(R::from_batch(&batch)?);
+    }
+    Ok(rows)
+}
+
+async fn open_or_create(root: &str, table: Table, local: bool) -> Result<DeltaTable> {
+    let location = format!("{}/{}", root.trim_end_matches('/'), table.name());
+    if local {
+        check_local_folder(Path::new(&location))?;
+    }
+    let url = deltalake::ensure_table_uri(&location).map_err(delta(table))?;
+    let t = DeltaTable::try_from_url(url.clone())
+        .await
+        .map_err(delta(table))?;
+    let t = if t.version().is_some() {
+        t
+    } else {
+        let created = t
+            .create()
+            .with_table_name(table.name())
+            .with_columns(table.delta_columns())
+            .with_save_mode(SaveMode::Ignore)
+            .with_commit_properties(CommitTag::operation("create").properties())
+            .await;
+        match created {
+            Ok(t) => t,
+            // Another process created it first: use theirs.
+            Err(DeltaTableError::VersionAlreadyExists(_)) => {
+                deltalake::open_table(url).await.map_err(delta(table))?
+            }
+            Err(e) => return Err(delta(table)(e)),
+        }
+    };
+    let schema = t.snapshot().map_err(delta(table))?.schema();
+    table.check_schema(&schema)?;
+    Ok(t)
+}
+
+/// Refuses a folder that holds files but no Delta log, rather than writing a table over it.
+fn check_local_folder(path: &Path) -> Result<()> {
+    let not_a_table = || Error::NotATable {
+        path: path.display().to_string(),
+    };
+    if path.is_file() {
+        return Err(not_a_table());
+    }
+    let Ok(mut entries) = std::fs::read_dir(path) else {
+        return Ok(());
+    };
+    if entries.next().is_some() && !path.join("_delta_log").is_dir() {
+        return Err(not_a_table());
+    }
+    Ok(())
+}

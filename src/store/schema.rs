@@ -1,0 +1,573 @@
+//! The four tables' schemas, the rows they hold, and the Arrow conversions between them.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{
+    Array, ArrayRef, Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::kernel::{DataType, StructField, StructType};
+
+use crate::clock::{from_micros, to_micros};
+use crate::error::{Error, Result};
+
+/// The type of one column, in both Delta and Arrow terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnType {
+    Str,
+    Int,
+    Long,
+    Timestamp,
+}
+
+impl ColumnType {
+    fn delta(self) -> DataType {
+        match self {
+            ColumnType::Str => DataType::STRING,
+            ColumnType::Int => DataType::INTEGER,
+            ColumnType::Long => DataType::LONG,
+            ColumnType::Timestamp => DataType::TIMESTAMP,
+        }
+    }
+
+    fn arrow(self) -> ArrowType {
+        match self {
+            ColumnType::Str => ArrowType::Utf8,
+            ColumnType::Int => ArrowType::Int32,
+            ColumnType::Long => ArrowType::Int64,
+            ColumnType::Timestamp => {
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
+        }
+    }
+}
+
+use ColumnType::{Int, Long, Str, Timestamp};
+
+/// One of retrylake's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Records waiting for their next attempt.
+    RetryQueue,
+    /// Records processed successfully.
+    FinalResults,
+    /// Records that failed permanently or ran out of retries.
+    DeadLetterQueue,
+    /// One row per attempt: the audit trail and the journal of rounds.
+    Attempts,
+}
+
+impl Table {
+    /// Every table, in the order a round commits them (journal first).
+    pub const ALL: [Table; 4] = [
+        Table::Attempts,
+        Table::FinalResults,
+        Table::DeadLetterQueue,
+        Table::RetryQueue,
+    ];
+
+    /// The table's name: its folder under the data root and its name in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::RetryQueue => "retry_queue",
+            Table::FinalResults => "final_results",
+            Table::DeadLetterQueue => "dead_letter_queue",
+            Table::Attempts => "attempts",
+        }
+    }
+
+    pub(crate) fn columns(self) -> &'static [(&'static str, ColumnType, bool)] {
+        match self {
+            Table::RetryQueue => &[
+                ("sample_id", Str, false),
+                ("payload", Str, true),
+                ("error_msg", Str, true),
+                ("retry_count", Int, false),
+                ("process_after", Timestamp, false),
+                ("enqueued_at", Timestamp, false),
+            ],
+            Table::FinalResults => &[
+                ("sample_id", Str, false),
+                ("data", Str, true),
+                ("processed_at", Timestamp, false),
+                ("attempts", Int, false),
+                ("response", Str, true),
+            ],
+            Table::DeadLetterQueue => &[
+                ("sample_id", Str, false),
+                ("payload", Str, true),
+                ("error_msg", Str, true),
+                ("retry_count", Int, false),
+                ("failed_at", Timestamp, false),
+                ("reason", Str, false),
+            ],
+            Table::Attempts => &[
+                ("round", Long, false),
+                ("worker", Str, false),
+                ("sample_id", Str, false),
+                ("attempt", Int, false),
+                ("outcome", Str, false),
+                ("error_msg", Str, true),
+                ("started_at", Timestamp, false),
+                ("finished_at", Timestamp, false),
+                ("duration_ms", Long, false),
+                ("process_after", Timestamp, true),
+                ("disposition", Str, false),
+                ("reason", Str, true),
+                ("retry_count", Int, false),
+                ("payload", Str, true),
+                ("response", Str, true),
+            ],
+        }
+    }
+
+    /// The table's Delta columns.
+    pub fn delta_columns(self) -> Vec<StructField> {
+        self.columns()
+            .iter()
+            .map(|&(name, ty, nullable)| StructField::new(name, ty.delta(), nullable))
+            .collect()
+    }
+
+    /// The table's Arrow schema.
+    pub fn arrow_schema(self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns()
+                .iter()
+                .map(|&(name, ty, nullable)| Field::new(name, ty.arrow(), nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Checks that an existing table has every column retrylake needs, with its type.
+    pub(crate) fn check_schema(self, schema: &StructType) -> Result<()> {
+        for &(name, ty, _) in self.columns() {
+            match schema.field(name) {
+                None => {
+                    return Err(Error::Schema {
+                        table: self.name(),
+                        detail: format!("column '{name}' is missing"),
+                    });
+                }
+                Some(field) if field.data_type() != &ty.delta() => {
+                    return Err(Error::Schema {
+                        table: self.name(),
+                        detail: format!(
+                            "column '{name}' is {}, expected {}",
+                            field.data_type(),
+                            ty.delta()
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A row of `retry_queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    /// The key.
+    pub sample_id: String,
+    /// The data to deliver.
+    pub payload: Option<String>,
+    /// The last error, if the record has failed before.
+    pub error_msg: Option<String>,
+    /// Failed attempts so far.
+    pub retry_count: i32,
+    /// The time lock: the record is not touched before this.
+    pub process_after: DateTime<Utc>,
+    /// When the record entered the queue.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// A row of `final_results`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalRow {
+    /// The key.
+    pub sample_id: String,
+    /// The delivered payload.
+    pub data: Option<String>,
+    /// When the successful attempt finished.
+    pub processed_at: DateTime<Utc>,
+    /// Attempts it took, the successful one included.
+    pub attempts: i32,
+    /// What the processor answered.
+    pub response: Option<String>,
+}
+
+/// A row of `dead_letter_queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRow {
+    /// The key.
+    pub sample_id: String,
+    /// The undeliverable payload (for `invalid_input`, the input line as read).
+    pub payload: Option<String>,
+    /// Why it failed.
+    pub error_msg: Option<String>,
+    /// The record's retry count when it was dead-lettered.
+    pub retry_count: i32,
+    /// When it was dead-lettered.
+    pub failed_at: DateTime<Utc>,
+    /// `permanent`, `retries_exhausted` or `invalid_input`.
+    pub reason: String,
+}
+
+/// A row of `attempts`: one call (or one `Missing Payload` decision) and where it sent the
+/// record. Everything needed to re-apply the round to the other tables is here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// The round number, per worker.
+    pub round: i64,
+    /// The worker that ran the round.
+    pub worker: String,
+    /// The record's key.
+    pub sample_id: String,
+    /// The record's retry count before the call (0 on the first attempt).
+    pub attempt: i32,
+    /// `success`, `transient` or `permanent`.
+    pub outcome: String,
+    /// The error, for failures.
+    pub error_msg: Option<String>,
+    /// When the call started.
+    pub started_at: DateTime<Utc>,
+    /// When the call ended.
+    pub finished_at: DateTime<Utc>,
+    /// Wall time of the call.
+    pub duration_ms: i64,
+    /// The new time lock, for retried records.
+    pub process_after: Option<DateTime<Utc>>,
+    /// Where the record went: `final`, `retry` or `dead`.
+    pub disposition: String,
+    /// For dead letters: `permanent` or `retries_exhausted`.
+    pub reason: Option<String>,
+    /// The record's retry count after the attempt.
+    pub retry_count: i32,
+    /// The record's payload.
+    pub payload: Option<String>,
+    /// The processor's response, for successes.
+    pub response: Option<String>,
+}
+
+fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    values.for_each(|v| b.append_option(v));
+    Arc::new(b.finish())
+}
+
+fn ints(values: impl Iterator<Item = i32>) -> ArrayRef {
+    let mut b = Int32Builder::new();
+    values.for_each(|v| b.append_value(v));
+    Arc::new(b.finish())
+}
+
+fn longs(values: impl Iterator<Item = i64>) -> ArrayRef {
+    let mut b = Int64Builder::new();
+    values.for_each(|v| b.append_value(v));
+    Arc::new(b.finish())
+}
+
+fn times(values: impl Iterator<Item = Option<DateTime<Utc>>>) -> ArrayRef {
+    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    values.for_each(|v| b.append_option(v.map(to_micros)));
+    Arc::new(b.finish())
+}
+
+fn batch(table: Table, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(table.arrow_schema(), columns)?)
+}
+
+/// A typed row of one of the tables, convertible to and from Arrow record batches.
+pub trait Rows: Sized {
+    /// The table holding these rows.
+    const TABLE: Table;
+    /// The rows as one batch of the table's Arrow schema.
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch>;
+    /// The rows of a batch read from the table.
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>>;
+}
+
+/// Typed access to a batch's columns, whatever physical type the reader produced
+/// (string views, other timestamp zones) and with a clear error for a null key.
+struct Columns<'a> {
+    table: Table,
+    batch: &'a RecordBatch,
+}
+
+impl Columns<'_> {
+    fn column(&self, name: &str, ty: ArrowType) -> Result<ArrayRef> {
+        let column = self
+            .batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Corrupt {
+                table: self.table.name(),
+                detail: format!("column '{name}' is missing from a scan"),
+            })?;
+        Ok(cast(column, &ty)?)
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Vec<Option<String>>> {
+        let a = self.column(name, ArrowType::Utf8)?;
+        let a = a
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        Ok(a.iter().map(|v| v.map(str::to_owned)).collect())
+    }
+
+    fn str(&self, name: &str) -> Result<Vec<String>> {
+        self.opt_str(name)?
+            .into_iter()
+            .map(|v| v.ok_or_else(|| self.null(name)))
+            .collect()
+    }
+
+    fn int(&self, name: &str) -> Result<Vec<i32>> {
+        let a = self.column(name, ArrowType::Int32)?;
+        let a = a
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .expect("cast to Int32");
+        a.iter().map(|v| v.ok_or_else(|| self.null(name))).collect()
+    }
+
+    fn long(&self, name: &str) -> Result<Vec<i64>> {
+        let a = self.column(name, ArrowType::Int64)?;
+        let a = a
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64");
+        a.iter().map(|v| v.ok_or_else(|| self.null(name))).collect()
+    }
+
+    fn opt_time(&self, name: &str) -> Result<Vec<Option<DateTime<Utc>>>> {
+        let a = self.column(name, Timestamp.arrow())?;
+        let a = a
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("cast to Timestamp");
+        Ok(a.iter().map(|v| v.map(from_micros)).collect())
+    }
+
+    fn time(&self, name: &str) -> Result<Vec<DateTime<Utc>>> {
+        self.opt_time(name)?
+            .into_iter()
+            .map(|v| v.ok_or_else(|| self.null(name)))
+            .collect()
+    }
+
+    fn null(&self, name: &str) -> Error {
+        Error::Corrupt {
+            table: self.table.name(),
+            detail: format!("null in column '{name}'"),
+        }
+    }
+}
+
+impl Rows for QueueRow {
+    const TABLE: Table = Table::RetryQueue;
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
+        batch(
+            Self::TABLE,
+            vec![
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                strings(rows.iter().map(|r| r.payload.as_deref())),
+                strings(rows.iter().map(|r| r.error_msg.as_deref())),
+                ints(rows.iter().map(|r| r.retry_count)),
+                times(rows.iter().map(|r| Some(r.process_after))),
+                times(rows.iter().map(|r| Some(r.enqueued_at))),
+            ],
+        )
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
+        let c = Columns {
+            table: Self::TABLE,
+            batch,
+        };
+        let (ids, payloads, errors) = (
+            c.str("sample_id")?,
+            c.opt_str("payload")?,
+            c.opt_str("error_msg")?,
+        );
+        let (counts, after, enqueued) = (
+            c.int("retry_count")?,
+            c.time("process_after")?,
+            c.time("enqueued_at")?,
+        );
+        Ok((0..batch.num_rows())
+            .map(|i| QueueRow {
+                sample_id: ids[i].clone(),
+                payload: payloads[i].clone(),
+                error_msg: errors[i].clone(),
+                retry_count: counts[i],
+                process_after: after[i],
+                enqueued_at: enqueued[i],
+            })
+            .collect())
+    }
+}
+
+impl Rows for FinalRow {
+    const TABLE: Table = Table::FinalResults;
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
+        batch(
+            Self::TABLE,
+            vec![
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                strings(rows.iter().map(|r| r.data.as_deref())),
+                times(rows.iter().map(|r| Some(r.processed_at))),
+                ints(rows.iter().map(|r| r.attempts)),
+                strings(rows.iter().map(|r| r.response.as_deref())),
+            ],
+        )
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
+        let c = Columns {
+            table: Self::TABLE,
+            batch,
+        };
+        let (ids, data, at) = (
+            c.str("sample_id")?,
+            c.opt_str("data")?,
+            c.time("processed_at")?,
+        );
+        let (attempts, responses) = (c.int("attempts")?, c.opt_str("response")?);
+        Ok((0..batch.num_rows())
+            .map(|i| FinalRow {
+                sample_id: ids[i].clone(),
+                data: data[i].clone(),
+                processed_at: at[i],
+                attempts: attempts[i],
+                response: responses[i].clone(),
+            })
+            .collect())
+    }
+}
+
+impl Rows for DeadRow {
+    const TABLE: Table = Table::DeadLetterQueue;
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
+        batch(
+            Self::TABLE,
+            vec![
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                strings(rows.iter().map(|r| r.payload.as_deref())),
+                strings(rows.iter().map(|r| r.error_msg.as_deref())),
+                ints(rows.iter().map(|r| r.retry_count)),
+                times(rows.iter().map(|r| Some(r.failed_at))),
+                strings(rows.iter().map(|r| Some(r.reason.as_str()))),
+            ],
+        )
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
+        let c = Columns {
+            table: Self::TABLE,
+            batch,
+        };
+        let (ids, payloads, errors) = (
+            c.str("sample_id")?,
+            c.opt_str("payload")?,
+            c.opt_str("error_msg")?,
+        );
+        let (counts, at, reasons) = (
+            c.int("retry_count")?,
+            c.time("failed_at")?,
+            c.str("reason")?,
+        );
+        Ok((0..batch.num_rows())
+            .map(|i| DeadRow {
+                sample_id: ids[i].clone(),
+                payload: payloads[i].clone(),
+                error_msg: errors[i].clone(),
+                retry_count: counts[i],
+                failed_at: at[i],
+                reason: reasons[i].clone(),
+            })
+            .collect())
+    }
+}
+
+impl Rows for AttemptRow {
+    const TABLE: Table = Table::Attempts;
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
+        batch(
+            Self::TABLE,
+            vec![
+                longs(rows.iter().map(|r| r.round)),
+                strings(rows.iter().map(|r| Some(r.worker.as_str()))),
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                ints(rows.iter().map(|r| r.attempt)),
+                strings(rows.iter().map(|r| Some(r.outcome.as_str()))),
+                strings(rows.iter().map(|r| r.error_msg.as_deref())),
+                times(rows.iter().map(|r| Some(r.started_at))),
+                times(rows.iter().map(|r| Some(r.finished_at))),
+                longs(rows.iter().map(|r| r.duration_ms)),
+                times(rows.iter().map(|r| r.process_after)),
+                strings(rows.iter().map(|r| Some(r.disposition.as_str()))),
+                strings(rows.iter().map(|r| r.reason.as_deref())),
+                ints(rows.iter().map(|r| r.retry_count)),
+                strings(rows.iter().map(|r| r.payload.as_deref())),
+                strings(rows.iter().map(|r| r.response.as_deref())),
+            ],
+        )
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
+        let c = Columns {
+            table: Self::TABLE,
+            batch,
+        };
+        let (rounds, workers, ids) = (c.long("round")?, c.str("worker")?, c.str("sample_id")?);
+        let (attempts, outcomes, errors) = (
+            c.int("attempt")?,
+            c.str("outcome")?,
+            c.opt_str("error_msg")?,
+        );
+        let (started, finished, durations) = (
+            c.time("started_at")?,
+            c.time("finished_at")?,
+            c.long("duration_ms")?,
+        );
+        let (after, dispositions, reasons) = (
+            c.opt_time("process_after")?,
+            c.str("disposition")?,
+            c.opt_str("reason")?,
+        );
+        let (counts, payloads, responses) = (
+            c.int("retry_count")?,
+            c.opt_str("payload")?,
+            c.opt_str("response")?,
+        );
+        Ok((0..batch.num_rows())
+            .map(|i| AttemptRow {
+                round: rounds[i],
+                worker: workers[i].clone(),
+                sample_id: ids[i].clone(),
+                attempt: attempts[i],
+                outcome: outcomes[i].clone(),
+                error_msg: errors[i].clone(),
+                started_at: started[i],
+                finished_at: finished[i],
+                duration_ms: durations[i],
+                process_after: after[i],
+                disposition: dispositions[i].clone(),
+                reason: reasons[i].clone(),
+                retry_count: counts[i],
+                payload: payloads[i].clone(),
+                response: responses[i].clone(),
+            })
+            .collect())
+    }
+}

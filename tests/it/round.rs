@@ -1,0 +1,222 @@
+//! Rounds through the binary: the simulate and command processors, timeouts, limits, and
+//! the tables as any Delta reader sees them.
+
+use std::collections::HashMap;
+
+use retrylake::store::{AttemptRow, DeadRow, FinalRow, QueueRow};
+
+use super::util::{Env, ids};
+
+fn samples(env: &Env, n: usize) -> String {
+    let mut lines = String::new();
+    for i in 0..n {
+        let payload = if i % 10 == 0 {
+            String::new()
+        } else {
+            format!("data {i}")
+        };
+        lines.push_str(&format!(
+            "{{\"sample_id\":\"S-{i:04}\",\"payload\":\"{payload}\"}}\n"
+        ));
+    }
+    env.write("samples.jsonl", lines)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn simulate_drains_every_record_to_exactly_one_table() {
+    let env = Env::new();
+    let input = samples(&env, 200);
+    let out = env.ok(&[
+        "run",
+        "--input",
+        &input,
+        "--now",
+        "2025-11-24T14:00:00Z",
+        "--drain",
+        "--transient-rate",
+        "0.5",
+        "--seed",
+        "7",
+        "--json",
+    ]);
+    let rounds: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rounds.len() >= 6, "{out}");
+    assert_eq!(rounds.last().unwrap()["next_due"], serde_json::Value::Null);
+
+    let finals = env.rows::<FinalRow>();
+    let dead = env.rows::<DeadRow>();
+    assert!(env.rows::<QueueRow>().is_empty());
+    let mut all = ids(&finals, |r| &r.sample_id);
+    all.extend(ids(&dead, |r| &r.sample_id));
+    all.sort();
+    let expected: Vec<String> = (0..200).map(|i| format!("S-{i:04}")).collect();
+    assert_eq!(all, expected, "every record in exactly one table");
+    assert_eq!(dead.iter().filter(|d| d.reason == "permanent").count(), 20);
+    assert!(
+        dead.iter().any(|d| d.reason == "retries_exhausted"),
+        "at 50% some run out"
+    );
+
+    // Each final record's attempt count agrees with the journal.
+    let attempts = env.rows::<AttemptRow>();
+    let mut per_id: HashMap<&str, i32> = HashMap::new();
+    for a in &attempts {
+        *per_id.entry(&a.sample_id).or_default() += 1;
+    }
+    for f in &finals {
+        assert_eq!(per_id[f.sample_id.as_str()], f.attempts, "{}", f.sample_id);
+    }
+
+    // The same seed gives the same outcome.
+    let again = Env::new();
+    let input = samples(&again, 200);
+    again.ok(&[
+        "run",
+        "--input",
+        &input,
+        "--now",
+        "2025-11-24T14:00:00Z",
+        "--drain",
+        "--transient-rate",
+        "0.5",
+        "--seed",
+        "7",
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(
+        ids(&again.rows::<FinalRow>(), |r| &r.sample_id),
+        ids(&finals, |r| &r.sample_id)
+    );
+}
+
+#[test]
+fn command_contract_environment_exit_codes_and_stderr() {
+    let env = Env::new();
+    let input = env.write(
+        "in.jsonl",
+        "{\"sample_id\":\"ok\",\"payload\":\"p1\"}\n{\"sample_id\":\"bad\",\"payload\":\"p2\"}\n{\"sample_id\":\"later\",\"payload\":\"p3\"}\n",
+    );
+    let command = r#"case "$RETRYLAKE_SAMPLE_ID" in
+  ok) printf '%s|%s|%s|' "$RETRYLAKE_SAMPLE_ID" "$RETRYLAKE_ATTEMPT" "$RETRYLAKE_IDEMPOTENCY_KEY"; cat;;
+  bad) echo "noise" >&2; echo "invalid record" >&2; exit 3;;
+  later) exit 75;;
+esac"#;
+    env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--processor",
+        "command",
+        "--command",
+        command,
+    ]);
+    let finals = env.rows::<FinalRow>();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0].response.as_deref(), Some("ok|0|ok:0|p1"));
+    let dead = env.rows::<DeadRow>();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error_msg.as_deref(), Some("invalid record"));
+    assert_eq!(dead[0].reason, "permanent");
+    let queue = env.rows::<QueueRow>();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].error_msg.as_deref(), Some("exit status 75"));
+}
+
+#[test]
+fn a_command_that_outlives_the_timeout_is_killed_with_its_children() {
+    let env = Env::new();
+    let input = env.write("in.jsonl", "{\"sample_id\":\"slow\",\"payload\":\"p\"}\n");
+    let pid_file = env.path("child.pid");
+    let command = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
+    let start = std::time::Instant::now();
+    env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--processor",
+        "command",
+        "--command",
+        &command,
+        "--timeout",
+        "300ms",
+    ]);
+    assert!(
+        start.elapsed().as_secs() < 20,
+        "the run waited for the child"
+    );
+    let queue = env.rows::<QueueRow>();
+    assert_eq!(queue[0].retry_count, 1);
+    assert_eq!(queue[0].error_msg.as_deref(), Some("timeout after 300ms"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = state
+        .split_whitespace()
+        .nth(2)
+        .is_some_and(|s| s != "Z" && s != "X");
+    assert!(!running, "grandchild {pid} still running: {state}");
+}
+
+#[test]
+fn limit_takes_the_oldest_locks_first() {
+    let env = Env::new();
+    let first = env.write("a.jsonl", "{\"sample_id\":\"old\",\"payload\":\"p\"}\n");
+    let second = env.write(
+        "b.jsonl",
+        "{\"sample_id\":\"new1\",\"payload\":\"p\"}\n{\"sample_id\":\"new2\",\"payload\":\"p\"}\n",
+    );
+    env.ok(&[
+        "enqueue",
+        first.to_str().unwrap(),
+        "--now",
+        "2025-01-01T00:00:00Z",
+    ]);
+    env.ok(&[
+        "enqueue",
+        second.to_str().unwrap(),
+        "--now",
+        "2025-01-01T00:05:00Z",
+    ]);
+    let r = env.json(&[
+        "run",
+        "--limit",
+        "1",
+        "--transient-rate",
+        "0",
+        "--now",
+        "2025-01-01T00:10:00Z",
+    ]);
+    assert_eq!(r["processed"], 1);
+    assert_eq!(ids(&env.rows::<FinalRow>(), |r| &r.sample_id), ["old"]);
+}
+
+#[test]
+fn tables_are_delta_tables_with_the_designed_schema() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for (name, columns) in [
+            ("retry_queue", "sample_id:string payload:string error_msg:string retry_count:integer process_after:timestamp enqueued_at:timestamp"),
+            ("final_results", "sample_id:string data:string processed_at:timestamp attempts:integer response:string"),
+            ("dead_letter_queue", "sample_id:string payload:string error_msg:string retry_count:integer failed_at:timestamp reason:string"),
+        ] {
+            let url = deltalake::ensure_table_uri(env.data().join(name).to_str().unwrap()).unwrap();
+            let table = deltalake::open_table(url).await.unwrap();
+            assert_eq!(table.version(), Some(0), "{name} is created empty as version 0");
+            let schema = table.snapshot().unwrap().schema();
+            let found: Vec<String> = schema.fields().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
+            assert_eq!(found.join(" "), columns, "{name}");
+        }
+    });
+}

@@ -1,0 +1,93 @@
+//! Shared test fixtures: a temp data dir, the binary, and the tables read back from disk.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use retrylake::store::{Rows, Store};
+use tempfile::TempDir;
+
+/// A temp dir holding a data root and input files.
+pub struct Env {
+    pub dir: TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The binary with `--data` set to this env's data root.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("retrylake").expect("binary built");
+        cmd.env_remove("RETRYLAKE_FAILPOINT")
+            .env_remove("RETRYLAKE_DATA")
+            .env("RETRYLAKE_LOG", "warn")
+            .arg("--data")
+            .arg(self.data());
+        cmd
+    }
+
+    /// Runs the binary with `args`, asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "retrylake {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    /// Runs the binary with `args`, asserts exit code 2 and returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run");
+        let stderr = String::from_utf8(out.stderr).expect("utf8 stderr");
+        assert_eq!(out.status.code(), Some(2), "retrylake {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "panic: {stderr}");
+        stderr
+    }
+
+    /// Runs the binary with `--json` appended and parses the output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).expect("one JSON object")
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write input");
+        path
+    }
+
+    /// Every row of one table, read back from disk by a fresh store.
+    pub fn rows<R: Rows>(&self) -> Vec<R> {
+        read_rows(&self.data())
+    }
+}
+
+pub fn read_rows<R: Rows>(data: &Path) -> Vec<R> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(data.to_str().expect("utf8 path"))
+            .await
+            .expect("open store");
+        store.read::<R>().await.expect("read table")
+    })
+}
+
+pub fn ids<T>(rows: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+    let mut ids: Vec<String> = rows.iter().map(|r| id(r).to_owned()).collect();
+    ids.sort();
+    ids
+}

@@ -1,0 +1,3 @@
+//! Integration tests: the real binary on real Delta tables in temp dirs.
+
+mod it;
