@@ -264,7 +264,10 @@ pub fn parse_csv<R: std::io::Read>(
             }
         }
         let line = record.position().map_or(line, |p| p.line() as usize);
-        let raw = || Some(String::from_utf8_lossy(&record.as_slice().to_vec()).into_owned());
+        let raw = || {
+            let fields: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
+            Some(fields.join(","))
+        };
         if record.len() != names.len() {
             parsed.invalid.push(InvalidRecord {
                 line,

@@ -179,7 +179,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RETRYLAKE_LOG")
-                .unwrap_or_else(|_| "warn,retrylake=info,deltalake_core=off".into()),
+                .unwrap_or_else(|_| "retrylake=info".into()),
         )
         .with_target(false)
         .init();

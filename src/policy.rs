@@ -277,14 +277,9 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut waits = vec![];
         let mut count = 0;
-        loop {
-            match p.decide(count, &mut rng) {
-                RetryDecision::Retry { retry_count, delay } => {
-                    waits.push(delay);
-                    count = retry_count;
-                }
-                RetryDecision::Exhausted => break,
-            }
+        while let RetryDecision::Retry { retry_count, delay } = p.decide(count, &mut rng) {
+            waits.push(delay);
+            count = retry_count;
         }
         assert_eq!(waits, [mins(2), mins(4), mins(8), mins(16), mins(32)]);
         assert_eq!(count, 5);

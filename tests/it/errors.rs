@@ -1,6 +1,6 @@
 //! Bad input and bad state: exit 2, one clear line, nothing written.
 
-use super::util::Env;
+use super::util::{Env, bare_cmd};
 
 #[test]
 fn bad_flags_and_values() {
@@ -39,8 +39,7 @@ fn a_data_dir_that_cannot_be_created() {
     let env = Env::new();
     let file = env.write("plain-file", "x");
     let data = file.join("data");
-    let out = env
-        .cmd()
+    let out = bare_cmd()
         .args(["--data", data.to_str().unwrap(), "init"])
         .output()
         .unwrap();

@@ -28,12 +28,8 @@ impl Env {
 
     /// The binary with `--data` set to this env's data root.
     pub fn cmd(&self) -> Command {
-        let mut cmd = Command::cargo_bin("retrylake").expect("binary built");
-        cmd.env_remove("RETRYLAKE_FAILPOINT")
-            .env_remove("RETRYLAKE_DATA")
-            .env("RETRYLAKE_LOG", "warn")
-            .arg("--data")
-            .arg(self.data());
+        let mut cmd = bare_cmd();
+        cmd.arg("--data").arg(self.data());
         cmd
     }
 
@@ -74,6 +70,15 @@ impl Env {
     pub fn rows<R: Rows>(&self) -> Vec<R> {
         read_rows(&self.data())
     }
+}
+
+/// The binary in a clean environment, without `--data`.
+pub fn bare_cmd() -> Command {
+    let mut cmd = Command::cargo_bin("retrylake").expect("binary built");
+    cmd.env_remove("RETRYLAKE_FAILPOINT")
+        .env_remove("RETRYLAKE_DATA")
+        .env_remove("RETRYLAKE_LOG");
+    cmd
 }
 
 pub fn read_rows<R: Rows>(data: &Path) -> Vec<R> {
