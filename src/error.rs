@@ -10,6 +10,10 @@ pub enum Error {
     #[error("invalid retry policy: {0}")]
     InvalidPolicy(String),
 
+    /// A processor or command setting makes no sense (a bad URL, a bad header).
+    #[error("{0}")]
+    InvalidConfig(String),
+
     /// The input to enqueue could not be read or holds invalid records.
     #[error("{path}: {message}")]
     InvalidInput {

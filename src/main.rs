@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use retrylake::input::{Fields, InputFormat};
 use retrylake::{
-    CommandProcessor, EnqueueOptions, FixedClock, Jitter, Processor, Queue, RetryPolicy,
-    RoundConfig, RoundReport, SimulateProcessor, Status,
+    CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
+    RetryPolicy, RoundConfig, RoundReport, SimulateProcessor, Status,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -93,6 +93,8 @@ enum ProcessorKind {
     Simulate,
     /// `sh -c CMD` per record (--command).
     Command,
+    /// POST each record as JSON to --url.
+    Http,
 }
 
 #[derive(Args)]
@@ -103,6 +105,22 @@ struct RunArgs {
     /// The shell command of the command processor.
     #[arg(long, required_if_eq("processor", "command"))]
     command: Option<String>,
+    /// The endpoint of the http processor.
+    #[arg(long, required_if_eq("processor", "http"))]
+    url: Option<String>,
+    /// A header for every HTTP call, as 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    headers: Vec<String>,
+    /// A secret header whose value is read from an environment variable, as 'Name: VAR'
+    /// (repeatable); the value never appears in logs or errors.
+    #[arg(long = "header-env", value_name = "'NAME: VAR'")]
+    env_headers: Vec<String>,
+    /// HTTP statuses that are transient (all other non-2xx are permanent).
+    #[arg(long = "transient-status", value_delimiter = ',', default_values_t = retrylake::processor::http::DEFAULT_TRANSIENT_STATUSES)]
+    transient_statuses: Vec<u16>,
+    /// The furthest a Retry-After may push a record back.
+    #[arg(long, default_value = "1d", value_parser = parse_duration)]
+    max_retry_after: Duration,
     /// Share of simulated calls that fail transiently.
     #[arg(long, default_value_t = 0.3, value_parser = parse_rate)]
     transient_rate: f64,
@@ -253,16 +271,7 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
         .max_backoff(args.max_backoff)
         .jitter(args.jitter)
         .build()?;
-    let processor: Box<dyn Processor> = match args.processor {
-        ProcessorKind::Simulate => Box::new(SimulateProcessor::new(args.transient_rate, args.seed)),
-        ProcessorKind::Command => {
-            let command = args
-                .command
-                .clone()
-                .context("--processor command needs --command")?;
-            Box::new(CommandProcessor::new(command))
-        }
-    };
+    let processor = processor(&args)?;
     let config = RoundConfig {
         policy,
         limit: args.limit,
@@ -270,6 +279,7 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
         timeout: args.timeout,
         allow_empty_payload: args.allow_empty_payload,
         seed: args.seed,
+        max_retry_after: args.max_retry_after,
     };
     let clock = args.now.map(|now| Arc::new(FixedClock::new(now)));
     let mut queue = Queue::open(data).await?;
@@ -310,6 +320,47 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+fn processor(args: &RunArgs) -> Result<Box<dyn Processor>> {
+    Ok(match args.processor {
+        ProcessorKind::Simulate => Box::new(SimulateProcessor::new(args.transient_rate, args.seed)),
+        ProcessorKind::Command => {
+            let command = args
+                .command
+                .clone()
+                .context("--processor command needs --command")?;
+            Box::new(CommandProcessor::new(command))
+        }
+        ProcessorKind::Http => {
+            let url = args
+                .url
+                .as_deref()
+                .context("--processor http needs --url")?;
+            let mut builder = HttpProcessor::builder(url)
+                .transient_statuses(args.transient_statuses.iter().copied())
+                .pool_size(args.concurrency as usize);
+            for header in &args.headers {
+                let (name, value) = split_header(header, "--header")?;
+                builder = builder.header(name, value);
+            }
+            for header in &args.env_headers {
+                let (name, var) = split_header(header, "--header-env")?;
+                let value = std::env::var(var).with_context(|| {
+                    format!("--header-env {name}: environment variable {var} is not set")
+                })?;
+                builder = builder.secret_header(name, &value);
+            }
+            Box::new(builder.build()?)
+        }
+    })
+}
+
+fn split_header<'a>(header: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
+    match header.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim(), value.trim())),
+        _ => bail!("{flag} expects 'Name: value', got a value without a name and colon"),
     }
 }
 

@@ -2,6 +2,17 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
+/// When a downstream asked to be called again (HTTP `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// After this long (delta-seconds), counted from the end of the call.
+    Delay(Duration),
+    /// Not before this time (an HTTP date).
+    At(DateTime<Utc>),
+}
+
 /// How one call to a processor ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -14,8 +25,9 @@ pub enum Outcome {
     Transient {
         /// What happened, stored as the record's `error_msg`.
         error: String,
-        /// The earliest the downstream asked to be called again (HTTP Retry-After).
-        retry_after: Option<Duration>,
+        /// The earliest the downstream asked to be called again. The record's time lock
+        /// is raised to at least this, up to the round's ceiling.
+        retry_after: Option<RetryAfter>,
     },
     /// A failure that retrying cannot fix (bad data, 4xx): the record is dead-lettered.
     Permanent {

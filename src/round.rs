@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::clock::{Clock, to_micros};
 use crate::error::Result;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::store::journal::disposition;
@@ -21,9 +21,6 @@ use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table, collect_rows};
 
 /// The error message of a record with a missing or empty payload (the seed's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
-
-/// The longest a processor's Retry-After may push a record back.
-pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(24 * 3600);
 
 /// How a round runs.
 #[derive(Debug, Clone)]
@@ -41,6 +38,9 @@ pub struct RoundConfig {
     pub allow_empty_payload: bool,
     /// Seeds the jitter of each round (mixed with the round number). Default value is `0`.
     pub seed: u64,
+    /// The furthest a processor's Retry-After may push a record's time lock beyond the end
+    /// of its call, so a hostile value cannot park it for years. Default value is 1 day.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RoundConfig {
@@ -52,6 +52,7 @@ impl Default for RoundConfig {
             timeout: Duration::from_secs(30),
             allow_empty_payload: false,
             seed: 0,
+            max_retry_after: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -105,7 +106,7 @@ pub(crate) async fn run_round(
         SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let rows: Vec<AttemptRow> = results
         .into_iter()
-        .map(|(i, a)| journal_row(&due[i], a, round, worker, &config.policy, &mut rng))
+        .map(|(i, a)| journal_row(&due[i], a, round, worker, config, &mut rng))
         .collect();
 
     let count = |d: &str| rows.iter().filter(|r| r.disposition == d).count();
@@ -207,13 +208,20 @@ async fn attempt(
     }
 }
 
+fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Decides where a record goes after an attempt, as the journal row that records it.
 fn journal_row(
     row: &QueueRow,
     attempt: Attempt,
     round: i64,
     worker: &str,
-    policy: &RetryPolicy,
+    config: &RoundConfig,
     rng: &mut SmallRng,
 ) -> AttemptRow {
     let mut journal = AttemptRow {
@@ -245,22 +253,19 @@ fn journal_row(
         Outcome::Transient { error, retry_after } => {
             journal.error_msg = Some(error);
             let count = u32::try_from(row.retry_count).unwrap_or(0);
-            match policy.decide(count, rng) {
+            match config.policy.decide(count, rng) {
                 RetryDecision::Exhausted => journal.reason = Some("retries_exhausted".into()),
                 RetryDecision::Retry { retry_count, delay } => {
-                    let delay = match retry_after {
-                        Some(after) => delay.max(after.min(RETRY_AFTER_CEILING)),
-                        None => delay,
+                    let end = attempt.finished_at;
+                    let backoff = add(end, delay);
+                    let asked = match retry_after {
+                        Some(RetryAfter::Delay(d)) => add(end, d.min(config.max_retry_after)),
+                        Some(RetryAfter::At(at)) => at.min(add(end, config.max_retry_after)),
+                        None => backoff,
                     };
-                    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                     journal.disposition = disposition::RETRY.to_owned();
                     journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
-                    journal.process_after = Some(
-                        attempt
-                            .finished_at
-                            .checked_add_signed(delay)
-                            .unwrap_or(DateTime::<Utc>::MAX_UTC),
-                    );
+                    journal.process_after = Some(backoff.max(asked));
                 }
             }
         }

@@ -13,14 +13,12 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{Processor, Record};
+use super::{MAX_RESPONSE_BYTES, Processor, Record};
 use crate::outcome::Outcome;
 
 /// Exit status that marks a transient failure (`EX_TEMPFAIL` from `sysexits.h`).
 pub const EX_TEMPFAIL: i32 = 75;
 
-/// Most bytes of stdout kept as the response; the rest is read and dropped.
-const MAX_STDOUT: usize = 1 << 20;
 /// Most bytes of the end of stderr kept to find its last line.
 const MAX_STDERR: usize = 64 << 10;
 /// Longest error message kept from stderr.
@@ -88,7 +86,7 @@ impl Processor for CommandProcessor {
         };
         let (_, out, err, status) = tokio::join!(
             feed,
-            read_head(stdout, MAX_STDOUT),
+            read_head(stdout, MAX_RESPONSE_BYTES),
             read_tail(stderr, MAX_STDERR),
             child.wait()
         );

@@ -5,10 +5,15 @@
 //! [`Processor`] to send records anywhere; `simulate` and `command` come built in.
 
 mod command;
+pub mod http;
 mod simulate;
 
 pub use command::CommandProcessor;
+pub use http::HttpProcessor;
 pub use simulate::SimulateProcessor;
+
+/// Most bytes of a success's answer (a body, a command's stdout) kept as its response.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 10;
 
 use async_trait::async_trait;
 

@@ -1,6 +1,8 @@
 mod crash;
 mod enqueue;
 mod errors;
+mod http;
 mod round;
+mod server;
 mod util;
 mod worked_example;
