@@ -46,5 +46,5 @@ pub use outcome::{Outcome, RetryAfter};
 pub use policy::{Jitter, RetryPolicy};
 pub use processor::{CommandProcessor, HttpProcessor, Processor, Record, SimulateProcessor};
 pub use queue::Queue;
-pub use round::{RoundConfig, RoundReport};
+pub use round::{Phases, RoundConfig, RoundReport};
 pub use status::Status;

@@ -72,6 +72,20 @@ pub struct RoundReport {
     pub dead_lettered: usize,
     /// The earliest `process_after` left in the queue, `None` when it is empty.
     pub next_due: Option<DateTime<Utc>>,
+    /// Where the round's time went (not part of the JSON report).
+    #[serde(skip)]
+    pub phases: Phases,
+}
+
+/// Wall time of a round's phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Recovery check and reading the due rows.
+    pub read: Duration,
+    /// Calling the processor on every due record.
+    pub process: Duration,
+    /// The journal, final, dead-letter and queue commits.
+    pub commit: Duration,
 }
 
 /// Runs one round for `worker` at `clock`'s time.
@@ -82,24 +96,32 @@ pub(crate) async fn run_round(
     processor: &dyn Processor,
     config: &RoundConfig,
 ) -> Result<RoundReport> {
+    let started = Instant::now();
     store.refresh().await?;
     store.recover(worker).await?;
     let now = clock.now();
     let due = due_records(store, now, config.limit).await?;
+    let mut phases = Phases {
+        read: started.elapsed(),
+        ..Phases::default()
+    };
     if due.is_empty() {
         return Ok(RoundReport {
             next_due: next_due(store).await?,
+            phases,
             ..RoundReport::default()
         });
     }
     let round = store.last_round(worker).await? + 1;
     tracing::debug!(round, due = due.len(), "round starts");
+    let processing = Instant::now();
 
     let mut results: Vec<(usize, Attempt)> = futures::stream::iter(due.iter().enumerate())
         .map(|(i, row)| async move { (i, attempt(processor, clock, row, config).await) })
         .buffer_unordered(config.concurrency.max(1))
         .collect()
         .await;
+    phases.process = processing.elapsed();
     // Decide in queue order so that jitter draws do not depend on completion order.
     results.sort_by_key(|(i, _)| *i);
     let mut rng =
@@ -117,13 +139,16 @@ pub(crate) async fn run_round(
         retried: count(disposition::RETRY),
         dead_lettered: count(disposition::DEAD),
         next_due: None,
+        phases,
     };
     let tag = CommitTag::round("round", worker, round)
         .with("processed", report.processed)
         .with("succeeded", report.succeeded)
         .with("retried", report.retried)
         .with("dead_lettered", report.dead_lettered);
+    let committing = Instant::now();
     store.commit_round(&rows, &tag).await?;
+    report.phases.commit = committing.elapsed();
     report.next_due = next_due(store).await?;
     Ok(report)
 }
