@@ -67,6 +67,27 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
 
+    /// Another process is committing rounds under the same worker name.
+    #[error(
+        "another retrylake process is running as worker '{worker}' on these tables; give each concurrent runner its own --worker name"
+    )]
+    WorkerBusy {
+        /// The worker name in use.
+        worker: String,
+    },
+
+    /// The round took longer than its lease on the records, so another worker may have
+    /// claimed them; nothing was committed and the records come back when the lease ends.
+    #[error(
+        "round took {elapsed:?}, past its {lease:?} lease; nothing committed (raise --lease or lower --limit)"
+    )]
+    LeaseExpired {
+        /// How long the round ran.
+        elapsed: std::time::Duration,
+        /// The lease it held.
+        lease: std::time::Duration,
+    },
+
     /// A table holds data retrylake cannot interpret (a null key, an unknown outcome).
     #[error("table {table} holds unexpected data: {detail}")]
     Corrupt {
@@ -75,6 +96,41 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+}
+
+impl Error {
+    /// Whether this is a Delta commit conflict with a concurrent writer: worth re-reading
+    /// the table and trying again.
+    pub fn is_conflict(&self) -> bool {
+        use deltalake::DeltaTableError as D;
+        use deltalake::kernel::transaction::TransactionError as T;
+        matches!(
+            self,
+            Error::Delta {
+                source: D::VersionAlreadyExists(_)
+                    | D::Transaction {
+                        source: T::CommitConflict(_) | T::MaxCommitAttempts(_)
+                    },
+                ..
+            }
+        )
+    }
+
+    /// Whether a concurrent commit carried the same application transaction id: another
+    /// process committing the same worker's rounds.
+    pub(crate) fn is_same_app_conflict(&self) -> bool {
+        use deltalake::DeltaTableError as D;
+        use deltalake::kernel::transaction::{CommitConflictError as C, TransactionError as T};
+        matches!(
+            self,
+            Error::Delta {
+                source: D::Transaction {
+                    source: T::CommitConflict(C::ConcurrentTransaction)
+                },
+                ..
+            }
+        )
+    }
 }
 
 /// `Result` with the library's [`Error`].

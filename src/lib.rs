@@ -36,6 +36,7 @@ pub mod policy;
 pub mod processor;
 pub mod queue;
 pub mod round;
+pub mod shard;
 pub mod status;
 pub mod store;
 
@@ -47,4 +48,5 @@ pub use policy::{Jitter, RetryPolicy};
 pub use processor::{CommandProcessor, HttpProcessor, Processor, Record, SimulateProcessor};
 pub use queue::Queue;
 pub use round::{Phases, RoundConfig, RoundReport};
+pub use shard::Shard;
 pub use status::Status;

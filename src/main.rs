@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use retrylake::input::{Fields, InputFormat};
 use retrylake::{
     CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
-    RetryPolicy, RoundConfig, RoundReport, SimulateProcessor, Status,
+    RetryPolicy, RoundConfig, RoundReport, Shard, SimulateProcessor, Status,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -154,6 +154,15 @@ struct RunArgs {
     /// Call the processor even for records with an empty payload.
     #[arg(long)]
     allow_empty_payload: bool,
+    /// This runner's name in the journal; concurrent runners need distinct names.
+    #[arg(long, default_value = "main", value_parser = parse_worker)]
+    worker: String,
+    /// Only the records of shard I of N (0-based), by a stable hash of sample_id.
+    #[arg(long, value_name = "I/N", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Shard>().map_err(|e| e.to_string())))]
+    shard: Option<Shard>,
+    /// How long a round holds the records it claims; a round running longer commits nothing.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    lease: Duration,
     /// Enqueue this file first.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -182,6 +191,18 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     humantime::parse_rfc3339_weak(s)
         .map(DateTime::<Utc>::from)
         .map_err(|_| "expected an RFC 3339 time such as 2025-11-24T14:00:00Z".to_owned())
+}
+
+fn parse_worker(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -280,9 +301,11 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
         allow_empty_payload: args.allow_empty_payload,
         seed: args.seed,
         max_retry_after: args.max_retry_after,
+        shard: args.shard,
+        lease: args.lease,
     };
     let clock = args.now.map(|now| Arc::new(FixedClock::new(now)));
-    let mut queue = Queue::open(data).await?;
+    let mut queue = Queue::open(data).await?.with_worker(&args.worker);
     if let Some(clock) = &clock {
         queue = queue.with_clock(clock.clone());
     }

@@ -19,6 +19,7 @@ pub struct Queue {
     store: Store,
     clock: Arc<dyn Clock>,
     worker: String,
+    recovered_all: bool,
 }
 
 impl Queue {
@@ -28,6 +29,7 @@ impl Queue {
             store: Store::open(root).await?,
             clock: Arc::new(SystemClock),
             worker: DEFAULT_WORKER.to_owned(),
+            recovered_all: false,
         })
     }
 
@@ -35,6 +37,18 @@ impl Queue {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Runs rounds as `worker`: its name in the journal and in the tables' application
+    /// transactions. Concurrent runners need distinct names. Default value is `main`.
+    pub fn with_worker(mut self, worker: &str) -> Self {
+        self.worker = worker.to_owned();
+        self
+    }
+
+    /// The worker name.
+    pub fn worker(&self) -> &str {
+        &self.worker
     }
 
     /// The tables.
@@ -47,8 +61,9 @@ impl Queue {
         self.clock.as_ref()
     }
 
-    /// Brings every table up to the last journaled round (after a crash).
-    pub async fn recover(&mut self) -> Result<Option<i64>> {
+    /// Brings every table up to this worker's last journaled round (after a crash);
+    /// returns the rounds it re-applied.
+    pub async fn recover(&mut self) -> Result<Vec<i64>> {
         self.store.recover(&self.worker).await
     }
 
@@ -70,6 +85,13 @@ impl Queue {
         processor: &dyn Processor,
         config: &RoundConfig,
     ) -> Result<RoundReport> {
+        if !self.recovered_all {
+            // Once per process: complete the half-applied rounds of any worker, so one that
+            // crashed and never came back cannot leave a record in two tables.
+            self.store.refresh().await?;
+            self.store.recover_all().await?;
+            self.recovered_all = true;
+        }
         run_round(
             &mut self.store,
             self.clock.as_ref(),

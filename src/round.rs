@@ -12,10 +12,12 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 
 use crate::clock::{Clock, to_micros};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
+use crate::shard::Shard;
+use crate::store::journal::conflict_pause;
 use crate::store::journal::disposition;
 use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table, collect_rows};
 
@@ -41,6 +43,12 @@ pub struct RoundConfig {
     /// The furthest a processor's Retry-After may push a record's time lock beyond the end
     /// of its call, so a hostile value cannot park it for years. Default value is 1 day.
     pub max_retry_after: Duration,
+    /// Only the records of this shard. Default value is `None` (every record).
+    pub shard: Option<Shard>,
+    /// How long a round holds the records it claimed. A round that runs longer commits
+    /// nothing (the records come back when the lease ends), so no two workers ever place
+    /// the same record. Default value is 15 minutes.
+    pub lease: Duration,
 }
 
 impl Default for RoundConfig {
@@ -53,6 +61,8 @@ impl Default for RoundConfig {
             allow_empty_payload: false,
             seed: 0,
             max_retry_after: Duration::from_secs(24 * 3600),
+            shard: None,
+            lease: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -99,19 +109,20 @@ pub(crate) async fn run_round(
     let started = Instant::now();
     store.refresh().await?;
     store.recover(worker).await?;
-    let now = clock.now();
-    let due = due_records(store, now, config.limit).await?;
+    let Some((due, claimed_at)) = claim_due(store, clock, worker, config).await? else {
+        return Ok(RoundReport {
+            next_due: next_due(store).await?,
+            phases: Phases {
+                read: started.elapsed(),
+                ..Phases::default()
+            },
+            ..RoundReport::default()
+        });
+    };
     let mut phases = Phases {
         read: started.elapsed(),
         ..Phases::default()
     };
-    if due.is_empty() {
-        return Ok(RoundReport {
-            next_due: next_due(store).await?,
-            phases,
-            ..RoundReport::default()
-        });
-    }
     let round = store.last_round(worker).await? + 1;
     tracing::debug!(round, due = due.len(), "round starts");
     let processing = Instant::now();
@@ -146,6 +157,15 @@ pub(crate) async fn run_round(
         .with("succeeded", report.succeeded)
         .with("retried", report.retried)
         .with("dead_lettered", report.dead_lettered);
+    // Past most of the lease another worker may claim these records once it ends: commit
+    // nothing rather than risk placing a record twice.
+    let elapsed = claimed_at.elapsed();
+    if elapsed > config.lease.mul_f64(0.8) {
+        return Err(Error::LeaseExpired {
+            elapsed,
+            lease: config.lease,
+        });
+    }
     let committing = Instant::now();
     store.commit_round(&rows, &tag).await?;
     report.phases.commit = committing.elapsed();
@@ -153,15 +173,58 @@ pub(crate) async fn run_round(
     Ok(report)
 }
 
-/// The due rows of `retry_queue`, oldest lock first, at most `limit`.
+/// How often a claim that lost a race with another worker is retried.
+const CLAIM_RETRIES: u32 = 12;
+
+/// Reads the due records and claims them with a lease (one MERGE), so a concurrent worker
+/// cannot take them. A claim that loses a race re-reads and tries again. Returns `None`
+/// when nothing is due.
+async fn claim_due(
+    store: &mut Store,
+    clock: &dyn Clock,
+    worker: &str,
+    config: &RoundConfig,
+) -> Result<Option<(Vec<QueueRow>, Instant)>> {
+    for attempt in 0.. {
+        let now = clock.now();
+        let due = due_records(store, now, config.limit, config.shard).await?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let lease_until =
+            now + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::MAX);
+        let tag = CommitTag::operation("claim")
+            .with("worker", worker)
+            .with("records", due.len());
+        let ids = due.iter().map(|r| r.sample_id.as_str()).collect();
+        let claimed_at = Instant::now();
+        match store.claim(ids, now, lease_until, &tag).await {
+            Ok(n) if n == due.len() => return Ok(Some((due, claimed_at))),
+            Ok(n) => tracing::debug!(claimed = n, due = due.len(), "partial claim; re-reading"),
+            Err(e) if e.is_conflict() && attempt < CLAIM_RETRIES => {
+                tracing::debug!(attempt, "claim conflicted with another worker; re-reading")
+            }
+            Err(e) => return Err(e),
+        }
+        conflict_pause(attempt).await;
+        store.refresh_table(Table::RetryQueue).await?;
+    }
+    unreachable!("the loop returns")
+}
+
+/// The due rows of `retry_queue` (of one shard), oldest lock first, at most `limit`.
 async fn due_records(
     store: &Store,
     now: DateTime<Utc>,
     limit: Option<usize>,
+    shard: Option<Shard>,
 ) -> Result<Vec<QueueRow>> {
     let (_ctx, frame) = store.frame(Table::RetryQueue).await?;
+    let mut frame = frame.filter(col("process_after").lt_eq(lit(timestamp(now))))?;
+    if let Some(shard) = shard {
+        frame = frame.filter(shard.filter())?;
+    }
     let frame = frame
-        .filter(col("process_after").lt_eq(lit(timestamp(now))))?
         .sort(vec![
             col("process_after").sort(true, false),
             col("enqueued_at").sort(true, false),

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::{Processor, Record};
 use crate::outcome::Outcome;
+use crate::shard::stable_hash;
 
 /// Fails transiently with probability `transient_rate`, decided by a hash of
 /// (`seed`, sample_id, attempt), so a run gives the same outcomes whatever the concurrency.
@@ -28,7 +29,11 @@ impl SimulateProcessor {
 
     /// Whether this (record, attempt) fails: a pure function of the seed, id and attempt.
     pub fn fails(&self, sample_id: &str, attempt: u32) -> bool {
-        let h = fnv1a(self.seed, sample_id.as_bytes(), attempt);
+        let h = stable_hash(&[
+            &self.seed.to_le_bytes(),
+            sample_id.as_bytes(),
+            &attempt.to_le_bytes(),
+        ]);
         // 53 random bits as a uniform number in [0, 1).
         let u = (h >> 11) as f64 / (1u64 << 53) as f64;
         u < self.transient_rate
@@ -44,24 +49,6 @@ impl Processor for SimulateProcessor {
             Outcome::success("Processed OK")
         }
     }
-}
-
-/// FNV-1a over the seed, the id and the attempt, finished with a SplitMix64 mix so that
-/// nearby inputs give unrelated bits. Stable across platforms and Rust versions.
-fn fnv1a(seed: u64, id: &[u8], attempt: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in seed
-        .to_le_bytes()
-        .iter()
-        .chain(id)
-        .chain(&attempt.to_le_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::{AttemptRow, DeadRow, FinalRow, Store, Table, collect_rows};
 use crate::clock::to_micros;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// What a commit records about itself: the operation, and for a round its number, worker
 /// and counts. Stored under `retrylake` in the commit's metadata; a round's number is also
@@ -90,6 +92,24 @@ pub(crate) mod disposition {
     pub const DEAD: &str = "dead";
 }
 
+/// How often a commit that lost a race with a concurrent writer is re-read and retried.
+const CONFLICT_RETRIES: u32 = 12;
+
+/// A jittered pause before retrying after a commit conflict: up to 10 ms * 2^attempt,
+/// capped at 2 s, so contending writers spread out.
+pub(crate) async fn conflict_pause(attempt: u32) {
+    let cap = (10u64 << attempt.min(8)).min(2_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let mut rng = SmallRng::seed_from_u64(u64::from(nanos) ^ u64::from(std::process::id()) << 32);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        rng.random_range(cap / 2..=cap),
+    ))
+    .await;
+}
+
 impl Store {
     /// The last round `worker` journaled (0 before its first).
     pub async fn last_round(&self, worker: &str) -> Result<i64> {
@@ -106,102 +126,159 @@ impl Store {
         rows: &[AttemptRow],
         tag: &CommitTag,
     ) -> Result<()> {
-        self.append(rows, tag).await?;
-        failpoint("after-journal");
-        self.apply_round(rows, tag).await
-    }
-
-    /// Brings every table up to `worker`'s last journaled round. Returns the round it
-    /// re-applied, if any table was behind.
-    pub async fn recover(&mut self, worker: &str) -> Result<Option<i64>> {
-        let round = self.last_round(worker).await?;
-        if round == 0 || self.behind(worker, round).await?.is_empty() {
-            return Ok(None);
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        match self.append(rows, tag).await {
+            Err(e) if e.is_same_app_conflict() => {
+                return Err(Error::WorkerBusy {
+                    worker: first.worker.clone(),
+                });
+            }
+            other => other?,
         }
-        let (_ctx, frame) = self.frame(Table::Attempts).await?;
-        let frame = frame.filter(
-            col("worker")
-                .eq(lit(worker))
-                .and(col("round").eq(lit(round))),
-        )?;
-        let rows: Vec<AttemptRow> = collect_rows(frame).await?;
-        tracing::warn!(
-            round,
-            worker,
-            attempts = rows.len(),
-            "re-applying a round a crash left half-committed"
-        );
-        let tag = CommitTag::round("recover", worker, round).with("attempts", rows.len());
-        self.apply_round(&rows, &tag).await?;
-        Ok(Some(round))
-    }
-
-    /// The tables whose last applied round of `worker` is before `round`.
-    async fn behind(&self, worker: &str, round: i64) -> Result<Vec<Table>> {
-        let mut behind = Vec::new();
+        failpoint("after-journal");
         for table in [
             Table::FinalResults,
             Table::DeadLetterQueue,
             Table::RetryQueue,
         ] {
-            if self.txn_version(table, &app_id(worker)).await?.unwrap_or(0) < round {
-                behind.push(table);
-            }
+            self.apply(table, rows, tag).await?;
+            failpoint(match table {
+                Table::FinalResults => "after-final",
+                Table::DeadLetterQueue => "after-dead-letter",
+                _ => "after-merge",
+            });
         }
-        Ok(behind)
+        Ok(())
     }
 
-    /// Applies journaled attempts to the tables not yet carrying their round. Appends are
-    /// skipped where the round is already applied; the MERGE sets values rather than
-    /// incrementing them, so it is safe either way.
-    async fn apply_round(&mut self, rows: &[AttemptRow], tag: &CommitTag) -> Result<()> {
+    /// Brings every table up to `worker`'s last journaled round, re-applying from the
+    /// journal each round a crash (or a hand-edited table) left unapplied. Returns the
+    /// rounds it re-applied.
+    pub async fn recover(&mut self, worker: &str) -> Result<Vec<i64>> {
+        let last = self.last_round(worker).await?;
+        let app = app_id(worker);
+        let mut applied = BTreeMap::new();
+        for table in [
+            Table::FinalResults,
+            Table::DeadLetterQueue,
+            Table::RetryQueue,
+        ] {
+            applied.insert(table, self.txn_version(table, &app).await?.unwrap_or(0));
+        }
+        let oldest = applied.values().copied().min().unwrap_or(last);
+        if oldest >= last {
+            return Ok(Vec::new());
+        }
+        let (_ctx, frame) = self.frame(Table::Attempts).await?;
+        let frame = frame.filter(
+            col("worker")
+                .eq(lit(worker))
+                .and(col("round").gt(lit(oldest)))
+                .and(col("round").lt_eq(lit(last))),
+        )?;
+        let mut by_round: BTreeMap<i64, Vec<AttemptRow>> = BTreeMap::new();
+        for row in collect_rows::<AttemptRow>(frame).await? {
+            by_round.entry(row.round).or_default().push(row);
+        }
+        for (round, rows) in &by_round {
+            tracing::warn!(
+                round,
+                worker,
+                attempts = rows.len(),
+                "re-applying a journaled round a crash left half-committed"
+            );
+            let tag = CommitTag::round("recover", worker, *round).with("attempts", rows.len());
+            for table in [
+                Table::FinalResults,
+                Table::DeadLetterQueue,
+                Table::RetryQueue,
+            ] {
+                if applied[&table] < *round {
+                    self.apply(table, rows, &tag).await?;
+                }
+            }
+        }
+        Ok(by_round.into_keys().collect())
+    }
+
+    /// Brings the tables up to date with every worker's journal: a worker that crashed and
+    /// never came back must not leave its last round half-applied.
+    pub async fn recover_all(&mut self) -> Result<()> {
+        let (_ctx, frame) = self.frame(Table::Attempts).await?;
+        let workers = frame
+            .aggregate(vec![col("worker")], vec![])?
+            .collect()
+            .await?;
+        for batch in workers {
+            let column = deltalake::arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+            let column = column.as_any().downcast_ref::<StringArray>().expect("Utf8");
+            for worker in column.iter().flatten() {
+                self.recover(worker).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one journaled round to one table, unless that table already carries it.
+    /// A commit conflict (a concurrent writer, or another process completing the same
+    /// round) is met by re-reading the table and checking again.
+    async fn apply(&mut self, table: Table, rows: &[AttemptRow], tag: &CommitTag) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let (worker, round) = (first.worker.clone(), first.round);
-        let behind = self.behind(&worker, round).await?;
-
-        if behind.contains(&Table::FinalResults) {
-            let finals: Vec<FinalRow> = rows
-                .iter()
-                .filter(|r| r.disposition == disposition::FINAL)
-                .map(|r| FinalRow {
-                    sample_id: r.sample_id.clone(),
-                    data: r.payload.clone(),
-                    processed_at: r.finished_at,
-                    attempts: r.attempt + 1,
-                    response: r.response.clone(),
-                })
-                .collect();
-            self.append(&finals, tag).await?;
+        let (app, round) = (app_id(&first.worker), first.round);
+        for attempt in 0.. {
+            if self.txn_version(table, &app).await?.unwrap_or(0) >= round {
+                return Ok(());
+            }
+            let result = match table {
+                Table::FinalResults => self.append(&final_rows(rows), tag).await,
+                Table::DeadLetterQueue => self.append(&dead_rows(rows), tag).await,
+                _ => {
+                    let source = SessionContext::new().read_batch(merge_source(rows)?)?;
+                    self.merge_queue(source, tag).await
+                }
+            };
+            match result {
+                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
+                    tracing::debug!(table = table.name(), attempt, "commit conflict; re-reading");
+                    conflict_pause(attempt).await;
+                    self.refresh_table(table).await?;
+                }
+                other => return other,
+            }
         }
-        failpoint("after-final");
-
-        if behind.contains(&Table::DeadLetterQueue) {
-            let dead: Vec<DeadRow> = rows
-                .iter()
-                .filter(|r| r.disposition == disposition::DEAD)
-                .map(|r| DeadRow {
-                    sample_id: r.sample_id.clone(),
-                    payload: r.payload.clone(),
-                    error_msg: r.error_msg.clone(),
-                    retry_count: r.retry_count,
-                    failed_at: r.finished_at,
-                    reason: r.reason.clone().unwrap_or_default(),
-                })
-                .collect();
-            self.append(&dead, tag).await?;
-        }
-        failpoint("after-dead-letter");
-
-        if behind.contains(&Table::RetryQueue) {
-            let ctx = SessionContext::new();
-            let source = ctx.read_batch(merge_source(rows)?)?;
-            self.merge_queue(source, tag).await?;
-        }
-        failpoint("after-merge");
-        Ok(())
+        unreachable!("the loop returns")
     }
+}
+
+fn final_rows(rows: &[AttemptRow]) -> Vec<FinalRow> {
+    rows.iter()
+        .filter(|r| r.disposition == disposition::FINAL)
+        .map(|r| FinalRow {
+            sample_id: r.sample_id.clone(),
+            data: r.payload.clone(),
+            processed_at: r.finished_at,
+            attempts: r.attempt + 1,
+            response: r.response.clone(),
+        })
+        .collect()
+}
+
+fn dead_rows(rows: &[AttemptRow]) -> Vec<DeadRow> {
+    rows.iter()
+        .filter(|r| r.disposition == disposition::DEAD)
+        .map(|r| DeadRow {
+            sample_id: r.sample_id.clone(),
+            payload: r.payload.clone(),
+            error_msg: r.error_msg.clone(),
+            retry_count: r.retry_count,
+            failed_at: r.finished_at,
+            reason: r.reason.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// The MERGE source for a round: one row per attempted record, `delete` for those that

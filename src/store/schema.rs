@@ -48,7 +48,7 @@ impl ColumnType {
 use ColumnType::{Int, Long, Str, Timestamp};
 
 /// One of retrylake's tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// Records waiting for their next attempt.
     RetryQueue,

@@ -1,0 +1,126 @@
+//! Shards: a stable split of the keys among N workers, so their rounds never touch the same
+//! record.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{Array, BooleanArray, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
+use deltalake::datafusion::error::DataFusionError;
+use deltalake::datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
+use deltalake::datafusion::prelude::{col, lit};
+
+use crate::error::{Error, Result};
+
+/// A stable 64-bit hash (FNV-1a finished with a SplitMix64 mix): the same on every platform,
+/// Rust version and run, so shard membership and simulated outcomes never move.
+pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Shard `index` of `count` (`--shard I/N`, 0-based): the records whose id hashes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    index: u32,
+    count: u32,
+}
+
+impl Shard {
+    /// Shard `index` of `count`; `index` must be below `count`.
+    pub fn new(index: u32, count: u32) -> Result<Shard> {
+        if count == 0 || index >= count {
+            return Err(Error::InvalidConfig(format!(
+                "invalid shard {index}/{count}: expected I/N with 0 <= I < N"
+            )));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether `sample_id` belongs to this shard.
+    pub fn contains(&self, sample_id: &str) -> bool {
+        stable_hash(&[sample_id.as_bytes()]) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// A filter expression keeping the rows of this shard, for scans.
+    pub(crate) fn filter(&self) -> Expr {
+        let shard = *self;
+        let udf: ScalarUDF = create_udf(
+            "retrylake_in_shard",
+            vec![DataType::Utf8],
+            DataType::Boolean,
+            Volatility::Immutable,
+            Arc::new(move |args: &[ColumnarValue]| {
+                let ids = args[0].clone().into_array(1)?;
+                let ids = cast(&ids, &DataType::Utf8)?;
+                let ids = ids.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    DataFusionError::Internal("shard: ids are not strings".into())
+                })?;
+                let keep: BooleanArray = ids
+                    .iter()
+                    .map(|id| id.map(|id| shard.contains(id)))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(keep)))
+            }),
+        );
+        udf.call(vec![deltalake::datafusion::logical_expr::cast(
+            col("sample_id"),
+            DataType::Utf8,
+        )])
+        .eq(lit(true))
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || Error::InvalidConfig(format!("invalid shard '{s}': expected I/N such as 0/4"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        Shard::new(
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        )
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_keys_without_overlap() {
+        let shards: Vec<Shard> = (0..4).map(|i| Shard::new(i, 4).unwrap()).collect();
+        let mut sizes = [0usize; 4];
+        for n in 0..10_000 {
+            let id = format!("S-{n}");
+            let owners: Vec<usize> = (0..4).filter(|&i| shards[i].contains(&id)).collect();
+            assert_eq!(owners.len(), 1, "{id}");
+            sizes[owners[0]] += 1;
+        }
+        assert!(
+            sizes.iter().all(|&s| (2_200..2_800).contains(&s)),
+            "{sizes:?}"
+        );
+    }
+
+    #[test]
+    fn parses_and_refuses() {
+        assert_eq!("1/3".parse::<Shard>().unwrap(), Shard::new(1, 3).unwrap());
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("1-3".parse::<Shard>().is_err());
+        assert!("0/0".parse::<Shard>().is_err());
+    }
+}
