@@ -175,6 +175,10 @@ struct RunArgs {
     /// next due record, otherwise it waits for it.
     #[arg(long)]
     drain: bool,
+    /// With --drain on the system clock: the longest wait between rounds, so records
+    /// enqueued or released by other runners are picked up.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    poll: Duration,
     /// Print one JSON object per round.
     #[arg(long)]
     json: bool,
@@ -333,7 +337,10 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
                 }
             }
             None => {
-                let wait = (next - queue.clock().now()).to_std().unwrap_or_default();
+                let wait = (next - queue.clock().now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(args.poll);
                 if !wait.is_zero() {
                     tracing::info!(
                         "next record due at {next}; waiting {}",

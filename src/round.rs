@@ -111,7 +111,7 @@ pub(crate) async fn run_round(
     store.recover(worker).await?;
     let Some((due, claimed_at)) = claim_due(store, clock, worker, config).await? else {
         return Ok(RoundReport {
-            next_due: next_due(store).await?,
+            next_due: next_due(store, config.shard).await?,
             phases: Phases {
                 read: started.elapsed(),
                 ..Phases::default()
@@ -169,7 +169,7 @@ pub(crate) async fn run_round(
     let committing = Instant::now();
     store.commit_round(&rows, &tag).await?;
     report.phases.commit = committing.elapsed();
-    report.next_due = next_due(store).await?;
+    report.next_due = next_due(store, config.shard).await?;
     Ok(report)
 }
 
@@ -234,9 +234,12 @@ async fn due_records(
     collect_rows(frame).await
 }
 
-/// The earliest time lock in `retry_queue`.
-pub(crate) async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>> {
-    let (_ctx, frame) = store.frame(Table::RetryQueue).await?;
+/// The earliest time lock in `retry_queue` (in one shard).
+pub(crate) async fn next_due(store: &Store, shard: Option<Shard>) -> Result<Option<DateTime<Utc>>> {
+    let (_ctx, mut frame) = store.frame(Table::RetryQueue).await?;
+    if let Some(shard) = shard {
+        frame = frame.filter(shard.filter())?;
+    }
     let frame = frame.aggregate(
         vec![],
         vec![

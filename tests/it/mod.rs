@@ -1,3 +1,4 @@
+mod concurrent;
 mod crash;
 mod enqueue;
 mod errors;

@@ -33,6 +33,17 @@ impl Env {
         cmd
     }
 
+    /// The binary as a plain process (to spawn and kill), `--data` set.
+    pub fn process(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("retrylake"));
+        cmd.env_remove("RETRYLAKE_FAILPOINT")
+            .env_remove("RETRYLAKE_DATA")
+            .env_remove("RETRYLAKE_LOG")
+            .arg("--data")
+            .arg(self.data());
+        cmd
+    }
+
     /// Runs the binary with `args`, asserts success and returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cmd().args(args).output().expect("run");
@@ -79,6 +90,50 @@ pub fn bare_cmd() -> Command {
         .env_remove("RETRYLAKE_DATA")
         .env_remove("RETRYLAKE_LOG");
     cmd
+}
+
+/// Audits the tables on disk and asserts every invariant holds for exactly `expected` ids.
+pub fn assert_exactly_once(data: &Path, expected: &[String]) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let audit = rt.block_on(async {
+        let store = Store::open(data.to_str().expect("utf8 path"))
+            .await
+            .expect("open store");
+        retrylake::audit::audit(&store).await.expect("audit")
+    });
+    assert!(audit.doubled.is_empty(), "doubled: {:?}", audit.doubled);
+    assert!(
+        audit.unjournaled_finals.is_empty(),
+        "final without success: {:?}",
+        audit.unjournaled_finals
+    );
+    assert!(
+        audit.count_mismatches.is_empty(),
+        "retry counts off: {:?}",
+        audit.count_mismatches
+    );
+    let found: Vec<&String> = audit.ids.iter().collect();
+    let mut expected: Vec<&String> = expected.iter().collect();
+    expected.sort();
+    assert_eq!(found, expected, "records lost or invented");
+}
+
+/// A JSON Lines input of `n` records `<prefix>-0000`..., every 9th with an empty payload.
+pub fn write_samples(env: &Env, prefix: &str, n: usize) -> (PathBuf, Vec<String>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:04}")).collect();
+    let lines: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let payload = if i % 9 == 0 {
+                String::new()
+            } else {
+                format!("data {i}")
+            };
+            format!("{{\"sample_id\":\"{id}\",\"payload\":\"{payload}\"}}\n")
+        })
+        .collect();
+    (env.write(&format!("{prefix}.jsonl"), lines), ids)
 }
 
 pub fn read_rows<R: Rows>(data: &Path) -> Vec<R> {

@@ -1,0 +1,145 @@
+//! Several `run` processes on one data directory at once.
+
+use std::collections::HashSet;
+use std::process::Output;
+
+use retrylake::Shard;
+use retrylake::store::{AttemptRow, QueueRow};
+
+use super::util::{Env, assert_exactly_once, write_samples};
+
+/// Records enqueued in the past are due now on the real clock. Concurrent runners share the
+/// real clock (a virtual `--now` per process would let one jump into another's lease), with
+/// backoffs short enough to drain in seconds.
+const PAST: &str = "2020-01-01T00:00:00Z";
+const FAST: [&str; 7] = [
+    "--base-backoff=20ms",
+    "--max-backoff=200ms",
+    "--drain",
+    "--poll=200ms",
+    "--transient-rate=0.3",
+    "--timeout=1m",
+    "--lease=1m",
+];
+
+/// Starts every runner at once and waits for all.
+fn spawn_all(env: &Env, runners: Vec<Vec<String>>) -> Vec<Output> {
+    let children: Vec<_> = runners
+        .into_iter()
+        .map(|args| {
+            env.process()
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn workers_with_their_own_names_never_take_the_same_record() {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "C", 240);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    let runners = (0..3)
+        .map(|i| {
+            let worker = format!("w{i}");
+            let mut a = args(&["run", "--limit", "40", "--worker", &worker]);
+            a.extend(args(&FAST));
+            a
+        })
+        .collect();
+    for out in spawn_all(&env, runners) {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_exactly_once(&env.data(), &ids);
+    assert!(env.rows::<QueueRow>().is_empty());
+    // No record was ever called twice for the same attempt.
+    let attempts = env.rows::<AttemptRow>();
+    let mut seen = HashSet::new();
+    for a in &attempts {
+        assert!(
+            seen.insert((a.sample_id.clone(), a.attempt)),
+            "{} attempt {} twice",
+            a.sample_id,
+            a.attempt
+        );
+    }
+}
+
+#[test]
+fn shards_split_the_work() {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "S", 150);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    let runners = (0..3)
+        .map(|i| {
+            let (worker, shard) = (format!("shard{i}"), format!("{i}/3"));
+            let mut a = args(&["run", "--worker", &worker, "--shard", &shard]);
+            a.extend(args(&FAST));
+            a
+        })
+        .collect();
+    for out in spawn_all(&env, runners) {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_exactly_once(&env.data(), &ids);
+    assert!(env.rows::<QueueRow>().is_empty());
+    for a in env.rows::<AttemptRow>() {
+        let i: u32 = a.worker.trim_start_matches("shard").parse().unwrap();
+        assert!(
+            Shard::new(i, 3).unwrap().contains(&a.sample_id),
+            "{} outside {}",
+            a.sample_id,
+            a.worker
+        );
+    }
+}
+
+#[test]
+fn the_same_worker_name_twice_refuses_or_serializes() {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "D", 120);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    // A refused runner's claimed records wait out its lease before anyone retries them.
+    let runner = args(&[
+        "run",
+        "--limit=30",
+        "--transient-rate=0.3",
+        "--lease=5s",
+        "--base-backoff=20ms",
+        "--max-backoff=200ms",
+    ]);
+    let outs = spawn_all(&env, vec![runner.clone(), runner.clone(), runner]);
+    for out in &outs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                || stderr.contains("another retrylake process is running as worker 'main'"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert_exactly_once(&env.data(), &ids);
+    let mut drain = vec!["run"];
+    drain.extend(FAST);
+    env.ok(&drain);
+    assert_exactly_once(&env.data(), &ids);
+}
