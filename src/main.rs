@@ -342,7 +342,7 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
                     .unwrap_or_default()
                     .min(args.poll);
                 if !wait.is_zero() {
-                    tracing::info!(
+                    tracing::debug!(
                         "next record due at {next}; waiting {}",
                         humantime::format_duration(wait)
                     );
