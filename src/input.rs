@@ -118,8 +118,8 @@ pub fn read_input(path: &Path, format: InputFormat, fields: &Fields) -> Result<P
             Ok(parse_jsonl(&bytes, fields))
         }
         InputFormat::Csv => {
-            let file = File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-            parse_csv(file, fields).map_err(fail)
+            let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+            parse_csv(&bytes, fields).map_err(fail)
         }
         InputFormat::Parquet => {
             let file = File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
@@ -213,10 +213,21 @@ fn id_from_json(value: Option<&Value>, field: &str) -> std::result::Result<Strin
 
 /// Parses CSV with a header row naming the id and payload columns. Quoted fields may hold
 /// newlines; the line reported is where the record starts.
-pub fn parse_csv<R: std::io::Read>(
-    input: R,
-    fields: &Fields,
-) -> std::result::Result<ParsedInput, String> {
+pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInput, String> {
+    // Line numbers from byte offsets: the reader's own line count lags behind CRLF endings.
+    let newlines: Vec<usize> = input
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let line_at = |offset: u64| {
+        let mut start = offset as usize;
+        while input.get(start).is_some_and(|b| *b == b'\r' || *b == b'\n') {
+            start += 1;
+        }
+        newlines.partition_point(|&n| n < start) + 1
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
@@ -245,12 +256,11 @@ pub fn parse_csv<R: std::io::Read>(
     let mut parsed = ParsedInput::default();
     let mut record = csv::ByteRecord::new();
     loop {
-        let line = reader.position().line() as usize;
+        let line = line_at(reader.position().byte());
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                let line = e.position().map_or(line, |p| p.line() as usize);
                 parsed.invalid.push(InvalidRecord {
                     line,
                     sample_id: None,
@@ -263,7 +273,6 @@ pub fn parse_csv<R: std::io::Read>(
                 continue;
             }
         }
-        let line = record.position().map_or(line, |p| p.line() as usize);
         let raw = || {
             let fields: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
             Some(fields.join(","))
@@ -318,13 +327,18 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
         .iter()
         .map(|f| (f.name().as_str(), f.data_type()))
         .collect();
-    for field in [&fields.id, &fields.payload] {
+    for (field, is_id) in [(&fields.id, true), (&fields.payload, false)] {
         match columns.get(field.as_str()) {
             None => {
                 let names: Vec<&str> = columns.keys().copied().collect();
                 return Err(format!(
                     "no column '{field}' in the Parquet schema (columns: {})",
                     names.join(", ")
+                ));
+            }
+            Some(ty) if is_id && !(ty.is_integer() || is_string(ty)) => {
+                return Err(format!(
+                    "column '{field}' is {ty}; an id must be a string or an integer"
                 ));
             }
             Some(ty) if !deltalake::arrow::compute::can_cast_types(ty, &DataType::Utf8) => {
@@ -375,6 +389,13 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
     Ok(parsed)
 }
 
+fn is_string(ty: &DataType) -> bool {
+    matches!(
+        ty,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
 /// Where an input record came from, for dead letters of invalid input without an id.
 pub(crate) fn synthetic_id(path: &Path, line: usize) -> String {
     let name = path
@@ -422,6 +443,14 @@ mod tests {
     fn csv_handles_quoted_newlines_and_missing_columns() {
         let input = "sample_id,payload\nS-1,\"two\nlines\"\nS-2,plain\n,no id\n";
         let parsed = parse_csv(input.as_bytes(), &Fields::default()).unwrap();
+        let crlf = parse_csv(input.replace('\n', "\r\n").as_bytes(), &Fields::default()).unwrap();
+        let lines = |p: &ParsedInput| {
+            (
+                p.records.iter().map(|r| r.line).collect::<Vec<_>>(),
+                p.invalid[0].line,
+            )
+        };
+        assert_eq!(lines(&parsed), lines(&crlf));
         assert_eq!(parsed.records.len(), 2);
         assert_eq!(parsed.records[0].payload.as_deref(), Some("two\nlines"));
         assert_eq!(parsed.records[1].line, 4);
@@ -432,5 +461,28 @@ mod tests {
         };
         let err = parse_csv(input.as_bytes(), &fields).unwrap_err();
         assert!(err.contains("no column 'id'"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsers_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let jsonl = parse_jsonl(&bytes, &Fields::default());
+            // Every non-blank line is accounted for, as a record or as invalid.
+            let lines = bytes.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count();
+            let bom = usize::from(bytes.starts_with(b"\xEF\xBB\xBF") && bytes[3..].split(|&b| b == b'\n').next().is_some_and(|l| l.iter().all(u8::is_ascii_whitespace)));
+            proptest::prop_assert_eq!(jsonl.records.len() + jsonl.invalid.len() + bom, lines);
+            let _ = parse_csv(&bytes, &Fields::default());
+        }
+
+        #[test]
+        fn parsers_never_panic_on_json_like_text(text in r#"(\{"sample_id":("[a-z\\"]{0,5}"|[0-9]{1,3}|null|\[\]),"payload":("[^"]{0,8}"|\{\}|[0-9.e-]{1,6}|true)\}\r?\n?){0,6}"#) {
+            let parsed = parse_jsonl(text.as_bytes(), &Fields::default());
+            for r in &parsed.records {
+                proptest::prop_assert!(!r.sample_id.is_empty());
+            }
+            let _ = parse_csv(text.as_bytes(), &Fields::default());
+        }
     }
 }

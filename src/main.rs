@@ -217,6 +217,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // A panic on a dependency's background task (object_store's writer when the disk is
+    // full) is turned into an error by the runtime; keep its trace out of the user's way.
+    std::panic::set_hook(Box::new(|info| {
+        if std::thread::current().name() == Some("main") {
+            eprintln!("error: internal error: {info}");
+        } else {
+            tracing::debug!(target: "retrylake::panic", "background task panicked: {info}");
+        }
+    }));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -237,10 +246,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text is already shown
+/// (delta-rs errors repeat their sources in their own message).
+fn message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message.replace('\n', " ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
