@@ -306,3 +306,65 @@ fn a_full_disk_fails_cleanly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_read_only_data_directory_fails_cleanly_and_stays_readable() {
+    // Root ignores file modes, so make the filesystem itself read-only (skipped where
+    // mounting is not allowed).
+    let env = Env::new();
+    let mount = env.path("ro");
+    std::fs::create_dir_all(&mount).unwrap();
+    let sh = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64m",
+        "tmpfs",
+        mount.to_str().unwrap(),
+    ]) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let data = mount.join("data");
+    let data = data.to_str().unwrap();
+    let (input, _) = write_samples(&env, "RO", 10);
+    let ok = bare_cmd()
+        .args(["--data", data, "enqueue", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(sh(&["mount", "-o", "remount,ro", mount.to_str().unwrap()]));
+    let run = bare_cmd()
+        .args(["--data", data, "run", "--transient-rate", "0"])
+        .output()
+        .unwrap();
+    let status = bare_cmd()
+        .args(["--data", data, "status", "--json"])
+        .output()
+        .unwrap();
+    let _ = sh(&["umount", mount.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Read-only file system") || stderr.contains("os error 30"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["waiting"], 10,
+        "the tables are readable and unchanged"
+    );
+}
