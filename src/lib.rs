@@ -32,6 +32,7 @@ pub mod clock;
 pub mod enqueue;
 pub mod error;
 pub mod input;
+pub mod monitor;
 pub mod outcome;
 pub mod policy;
 pub mod processor;

@@ -9,7 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::input::{Fields, InputFormat};
+use retrylake::monitor::{self, AsOf};
+use retrylake::store::{Store, Table};
 use retrylake::{
     CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
     RetryPolicy, RoundConfig, RoundReport, Shard, SimulateProcessor, Status,
@@ -47,6 +51,28 @@ enum Command {
     },
     /// Run a round: process every due record once.
     Run(Box<RunArgs>),
+    /// Run SQL over retry_queue, final_results, dead_letter_queue and attempts.
+    Query {
+        /// The statement, e.g. "SELECT error_msg, COUNT(*) FROM dead_letter_queue GROUP BY 1".
+        sql: String,
+        /// Read every table at this version (time travel).
+        #[arg(long, conflicts_with = "as_of")]
+        version: Option<u64>,
+        /// Read every table as it was at this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        as_of: Option<DateTime<Utc>>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// List the commits of a table (or of all four), newest first.
+    History {
+        /// retry_queue, final_results, dead_letter_queue or attempts; all when omitted.
+        table: Option<String>,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the backlog, due records, retries and dead letters.
     Status {
         /// The current time (RFC 3339); the system clock by default.
@@ -85,6 +111,16 @@ impl InputArgs {
             skip_invalid: self.skip_invalid,
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    /// An aligned text table.
+    Table,
+    /// A JSON array of row objects.
+    Json,
+    /// CSV with a header row.
+    Csv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -298,6 +334,37 @@ async fn dispatch(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Run(args) => run(&cli.data, *args, &mut out).await?,
+        Command::Query {
+            sql,
+            version,
+            as_of,
+            format,
+        } => {
+            let mut store = Store::open(&cli.data).await?;
+            let as_of = match (version, as_of) {
+                (Some(v), _) => AsOf::Version(v),
+                (None, Some(t)) => AsOf::Time(t),
+                (None, None) => AsOf::Latest,
+            };
+            store.travel(as_of).await?;
+            let batches = monitor::query(&store, &sql).await?;
+            print_batches(&mut out, &batches, format)?;
+        }
+        Command::History { table, json } => {
+            let store = Store::open(&cli.data).await?;
+            let tables = match table.as_deref() {
+                None => Table::ALL.to_vec(),
+                Some(name) => vec![Table::ALL.into_iter().find(|t| t.name() == name).with_context(|| {
+                    format!("unknown table '{name}' (expected retry_queue, final_results, dead_letter_queue or attempts)")
+                })?],
+            };
+            let commits = monitor::history(&store, &tables).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&commits)?)?;
+            } else {
+                print_history(&mut out, &commits)?;
+            }
+        }
         Command::Status { now, json } => {
             let mut queue = open(&cli.data, now).await?;
             let status = queue.status().await?;
@@ -433,6 +500,58 @@ fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result
             "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered; {next}",
             report.processed, report.succeeded, report.retried, report.dead_lettered
         )?,
+    }
+    Ok(())
+}
+
+fn print_batches(
+    out: &mut impl Write,
+    batches: &[RecordBatch],
+    format: OutputFormat,
+) -> Result<()> {
+    match format {
+        OutputFormat::Table => writeln!(out, "{}", pretty_format_batches(batches)?)?,
+        OutputFormat::Json => {
+            let mut writer = deltalake::arrow::json::ArrayWriter::new(Vec::new());
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            let body = writer.into_inner();
+            out.write_all(if body.is_empty() { b"[]" } else { &body })?;
+            writeln!(out)?;
+        }
+        OutputFormat::Csv => {
+            let mut writer = deltalake::arrow::csv::Writer::new(&mut *out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_history(out: &mut impl Write, commits: &[retrylake::monitor::Commit]) -> Result<()> {
+    writeln!(
+        out,
+        "{:<18} {:>7}  {:<20}  {:<14} {:<9} {:>6}  {:<10} details",
+        "table", "version", "timestamp", "operation", "job", "round", "worker"
+    )?;
+    for c in commits {
+        let details: Vec<String> = c.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(
+            out,
+            "{:<18} {:>7}  {:<20}  {:<14} {:<9} {:>6}  {:<10} {}",
+            c.table,
+            c.version,
+            c.timestamp
+                .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            c.operation.as_deref().unwrap_or(""),
+            c.job.as_deref().unwrap_or(""),
+            c.round.map_or_else(String::new, |r| r.to_string()),
+            c.worker.as_deref().unwrap_or(""),
+            details.join(" ")
+        )?;
     }
     Ok(())
 }

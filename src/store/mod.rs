@@ -85,6 +85,10 @@ impl Store {
         &self.tables[Store::index(table)]
     }
 
+    pub(crate) fn table_mut(&mut self, table: Table) -> &mut DeltaTable {
+        &mut self.tables[Store::index(table)]
+    }
+
     /// Reloads every table's latest version (other processes may have committed).
     pub async fn refresh(&mut self) -> Result<()> {
         for table in Store::order() {

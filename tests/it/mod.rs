@@ -4,6 +4,7 @@ mod enqueue;
 mod errors;
 mod hostile;
 mod http;
+mod monitor;
 mod round;
 mod server;
 mod util;

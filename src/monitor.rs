@@ -1,0 +1,142 @@
+//! SQL over the tables, time travel, and the commit history: the seed's monitoring, with
+//! DataFusion for Spark SQL and delta-rs for `VERSION AS OF` and `DESCRIBE HISTORY`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use deltalake::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use deltalake::datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::store::{Store, Table};
+
+/// Which version of the tables a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The latest version of every table.
+    Latest,
+    /// Version N of every table (a table with fewer versions is read at its latest).
+    Version(u64),
+    /// Every table as it was at this time.
+    Time(DateTime<Utc>),
+}
+
+impl Store {
+    /// Moves every table to `as_of` (time travel). Reads only; nothing is written.
+    pub async fn travel(&mut self, as_of: AsOf) -> Result<()> {
+        for table in Table::ALL {
+            let t = self.table_mut(table);
+            let result = match as_of {
+                AsOf::Latest => Ok(()),
+                AsOf::Version(v) => {
+                    let latest = t.version().unwrap_or(0).max(0) as u64;
+                    t.load_version(v.min(latest)).await
+                }
+                AsOf::Time(at) => t.load_with_datetime(at).await,
+            };
+            result.map_err(|source| Error::Delta {
+                table: table.name(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A session over the four tables with the functions the seed's SQL needs (`DATE`).
+pub async fn session(store: &Store) -> Result<SessionContext> {
+    let ctx = store.session().await?;
+    ctx.register_udf(create_udf(
+        "date",
+        vec![DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some("UTC".into()),
+        )],
+        DataType::Date32,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let values = args[0].clone().into_array(1)?;
+            Ok(ColumnarValue::Array(cast(&values, &DataType::Date32)?))
+        }),
+    ));
+    Ok(ctx)
+}
+
+/// Runs one SQL statement over the tables.
+pub async fn query(store: &Store, sql: &str) -> Result<Vec<RecordBatch>> {
+    let ctx = session(store).await?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+/// One commit of one table, as `history` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Commit {
+    /// The table.
+    pub table: &'static str,
+    /// The table version the commit created.
+    pub version: u64,
+    /// When it was committed.
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Delta's operation (`WRITE`, `MERGE`, `CREATE TABLE`, ...).
+    pub operation: Option<String>,
+    /// retrylake's operation (`round`, `claim`, `enqueue`, `recover`, `redrive`, ...).
+    pub job: Option<String>,
+    /// The round, for round commits.
+    pub round: Option<i64>,
+    /// The worker, for round and claim commits.
+    pub worker: Option<String>,
+    /// The counts retrylake recorded with the commit.
+    pub details: serde_json::Map<String, Value>,
+}
+
+/// The commits of `tables`, newest first.
+pub async fn history(store: &Store, tables: &[Table]) -> Result<Vec<Commit>> {
+    let mut commits = Vec::new();
+    for &table in tables {
+        let t = store.table(table);
+        let latest = t.version().unwrap_or(0).max(0) as u64;
+        let infos: Vec<_> = t
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(|source| Error::Delta {
+                table: table.name(),
+                source,
+            })?;
+        for (i, info) in infos.into_iter().enumerate() {
+            let mut details = match info.info.get("retrylake") {
+                Some(Value::Object(map)) => map.clone(),
+                _ => serde_json::Map::new(),
+            };
+            let job = details
+                .remove("operation")
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let round = details.remove("round").and_then(|v| v.as_i64());
+            let worker = details
+                .remove("worker")
+                .and_then(|v| v.as_str().map(str::to_owned));
+            commits.push(Commit {
+                table: table.name(),
+                version: latest.saturating_sub(i as u64),
+                timestamp: info.timestamp.and_then(DateTime::from_timestamp_millis),
+                operation: info.operation,
+                job,
+                round,
+                worker,
+                details,
+            });
+        }
+    }
+    commits.sort_by(|a, b| {
+        b.timestamp
+            .cmp(&a.timestamp)
+            .then(b.version.cmp(&a.version))
+    });
+    Ok(commits)
+}

@@ -1,0 +1,127 @@
+//! query, history and time travel through the binary.
+
+use super::util::{Env, write_samples};
+
+const NOW: &str = "2025-11-24T14:00:00Z";
+
+fn setup() -> Env {
+    let env = Env::new();
+    let (input, _) = write_samples(&env, "M", 45);
+    env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--now",
+        NOW,
+        "--seed",
+        "3",
+    ]);
+    env.ok(&["run", "--now", "2025-11-24T14:02:00Z", "--seed", "3"]);
+    env
+}
+
+fn json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.extend(["--format", "json"]);
+    serde_json::from_str(&env.ok(&args)).unwrap()
+}
+
+#[test]
+fn the_seeds_monitoring_queries_run_as_written() {
+    let env = setup();
+    let backlog = json(
+        &env,
+        &[
+            "query",
+            "SELECT COUNT(*) as total_waiting, AVG(retry_count) as avg_retries, MAX(retry_count) as max_retries FROM retry_queue",
+        ],
+    );
+    let status = env.json(&["status", "--now", "2025-11-24T14:03:00Z"]);
+    assert_eq!(backlog[0]["total_waiting"], status["waiting"]);
+    assert_eq!(backlog[0]["max_retries"], status["max_retries"]);
+
+    let dlq = json(
+        &env,
+        &[
+            "query",
+            "SELECT error_msg, COUNT(*) as occurrence_count FROM dead_letter_queue GROUP BY error_msg ORDER BY occurrence_count DESC",
+        ],
+    );
+    assert_eq!(dlq[0]["error_msg"], "Missing Payload");
+    assert_eq!(dlq[0]["occurrence_count"], 5);
+
+    let out = env.ok(&[
+        "query",
+        "SELECT DATE(processed_at) as date, COUNT(*) as success_count FROM final_results GROUP BY DATE(processed_at)",
+        "--format",
+        "csv",
+    ]);
+    let expected = format!("date,success_count\n2025-11-24,{}\n", status["final"]);
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn time_travel_reads_every_table_as_it_was() {
+    let env = setup();
+    // Version 1 of final_results is round 1's append.
+    let v1 = json(
+        &env,
+        &[
+            "query",
+            "SELECT COUNT(*) AS n FROM final_results",
+            "--version",
+            "1",
+        ],
+    );
+    let round1 = json(
+        &env,
+        &[
+            "query",
+            "SELECT COUNT(*) AS n FROM attempts WHERE round = 1 AND outcome = 'success'",
+        ],
+    );
+    assert_eq!(v1[0]["n"], round1[0]["n"]);
+    let v0 = json(
+        &env,
+        &[
+            "query",
+            "SELECT COUNT(*) AS n FROM attempts",
+            "--version",
+            "0",
+        ],
+    );
+    assert_eq!(v0[0]["n"], 0);
+    let past = json(
+        &env,
+        &[
+            "query",
+            "SELECT COUNT(*) AS n FROM final_results",
+            "--as-of",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(past[0]["n"], 0, "before any commit: the empty version 0");
+}
+
+#[test]
+fn history_lists_rounds_newest_first() {
+    let env = setup();
+    let commits: serde_json::Value =
+        serde_json::from_str(&env.ok(&["history", "final_results", "--json"])).unwrap();
+    let commits = commits.as_array().unwrap();
+    assert_eq!(commits.len(), 3);
+    assert_eq!(commits[0]["version"], 2);
+    assert_eq!(commits[0]["round"], 2);
+    assert_eq!(commits[0]["worker"], "main");
+    assert_eq!(commits[1]["details"]["processed"], 45);
+    assert_eq!(commits[2]["operation"], "CREATE TABLE");
+    let text = env.ok(&["history"]);
+    assert!(
+        text.contains("retry_queue") && text.contains("claim") && text.contains("MERGE"),
+        "{text}"
+    );
+    let err = env.fails(&["history", "nope"]);
+    assert!(err.contains("unknown table 'nope'"), "{err}");
+    let err = env.fails(&["query", "SELECT * FROM nowhere"]);
+    assert!(err.contains("nowhere"), "{err}");
+}
