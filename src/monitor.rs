@@ -35,7 +35,7 @@ impl Store {
             let result = match as_of {
                 AsOf::Latest => Ok(()),
                 AsOf::Version(v) => {
-                    let latest = t.version().unwrap_or(0).max(0) as u64;
+                    let latest = t.version().unwrap_or(0);
                     t.load_version(v.min(latest)).await
                 }
                 AsOf::Time(at) => t.load_with_datetime(at).await,
@@ -100,7 +100,7 @@ pub async fn history(store: &Store, tables: &[Table]) -> Result<Vec<Commit>> {
     let mut commits = Vec::new();
     for &table in tables {
         let t = store.table(table);
-        let latest = t.version().unwrap_or(0).max(0) as u64;
+        let latest = t.version().unwrap_or(0);
         let infos: Vec<_> = t
             .history(None)
             .try_collect()
