@@ -15,7 +15,8 @@ pub struct Audit {
     pub doubled: Vec<(String, Vec<&'static str>)>,
     /// Final records without a journaled success.
     pub unjournaled_finals: Vec<String>,
-    /// Queued records whose retry count is not their number of journaled failures.
+    /// Queued records whose retry count is not their number of journaled transient
+    /// failures since their last redrive.
     pub count_mismatches: Vec<String>,
 }
 
@@ -62,11 +63,18 @@ pub async fn audit(store: &Store) -> Result<Audit> {
         .collect();
     audit.doubled.sort();
 
+    // Per id: transient failures since its last redrive, and whether it ever succeeded.
+    let mut ordered: Vec<&AttemptRow> = attempts.iter().collect();
+    ordered.sort_by_key(|a| (a.started_at, a.attempt, a.outcome == "redrive"));
     let mut journaled: HashMap<&str, (usize, bool)> = HashMap::new();
-    for a in &attempts {
+    for a in ordered {
         let entry = journaled.entry(a.sample_id.as_str()).or_default();
-        entry.0 += 1;
-        entry.1 |= a.outcome == "success";
+        match a.outcome.as_str() {
+            "redrive" => entry.0 = 0,
+            "transient" => entry.0 += 1,
+            "success" => entry.1 = true,
+            _ => {}
+        }
     }
     audit.unjournaled_finals = finals
         .iter()

@@ -37,6 +37,7 @@ pub mod outcome;
 pub mod policy;
 pub mod processor;
 pub mod queue;
+pub mod redrive;
 pub mod round;
 pub mod shard;
 pub mod status;

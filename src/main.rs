@@ -13,6 +13,7 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::input::{Fields, InputFormat};
 use retrylake::monitor::{self, AsOf};
+use retrylake::redrive::RedriveFilter;
 use retrylake::store::{Store, Table};
 use retrylake::{
     CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
@@ -70,6 +71,27 @@ enum Command {
         /// retry_queue, final_results, dead_letter_queue or attempts; all when omitted.
         table: Option<String>,
         /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back into the retry queue (retry_count 0, due now).
+    Redrive {
+        /// Only dead letters with this reason (permanent, retries_exhausted, invalid_input).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only dead letters with exactly this error message.
+        #[arg(long)]
+        error_msg: Option<String>,
+        /// Only this id (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// At most this many, oldest first.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The current time (RFC 3339); the system clock by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -363,6 +385,32 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&commits)?)?;
             } else {
                 print_history(&mut out, &commits)?;
+            }
+        }
+        Command::Redrive {
+            reason,
+            error_msg,
+            ids,
+            limit,
+            now,
+            json,
+        } => {
+            let mut queue = open(&cli.data, now).await?;
+            let filter = RedriveFilter {
+                reason,
+                error_msg,
+                ids,
+                limit,
+            };
+            let report = queue.redrive(&filter).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "redrove {} dead letters into the retry queue",
+                    report.redriven
+                )?;
             }
         }
         Command::Status { now, json } => {

@@ -7,6 +7,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
 use crate::error::Result;
 use crate::processor::Processor;
+use crate::redrive::{RedriveFilter, RedriveReport, redrive};
 use crate::round::{RoundConfig, RoundReport, run_round};
 use crate::status::{Status, status};
 use crate::store::Store;
@@ -100,6 +101,12 @@ impl Queue {
             config,
         )
         .await
+    }
+
+    /// Moves the dead letters matching `filter` back into `retry_queue`, due now.
+    pub async fn redrive(&mut self, filter: &RedriveFilter) -> Result<RedriveReport> {
+        let now = self.clock.now();
+        redrive(&mut self.store, now, filter).await
     }
 
     /// The queue's state now.

@@ -90,6 +90,26 @@ pub(crate) mod disposition {
     pub const FINAL: &str = "final";
     pub const RETRY: &str = "retry";
     pub const DEAD: &str = "dead";
+    pub const REDRIVE: &str = "redrive";
+}
+
+/// The order a round's tables are written in after the journal. A redrive adds to the
+/// queue before it removes from the dead letters, so a crash between the two leaves the
+/// record in two tables (resolved by recovery) rather than in none.
+fn table_order(rows: &[AttemptRow]) -> [Table; 3] {
+    if rows.iter().any(|r| r.disposition == disposition::REDRIVE) {
+        [
+            Table::FinalResults,
+            Table::RetryQueue,
+            Table::DeadLetterQueue,
+        ]
+    } else {
+        [
+            Table::FinalResults,
+            Table::DeadLetterQueue,
+            Table::RetryQueue,
+        ]
+    }
 }
 
 /// How often a commit that lost a race with a concurrent writer is re-read and retried.
@@ -138,11 +158,7 @@ impl Store {
             other => other?,
         }
         failpoint("after-journal");
-        for table in [
-            Table::FinalResults,
-            Table::DeadLetterQueue,
-            Table::RetryQueue,
-        ] {
+        for table in table_order(rows) {
             self.apply(table, rows, tag).await?;
             failpoint(match table {
                 Table::FinalResults => "after-final",
@@ -190,11 +206,7 @@ impl Store {
                 "re-applying a journaled round a crash left half-committed"
             );
             let tag = CommitTag::round("recover", worker, *round).with("attempts", rows.len());
-            for table in [
-                Table::FinalResults,
-                Table::DeadLetterQueue,
-                Table::RetryQueue,
-            ] {
+            for table in table_order(rows) {
                 if applied[&table] < *round {
                     self.apply(table, rows, &tag).await?;
                 }
@@ -235,7 +247,18 @@ impl Store {
             }
             let result = match table {
                 Table::FinalResults => self.append(&final_rows(rows), tag).await,
-                Table::DeadLetterQueue => self.append(&dead_rows(rows), tag).await,
+                Table::DeadLetterQueue => {
+                    let redriven: Vec<&str> = rows
+                        .iter()
+                        .filter(|r| r.disposition == disposition::REDRIVE)
+                        .map(|r| r.sample_id.as_str())
+                        .collect();
+                    if redriven.is_empty() {
+                        self.append(&dead_rows(rows), tag).await
+                    } else {
+                        self.delete_dead(&redriven, tag).await
+                    }
+                }
                 _ => {
                     let source = SessionContext::new().read_batch(merge_source(rows)?)?;
                     self.merge_queue(source, tag).await
@@ -282,18 +305,26 @@ fn dead_rows(rows: &[AttemptRow]) -> Vec<DeadRow> {
 }
 
 /// The MERGE source for a round: one row per attempted record, `delete` for those that
-/// left the queue and `retry` (with the new count, error and time lock) for the others.
+/// left the queue, `retry` (with the new count, error and time lock) for the others, and
+/// `insert` for redriven dead letters.
 fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
     let action: StringArray = rows
         .iter()
         .map(|r| {
-            Some(if r.disposition == disposition::RETRY {
-                "retry"
-            } else {
-                "delete"
+            Some(match r.disposition.as_str() {
+                disposition::RETRY => "retry",
+                disposition::REDRIVE => "insert",
+                _ => "delete",
             })
         })
         .collect();
+    let payloads: StringArray = rows.iter().map(|r| r.payload.as_deref()).collect();
+    let enqueued = TimestampMicrosecondArray::from(
+        rows.iter()
+            .map(|r| to_micros(r.finished_at))
+            .collect::<Vec<_>>(),
+    )
+    .with_timezone("UTC");
     let ids: StringArray = rows.iter().map(|r| Some(r.sample_id.as_str())).collect();
     let counts: Int32Array = rows.iter().map(|r| Some(r.retry_count)).collect();
     let errors: StringArray = rows.iter().map(|r| r.error_msg.as_deref()).collect();
@@ -313,6 +344,12 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             true,
         ),
+        Field::new("payload", DataType::Utf8, true),
+        Field::new(
+            "enqueued_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]);
     Ok(RecordBatch::try_new(
         Arc::new(schema),
@@ -322,6 +359,8 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
             Arc::new(counts),
             Arc::new(errors),
             Arc::new(after),
+            Arc::new(payloads),
+            Arc::new(enqueued),
         ],
     )?)
 }

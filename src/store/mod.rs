@@ -191,6 +191,33 @@ impl Store {
                     .update("process_after", "source.process_after")
             })
             .map_err(delta(table))?
+            .when_not_matched_insert(|i| {
+                i.predicate("source.action = 'insert'")
+                    .set("sample_id", "source.sample_id")
+                    .set("payload", "source.payload")
+                    .set("error_msg", "source.error_msg")
+                    .set("retry_count", "source.retry_count")
+                    .set("process_after", "source.process_after")
+                    .set("enqueued_at", "source.enqueued_at")
+            })
+            .map_err(delta(table))?
+            .with_commit_properties(tag.properties())
+            .await
+            .map_err(delta(table))?;
+        *slot = updated;
+        Ok(())
+    }
+
+    /// Deletes the dead letters with these ids (they were redriven) in one commit.
+    pub(crate) async fn delete_dead(&mut self, ids: &[&str], tag: &CommitTag) -> Result<()> {
+        let table = Table::DeadLetterQueue;
+        let slot = &mut self.tables[Store::index(table)];
+        let (updated, _metrics) = slot
+            .clone()
+            .delete()
+            .with_predicate(
+                col("sample_id").in_list(ids.iter().map(|id| lit(*id)).collect(), false),
+            )
             .with_commit_properties(tag.properties())
             .await
             .map_err(delta(table))?;

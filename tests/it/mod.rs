@@ -5,6 +5,7 @@ mod errors;
 mod hostile;
 mod http;
 mod monitor;
+mod redrive;
 mod round;
 mod server;
 mod util;
