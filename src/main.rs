@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -12,9 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::input::{Fields, InputFormat};
+use retrylake::metrics::Metrics;
 use retrylake::monitor::{self, AsOf};
 use retrylake::redrive::RedriveFilter;
 use retrylake::store::{Store, Table};
+use retrylake::worker::{Shutdown, run_worker};
 use retrylake::{
     CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
     RetryPolicy, RoundConfig, RoundReport, Shard, SimulateProcessor, Status,
@@ -52,6 +54,8 @@ enum Command {
     },
     /// Run a round: process every due record once.
     Run(Box<RunArgs>),
+    /// Run rounds until SIGINT or SIGTERM, sleeping until the next record is due.
+    Worker(Box<WorkerArgs>),
     /// Run SQL over retry_queue, final_results, dead_letter_queue and attempts.
     Query {
         /// The statement, e.g. "SELECT error_msg, COUNT(*) FROM dead_letter_queue GROUP BY 1".
@@ -233,13 +237,52 @@ struct RunArgs {
     /// next due record, otherwise it waits for it.
     #[arg(long)]
     drain: bool,
-    /// With --drain on the system clock: the longest wait between rounds, so records
-    /// enqueued or released by other runners are picked up.
+    /// With --drain on the system clock, and for a worker: the longest wait between
+    /// rounds, so records enqueued or released by other runners are picked up.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     poll: Duration,
     /// Print one JSON object per round.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Serve Prometheus metrics on this address (host:port, or a port on 127.0.0.1).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+}
+
+async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
+    let shutdown = Shutdown::on_signals().context("cannot listen for signals")?;
+    let (mut queue, processor, config, _clock) = prepare(data, &args.run).await?;
+    let metrics = match &args.metrics_addr {
+        Some(addr) => {
+            let metrics = Arc::new(Mutex::new(Metrics::default()));
+            let bound = retrylake::metrics::serve(addr, metrics.clone()).await?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
+    tracing::info!(worker = queue.worker(), "worker started");
+    run_worker(&mut queue, processor.as_ref(), &config, args.run.poll, &shutdown, metrics, |r| {
+        if let Some(round) = r.round {
+            tracing::info!(
+                "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered in {:.2?}",
+                r.processed,
+                r.succeeded,
+                r.retried,
+                r.dead_lettered,
+                r.phases.read + r.phases.process + r.phases.commit
+            );
+        }
+    })
+    .await?;
+    tracing::info!("worker stopped");
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -356,6 +399,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Run(args) => run(&cli.data, *args, &mut out).await?,
+        Command::Worker(args) => worker(&cli.data, *args).await?,
         Command::Query {
             sql,
             version,
@@ -426,7 +470,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
+/// The queue, processor and round settings `run` and `worker` share; enqueues `--input`.
+async fn prepare(
+    data: &str,
+    args: &RunArgs,
+) -> Result<(
+    Queue,
+    Box<dyn Processor>,
+    RoundConfig,
+    Option<Arc<FixedClock>>,
+)> {
     let policy = RetryPolicy::builder()
         .base(args.base_backoff)
         .multiplier(args.multiplier)
@@ -461,6 +514,11 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
             input.display()
         );
     }
+    Ok((queue, processor, config, clock))
+}
+
+async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
+    let (mut queue, processor, config, clock) = prepare(data, &args).await?;
     loop {
         let report = queue.run_round(processor.as_ref(), &config).await?;
         print_round(out, &report, args.json)?;

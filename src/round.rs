@@ -85,6 +85,20 @@ pub struct RoundReport {
     /// Where the round's time went (not part of the JSON report).
     #[serde(skip)]
     pub phases: Phases,
+    /// Attempts by outcome (not part of the JSON report).
+    #[serde(skip)]
+    pub outcomes: OutcomeCounts,
+}
+
+/// A round's attempts by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Attempts that succeeded.
+    pub success: usize,
+    /// Attempts that failed transiently (retried or, at the end of their budget, dead).
+    pub transient: usize,
+    /// Attempts that failed permanently (`Missing Payload` included).
+    pub permanent: usize,
 }
 
 /// Wall time of a round's phases.
@@ -151,6 +165,11 @@ pub(crate) async fn run_round(
         dead_lettered: count(disposition::DEAD),
         next_due: None,
         phases,
+        outcomes: OutcomeCounts {
+            success: rows.iter().filter(|r| r.outcome == "success").count(),
+            transient: rows.iter().filter(|r| r.outcome == "transient").count(),
+            permanent: rows.iter().filter(|r| r.outcome == "permanent").count(),
+        },
     };
     let tag = CommitTag::round("round", worker, round)
         .with("processed", report.processed)

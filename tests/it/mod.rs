@@ -10,3 +10,4 @@ mod round;
 mod server;
 mod util;
 mod worked_example;
+mod worker;

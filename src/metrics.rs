@@ -1,0 +1,136 @@
+//! Prometheus metrics of a worker: attempts by outcome, queue depth, due now, dead letters,
+//! round duration and last round time, served as text on `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::round::RoundReport;
+use crate::status::Status;
+
+/// What a worker has done so far.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    rounds: u64,
+    success: u64,
+    transient: u64,
+    permanent: u64,
+    waiting: i64,
+    due: i64,
+    dead: i64,
+    last_round_seconds: f64,
+    last_round_at: Option<DateTime<Utc>>,
+}
+
+impl Metrics {
+    /// Counts a finished round and the queue's state after it.
+    pub fn record(&mut self, report: &RoundReport, status: &Status, at: DateTime<Utc>) {
+        if report.round.is_some() {
+            self.rounds += 1;
+            self.success += report.outcomes.success as u64;
+            self.transient += report.outcomes.transient as u64;
+            self.permanent += report.outcomes.permanent as u64;
+            let phases = report.phases;
+            self.last_round_seconds = (phases.read + phases.process + phases.commit).as_secs_f64();
+            self.last_round_at = Some(at);
+        }
+        self.waiting = status.waiting;
+        self.due = status.due;
+        self.dead = status.dead;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "retrylake_rounds_total",
+            "counter",
+            "Rounds that processed records.",
+            &[("", self.rounds.to_string())],
+        );
+        metric(
+            "retrylake_attempts_total",
+            "counter",
+            "Attempts by outcome.",
+            &[
+                ("{outcome=\"success\"}", self.success.to_string()),
+                ("{outcome=\"transient\"}", self.transient.to_string()),
+                ("{outcome=\"permanent\"}", self.permanent.to_string()),
+            ],
+        );
+        metric(
+            "retrylake_queue_depth",
+            "gauge",
+            "Records in retry_queue.",
+            &[("", self.waiting.to_string())],
+        );
+        metric(
+            "retrylake_due",
+            "gauge",
+            "Records past their time lock.",
+            &[("", self.due.to_string())],
+        );
+        metric(
+            "retrylake_dead_letters",
+            "gauge",
+            "Records in dead_letter_queue.",
+            &[("", self.dead.to_string())],
+        );
+        metric(
+            "retrylake_round_duration_seconds",
+            "gauge",
+            "Wall time of the last round.",
+            &[("", format!("{:.6}", self.last_round_seconds))],
+        );
+        let last = self
+            .last_round_at
+            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        metric(
+            "retrylake_last_round_timestamp_seconds",
+            "gauge",
+            "When the last round finished (Unix time).",
+            &[("", format!("{last:.3}"))],
+        );
+        out
+    }
+}
+
+/// Serves `metrics` on `http://ADDR/metrics` until the process ends. `ADDR` is `host:port`,
+/// or a bare port (`9100`, `:9100`) bound to 127.0.0.1. Returns the bound address.
+pub async fn serve(addr: &str, metrics: Arc<Mutex<Metrics>>) -> Result<std::net::SocketAddr> {
+    let addr = addr.trim();
+    let addr = if addr.chars().all(|c| c.is_ascii_digit() || c == ':') {
+        format!("127.0.0.1:{}", addr.trim_start_matches(':'))
+    } else {
+        addr.to_owned()
+    };
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+        Error::InvalidConfig(format!("cannot listen on --metrics-addr {addr}: {e}"))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidConfig(format!("--metrics-addr {addr}: {e}")))?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let text = metrics.lock().expect("metrics lock").render();
+            async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("metrics server stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
