@@ -487,7 +487,7 @@ async fn prepare(
         .max_backoff(args.max_backoff)
         .jitter(args.jitter)
         .build()?;
-    let processor = processor(&args)?;
+    let processor = processor(args)?;
     let config = RoundConfig {
         policy,
         limit: args.limit,
