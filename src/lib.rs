@@ -32,6 +32,7 @@ pub mod clock;
 pub mod enqueue;
 pub mod error;
 pub mod input;
+pub mod maintenance;
 pub mod metrics;
 pub mod monitor;
 pub mod outcome;

@@ -99,6 +99,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compact a table (or all four), ordering retry_queue by process_after, and
+    /// checkpoint it.
+    Optimize {
+        /// retry_queue, final_results, dead_letter_queue or attempts; all when omitted.
+        table: Option<String>,
+    },
+    /// Delete data files that no version younger than --retain needs.
+    Vacuum {
+        /// Keep what versions of this age still read (time travel stops before it).
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        retain: Duration,
+    },
     /// Show the backlog, due records, retries and dead letters.
     Status {
         /// The current time (RFC 3339); the system clock by default.
@@ -285,6 +297,16 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+/// The table a command names, or all four.
+fn tables(name: Option<&str>) -> Result<Vec<Table>> {
+    match name {
+        None => Ok(Table::ALL.to_vec()),
+        Some(name) => Ok(vec![Table::ALL.into_iter().find(|t| t.name() == name).with_context(|| {
+            format!("unknown table '{name}' (expected retry_queue, final_results, dead_letter_queue or attempts)")
+        })?]),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 2m, 1h)"))
 }
@@ -416,14 +438,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let batches = monitor::query(&store, &sql).await?;
             print_batches(&mut out, &batches, format)?;
         }
+        Command::Optimize { table } => {
+            let mut store = Store::open(&cli.data).await?;
+            for t in store.optimize(&tables(table.as_deref())?).await? {
+                writeln!(
+                    out,
+                    "{}: {} files compacted into {}",
+                    t.table, t.files_removed, t.files_added
+                )?;
+            }
+        }
+        Command::Vacuum { retain } => {
+            let mut store = Store::open(&cli.data).await?;
+            for t in store.vacuum(retain).await? {
+                writeln!(out, "{}: {} files deleted", t.table, t.files_deleted)?;
+            }
+        }
         Command::History { table, json } => {
             let store = Store::open(&cli.data).await?;
-            let tables = match table.as_deref() {
-                None => Table::ALL.to_vec(),
-                Some(name) => vec![Table::ALL.into_iter().find(|t| t.name() == name).with_context(|| {
-                    format!("unknown table '{name}' (expected retry_queue, final_results, dead_letter_queue or attempts)")
-                })?],
-            };
+            let tables = tables(table.as_deref())?;
             let commits = monitor::history(&store, &tables).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&commits)?)?;

@@ -125,3 +125,52 @@ fn history_lists_rounds_newest_first() {
     let err = env.fails(&["query", "SELECT * FROM nowhere"]);
     assert!(err.contains("nowhere"), "{err}");
 }
+
+#[test]
+fn optimize_and_vacuum_keep_every_row() {
+    let env = setup();
+    let before = json(
+        &env,
+        &[
+            "query",
+            "SELECT (SELECT COUNT(*) FROM retry_queue) AS q, (SELECT COUNT(*) FROM final_results) AS f, (SELECT COUNT(*) FROM attempts) AS a",
+        ],
+    );
+    let out = env.ok(&["optimize"]);
+    assert!(
+        out.contains("final_results: 2 files compacted into 1"),
+        "{out}"
+    );
+    let out = env.ok(&["vacuum", "--retain", "0s"]);
+    assert!(out.contains("final_results: 2 files deleted"), "{out}");
+    let after = json(
+        &env,
+        &[
+            "query",
+            "SELECT (SELECT COUNT(*) FROM retry_queue) AS q, (SELECT COUNT(*) FROM final_results) AS f, (SELECT COUNT(*) FROM attempts) AS a",
+        ],
+    );
+    assert_eq!(before, after);
+    let checkpoints = std::fs::read_dir(env.data().join("final_results/_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("checkpoint")
+        })
+        .count();
+    assert!(checkpoints > 0, "optimize writes a checkpoint");
+    // The queue still runs on the compacted tables.
+    env.ok(&[
+        "run",
+        "--now",
+        "2025-11-24T15:00:00Z",
+        "--drain",
+        "--seed",
+        "3",
+    ]);
+    let err = env.fails(&["optimize", "nope"]);
+    assert!(err.contains("unknown table"), "{err}");
+}
