@@ -7,7 +7,7 @@ use deltalake::operations::optimize::OptimizeType;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::store::{CommitTag, Store, Table};
+use crate::store::{CommitTag, Store, Table, delta};
 
 /// What `optimize` did to one table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,13 +27,6 @@ pub struct Vacuumed {
     pub table: &'static str,
     /// Files deleted.
     pub files_deleted: usize,
-}
-
-fn delta(table: Table) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
-    move |source| Error::Delta {
-        table: table.name(),
-        source,
-    }
 }
 
 impl Store {

@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::store::{Store, Table};
+use crate::error::Result;
+use crate::store::{Store, Table, delta};
 
 /// Which version of the tables a query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +40,7 @@ impl Store {
                 }
                 AsOf::Time(at) => t.load_with_datetime(at).await,
             };
-            result.map_err(|source| Error::Delta {
-                table: table.name(),
-                source,
-            })?;
+            result.map_err(delta(table))?;
         }
         Ok(())
     }
@@ -101,14 +98,7 @@ pub async fn history(store: &Store, tables: &[Table]) -> Result<Vec<Commit>> {
     for &table in tables {
         let t = store.table(table);
         let latest = t.version().unwrap_or(0);
-        let infos: Vec<_> = t
-            .history(None)
-            .try_collect()
-            .await
-            .map_err(|source| Error::Delta {
-                table: table.name(),
-                source,
-            })?;
+        let infos: Vec<_> = t.history(None).try_collect().await.map_err(delta(table))?;
         for (i, info) in infos.into_iter().enumerate() {
             let mut details = match info.info.get("retrylake") {
                 Some(Value::Object(map)) => map.clone(),

@@ -30,7 +30,8 @@ pub struct Store {
     tables: [DeltaTable; 4],
 }
 
-fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
+/// Wraps a delta-rs error with the table it happened on.
+pub(crate) fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
     move |source| Error::Delta {
         table: table.name(),
         source,

@@ -10,6 +10,35 @@ use retrylake::store::{DeadRow, FinalRow, QueueRow};
 
 use super::util::{Env, assert_exactly_once, bare_cmd, ids, write_samples};
 
+fn sh(args: &[&str]) -> bool {
+    std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A small tmpfs under the env (for full and read-only filesystems), or `None` (the test
+/// is skipped) where mounting is not allowed.
+fn mount_tmpfs(env: &Env, name: &str, size: &str) -> Option<std::path::PathBuf> {
+    let mount = env.path(name);
+    std::fs::create_dir_all(&mount).unwrap();
+    let options = format!("size={size}");
+    if sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        &options,
+        "tmpfs",
+        mount.to_str().unwrap(),
+    ]) {
+        Some(mount)
+    } else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        None
+    }
+}
+
 fn enqueue_file(env: &Env, name: &str, contents: impl AsRef<[u8]>) -> std::process::Output {
     let path = env.write(name, contents);
     env.cmd()
@@ -256,23 +285,9 @@ fn a_full_disk_fails_cleanly() {
     // Needs a small filesystem: mount a 6 MB tmpfs when we may (root in a sandbox); skip
     // quietly where mounting is not allowed.
     let env = Env::new();
-    let mount = env.path("small");
-    std::fs::create_dir_all(&mount).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=6m",
-            "tmpfs",
-            mount.to_str().unwrap(),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some(mount) = mount_tmpfs(&env, "small", "6m") else {
         return;
-    }
+    };
     let data = mount.join("data");
     // Incompressible payloads, 2 x 4 MB, so Parquet cannot squeeze them under 6 MB.
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -297,7 +312,7 @@ fn a_full_disk_fails_cleanly() {
         ])
         .output()
         .unwrap();
-    let _ = std::process::Command::new("umount").arg(&mount).status();
+    sh(&["umount", mount.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -312,26 +327,9 @@ fn a_read_only_data_directory_fails_cleanly_and_stays_readable() {
     // Root ignores file modes, so make the filesystem itself read-only (skipped where
     // mounting is not allowed).
     let env = Env::new();
-    let mount = env.path("ro");
-    std::fs::create_dir_all(&mount).unwrap();
-    let sh = |args: &[&str]| {
-        std::process::Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !sh(&[
-        "mount",
-        "-t",
-        "tmpfs",
-        "-o",
-        "size=64m",
-        "tmpfs",
-        mount.to_str().unwrap(),
-    ]) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some(mount) = mount_tmpfs(&env, "ro", "64m") else {
         return;
-    }
+    };
     let data = mount.join("data");
     let data = data.to_str().unwrap();
     let (input, _) = write_samples(&env, "RO", 10);
@@ -349,7 +347,7 @@ fn a_read_only_data_directory_fails_cleanly_and_stays_readable() {
         .args(["--data", data, "status", "--json"])
         .output()
         .unwrap();
-    let _ = sh(&["umount", mount.to_str().unwrap()]);
+    sh(&["umount", mount.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(
