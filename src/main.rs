@@ -19,7 +19,7 @@ use retrylake::store::{Store, Table};
 use retrylake::worker::{Shutdown, run_worker};
 use retrylake::{
     CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
-    RetryPolicy, RoundConfig, RoundReport, Shard, SimulateProcessor, Status,
+    RetryPolicy, RoundConfig, RoundReport, Shard, SimulateProcessor, Status, round::Progress,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -297,6 +297,31 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+/// A progress bar for long rounds when stderr is a terminal; nothing in logs and pipes.
+fn progress_bar() -> Option<Progress> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} calls  {per_sec}  eta {eta}")
+            .expect("a valid template"),
+    );
+    Some(Progress::new(move |done, total| {
+        if done == 1 && total >= 100 {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        if done == total {
+            bar.finish_and_clear();
+            bar.reset();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+    }))
+}
+
 /// The table a command names, or all four.
 fn tables(name: Option<&str>) -> Result<Vec<Table>> {
     match name {
@@ -531,6 +556,7 @@ async fn prepare(
         max_retry_after: args.max_retry_after,
         shard: args.shard,
         lease: args.lease,
+        progress: progress_bar(),
     };
     let clock = args.now.map(|now| Arc::new(FixedClock::new(now)));
     let mut queue = Queue::open(data).await?.with_worker(&args.worker);

@@ -45,6 +45,8 @@ pub struct RoundConfig {
     pub max_retry_after: Duration,
     /// Only the records of this shard. Default value is `None` (every record).
     pub shard: Option<Shard>,
+    /// Told how many of the round's calls have finished. Default value is `None`.
+    pub progress: Option<Progress>,
     /// How long a round holds the records it claimed. A round that runs longer commits
     /// nothing (the records come back when the lease ends), so no two workers ever place
     /// the same record. Default value is 15 minutes.
@@ -62,8 +64,30 @@ impl Default for RoundConfig {
             seed: 0,
             max_retry_after: Duration::from_secs(24 * 3600),
             shard: None,
+            progress: None,
             lease: Duration::from_secs(15 * 60),
         }
+    }
+}
+
+/// A callback told `(finished, total)` calls as a round runs (a progress bar).
+#[derive(Clone)]
+pub struct Progress(std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl Progress {
+    /// Wraps a callback.
+    pub fn new(report: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        Progress(std::sync::Arc::new(report))
+    }
+
+    fn report(&self, finished: usize, total: usize) {
+        (self.0)(finished, total)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
     }
 }
 
@@ -141,9 +165,17 @@ pub(crate) async fn run_round(
     tracing::debug!(round, due = due.len(), "round starts");
     let processing = Instant::now();
 
+    let total = due.len();
     let mut results: Vec<(usize, Attempt)> = futures::stream::iter(due.iter().enumerate())
         .map(|(i, row)| async move { (i, attempt(processor, clock, row, config).await) })
         .buffer_unordered(config.concurrency.max(1))
+        .enumerate()
+        .map(|(done, result)| {
+            if let Some(progress) = &config.progress {
+                progress.report(done + 1, total);
+            }
+            result
+        })
         .collect()
         .await;
     phases.process = processing.elapsed();
