@@ -40,6 +40,7 @@ pub mod policy;
 pub mod processor;
 pub mod queue;
 pub mod redrive;
+pub mod report;
 pub mod round;
 pub mod shard;
 pub mod status;

@@ -111,6 +111,18 @@ enum Command {
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retain: Duration,
     },
+    /// Write a self-contained HTML report: backlog over time, attempts per round, dead
+    /// letters, the backoff schedule.
+    Report {
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The current time (RFC 3339); the system clock by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+    },
     /// Show the backlog, due records, retries and dead letters.
     Status {
         /// The current time (RFC 3339); the system clock by default.
@@ -210,21 +222,8 @@ struct RunArgs {
     /// Most records per round.
     #[arg(long)]
     limit: Option<usize>,
-    /// Retries before a record is dead-lettered.
-    #[arg(long, default_value_t = 5)]
-    max_retries: u32,
-    /// Delay unit: retry n waits base * multiplier^n.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
-    base_backoff: Duration,
-    /// Growth factor per retry.
-    #[arg(long, default_value_t = 2.0)]
-    multiplier: f64,
-    /// Cap on any delay.
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    max_backoff: Duration,
-    /// Random spread: none, full, equal or decorrelated.
-    #[arg(long, default_value = "none", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Jitter>().map_err(|e| e.to_string())))]
-    jitter: Jitter,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Call the processor even for records with an empty payload.
     #[arg(long)]
     allow_empty_payload: bool,
@@ -256,6 +255,38 @@ struct RunArgs {
     /// Print one JSON object per round.
     #[arg(long)]
     json: bool,
+}
+
+/// The backoff policy's flags, shared by `run`, `worker` and `report`.
+#[derive(Args)]
+struct PolicyArgs {
+    /// Retries before a record is dead-lettered.
+    #[arg(long, default_value_t = 5)]
+    max_retries: u32,
+    /// Delay unit: retry n waits base * multiplier^n.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    base_backoff: Duration,
+    /// Growth factor per retry.
+    #[arg(long, default_value_t = 2.0)]
+    multiplier: f64,
+    /// Cap on any delay.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    max_backoff: Duration,
+    /// Random spread: none, full, equal or decorrelated.
+    #[arg(long, default_value = "none", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Jitter>().map_err(|e| e.to_string())))]
+    jitter: Jitter,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Result<RetryPolicy> {
+        Ok(RetryPolicy::builder()
+            .base(self.base_backoff)
+            .multiplier(self.multiplier)
+            .max_retries(self.max_retries)
+            .max_backoff(self.max_backoff)
+            .jitter(self.jitter)
+            .build()?)
+    }
 }
 
 #[derive(Args)]
@@ -515,6 +546,21 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 )?;
             }
         }
+        Command::Report {
+            out: file,
+            policy,
+            now,
+        } => {
+            let html = retrylake::report::report(
+                &cli.data,
+                &policy.policy()?,
+                now.unwrap_or_else(Utc::now),
+            )
+            .await?;
+            std::fs::write(&file, html)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            writeln!(out, "report written to {}", file.display())?;
+        }
         Command::Status { now, json } => {
             let mut queue = open(&cli.data, now).await?;
             let status = queue.status().await?;
@@ -538,13 +584,7 @@ async fn prepare(
     RoundConfig,
     Option<Arc<FixedClock>>,
 )> {
-    let policy = RetryPolicy::builder()
-        .base(args.base_backoff)
-        .multiplier(args.multiplier)
-        .max_retries(args.max_retries)
-        .max_backoff(args.max_backoff)
-        .jitter(args.jitter)
-        .build()?;
+    let policy = args.policy.policy()?;
     let processor = processor(args)?;
     let config = RoundConfig {
         policy,

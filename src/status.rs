@@ -116,6 +116,12 @@ fn strings(a: &ArrayRef) -> Result<StringArray> {
         .clone())
 }
 
+/// Row `i` of a string column, `None` when null.
+pub(crate) fn string_at(a: &ArrayRef, i: usize) -> Option<String> {
+    let a = strings(a).ok()?;
+    a.is_valid(i).then(|| a.value(i).to_owned())
+}
+
 /// Row `i` of an integer column, `None` when null.
 pub(crate) fn int_at(a: &ArrayRef, i: usize) -> Option<i64> {
     let a = cast(a, &DataType::Int64).ok()?;

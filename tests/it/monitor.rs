@@ -174,3 +174,33 @@ fn optimize_and_vacuum_keep_every_row() {
     let err = env.fails(&["optimize", "nope"]);
     assert!(err.contains("unknown table"), "{err}");
 }
+
+#[test]
+fn the_report_is_one_self_contained_page() {
+    let env = setup();
+    env.ok(&["run", "--now", "2025-11-24T14:06:00Z", "--seed", "3"]);
+    let out = env.path("report.html");
+    env.ok(&[
+        "report",
+        "--out",
+        out.to_str().unwrap(),
+        "--now",
+        "2025-11-24T14:10:00Z",
+    ]);
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "backlog and attempts charts"
+    );
+    for fetch in ["src=", "href=", "url(", "@import", "http://", "https://"] {
+        assert!(!html.contains(fetch), "the page fetches something: {fetch}");
+    }
+    assert!(html.contains("Missing Payload") && html.contains("permanent"));
+    assert!(
+        html.contains("<td>1</td><td class=\"n\">1</td><td>2m</td>"),
+        "the default schedule"
+    );
+    assert!(html.contains("main #3"), "round 3 is charted");
+}
