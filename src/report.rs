@@ -143,10 +143,10 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
             humantime::format_duration(policy.base_delay(n))
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<tr><td>{}</td><td class=\"n\">{}</td><td>dead-lettered (retries_exhausted)</td></tr></table>\
-         <p class=\"muted\">base {} &times; {}<sup>n</sup>, capped at {}, jitter {:?}.</p></body></html>\n",
+         <p class=\"muted\">base {} &times; {}<sup>n</sup>, capped at {}, jitter {:?}.</p></body></html>",
         policy.max_retries() + 1,
         policy.max_retries(),
         humantime::format_duration(policy.base()),
