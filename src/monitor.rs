@@ -34,10 +34,10 @@ impl Store {
             let t = self.table_mut(table);
             let result = match as_of {
                 AsOf::Latest => Ok(()),
-                AsOf::Version(v) => {
-                    let latest = t.version().unwrap_or(0);
-                    t.load_version(v.min(latest)).await
-                }
+                AsOf::Version(v) => match t.get_latest_version().await {
+                    Ok(latest) => t.load_version(v.min(latest)).await,
+                    Err(e) => Err(e),
+                },
                 AsOf::Time(at) => t.load_with_datetime(at).await,
             };
             result.map_err(delta(table))?;

@@ -203,4 +203,14 @@ fn the_report_is_one_self_contained_page() {
         "the default schedule"
     );
     assert!(html.contains("main #3"), "round 3 is charted");
+    // The backlog line has a point per queue version, and it is not flat at zero.
+    let backlog = html
+        .split("aria-label=\"backlog over time\"")
+        .nth(1)
+        .unwrap();
+    let backlog = backlog.split("</svg>").next().unwrap();
+    assert!(
+        backlog.contains(": 45</title>"),
+        "45 records waited after the enqueue: {backlog}"
+    );
 }
