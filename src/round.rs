@@ -242,8 +242,7 @@ async fn claim_due(
         if due.is_empty() {
             return Ok(None);
         }
-        let lease_until =
-            now + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::MAX);
+        let lease_until = add(now, config.lease);
         let tag = CommitTag::operation("claim")
             .with("worker", worker)
             .with("records", due.len());
