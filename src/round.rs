@@ -128,7 +128,7 @@ pub struct OutcomeCounts {
 /// Wall time of a round's phases.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Phases {
-    /// Recovery check and reading the due rows.
+    /// Recovery check, reading the due rows and claiming them.
     pub read: Duration,
     /// Calling the processor on every due record.
     pub process: Duration,
