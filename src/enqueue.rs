@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{RecordBatch, StringArray};
-use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::common::JoinType;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputFormat, read_input, synthetic_id};
+use crate::status::strings;
 use crate::store::{CommitTag, DeadRow, QueueRow, Store, Table};
 
 /// How to read and admit an input file.
@@ -181,8 +181,7 @@ async fn existing_ids(store: &Store, ids: &[&str]) -> Result<HashSet<String>> {
             None,
         )?;
         for batch in matched.collect().await? {
-            let column = cast(batch.column(0), &DataType::Utf8)?;
-            let column = column.as_any().downcast_ref::<StringArray>().expect("Utf8");
+            let column = strings(batch.column(0))?;
             found.extend(column.iter().flatten().map(str::to_owned));
         }
     }

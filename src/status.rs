@@ -107,7 +107,8 @@ async fn row_count(store: &Store, table: Table) -> Result<i64> {
     Ok(frame.count().await? as i64)
 }
 
-fn strings(a: &ArrayRef) -> Result<StringArray> {
+/// Any string-like column (Utf8, views, dictionary) as a plain string array.
+pub(crate) fn strings(a: &ArrayRef) -> Result<StringArray> {
     let utf8 = cast(a, &DataType::Utf8)?;
     Ok(utf8
         .as_any()

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::{AttemptRow, DeadRow, FinalRow, Store, Table, collect_rows};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
+use crate::status::strings;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -224,9 +225,7 @@ impl Store {
             .collect()
             .await?;
         for batch in workers {
-            let column = deltalake::arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-            let column = column.as_any().downcast_ref::<StringArray>().expect("Utf8");
-            for worker in column.iter().flatten() {
+            for worker in strings(batch.column(0))?.iter().flatten() {
                 self.recover(worker).await?;
             }
         }

@@ -41,6 +41,16 @@ fn spawn_all(env: &Env, runners: Vec<Vec<String>>) -> Vec<Output> {
         .collect()
 }
 
+fn assert_all_succeed(outputs: Vec<Output>) {
+    for out in outputs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -58,13 +68,7 @@ fn workers_with_their_own_names_never_take_the_same_record() {
             a
         })
         .collect();
-    for out in spawn_all(&env, runners) {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_all_succeed(spawn_all(&env, runners));
     assert_exactly_once(&env.data(), &ids);
     assert!(env.rows::<QueueRow>().is_empty());
     // No record was ever called twice for the same attempt.
@@ -93,13 +97,7 @@ fn shards_split_the_work() {
             a
         })
         .collect();
-    for out in spawn_all(&env, runners) {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_all_succeed(spawn_all(&env, runners));
     assert_exactly_once(&env.data(), &ids);
     assert!(env.rows::<QueueRow>().is_empty());
     for a in env.rows::<AttemptRow>() {
