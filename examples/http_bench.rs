@@ -131,7 +131,7 @@ async fn main() -> retrylake::Result<()> {
         records as f64 / round_total.as_secs_f64(),
         report.phases.read,
         report.phases.process,
-        report.phases.commit
+        report.phases.commit()
     );
     Ok(())
 }

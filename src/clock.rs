@@ -51,3 +51,34 @@ pub fn to_micros(t: DateTime<Utc>) -> i64 {
 pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// Rounds a time up to whole milliseconds, the resolution of Delta's file statistics, so
+/// a time lock read back from the statistics is exact.
+pub fn ceil_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    let us = to_micros(t);
+    match us.rem_euclid(1000) {
+        0 => t,
+        r => from_micros(us - r + 1000),
+    }
+}
+
+/// Rounds a time down to whole milliseconds (see [`ceil_millis`]).
+pub fn floor_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    let us = to_micros(t);
+    from_micros(us - us.rem_euclid(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_to_milliseconds() {
+        let t = from_micros(1_700_000_000_123_456);
+        assert_eq!(to_micros(ceil_millis(t)), 1_700_000_000_124_000);
+        assert_eq!(to_micros(floor_millis(t)), 1_700_000_000_123_000);
+        let whole = from_micros(1_700_000_000_123_000);
+        assert_eq!(ceil_millis(whole), whole);
+        assert_eq!(floor_millis(whole), whole);
+    }
+}

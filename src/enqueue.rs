@@ -10,10 +10,11 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::common::JoinType;
 use serde::Serialize;
 
+use crate::clock::floor_millis;
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputFormat, read_input, synthetic_id};
 use crate::status::strings;
-use crate::store::{CommitTag, DeadRow, QueueRow, Store, Table};
+use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Store, Table};
 
 /// How to read and admit an input file.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +48,8 @@ pub(crate) async fn enqueue(
     path: &Path,
     options: &EnqueueOptions,
 ) -> Result<EnqueueReport> {
+    // Whole milliseconds, so the files' statistics hold the time lock exactly.
+    let now = floor_millis(now);
     let format = options
         .format
         .unwrap_or_else(|| InputFormat::from_path(path));
@@ -118,21 +121,11 @@ pub(crate) async fn enqueue(
         .into_iter()
         .filter(|d| !existing.contains(&d.sample_id))
         .collect();
-    let queued: Vec<QueueRow> = input
-        .records
-        .iter()
-        .filter(|r| !existing.contains(&r.sample_id))
-        .map(|r| QueueRow {
-            sample_id: r.sample_id.clone(),
-            payload: r.payload.clone(),
-            error_msg: None,
-            retry_count: 0,
-            process_after: now,
-            enqueued_at: now,
-        })
-        .collect();
+    let read = input.records.len() + input.invalid.len();
+    let mut queued = input.records;
+    queued.retain(|r| !existing.contains(&r.sample_id));
     let report = EnqueueReport {
-        read: input.records.len() + input.invalid.len(),
+        read,
         enqueued: queued.len(),
         skipped_existing: existing.len(),
         invalid: dead.len(),
@@ -147,7 +140,13 @@ pub(crate) async fn enqueue(
         store.append(&dead, &tag).await?;
     }
     if !queued.is_empty() {
-        store.append(&queued, &tag).await?;
+        let batches = queued.chunks(FILE_ROWS).map(|chunk| {
+            let records = chunk
+                .iter()
+                .map(|r| (r.sample_id.as_str(), r.payload.as_deref()));
+            QueueRow::new_batch(records, now)
+        });
+        store.append_queue(batches, &tag).await?;
     }
     Ok(report)
 }

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use deltalake::arrow::array::{Array, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -114,8 +116,9 @@ pub fn read_input(path: &Path, format: InputFormat, fields: &Fields) -> Result<P
     };
     match format {
         InputFormat::Jsonl => {
-            let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-            Ok(parse_jsonl(&bytes, fields))
+            let file = File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+            parse_jsonl_from(std::io::BufReader::with_capacity(1 << 20, file), fields)
+                .map_err(|e| fail(format!("cannot read: {e}")))
         }
         InputFormat::Csv => {
             let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
@@ -131,60 +134,174 @@ pub fn read_input(path: &Path, format: InputFormat, fields: &Fields) -> Result<P
 /// Parses JSON Lines: one object per line; blank lines, a byte-order mark and CRLF endings
 /// are accepted.
 pub fn parse_jsonl(bytes: &[u8], fields: &Fields) -> ParsedInput {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    parse_jsonl_from(bytes, fields).expect("reading from memory cannot fail")
+}
+
+/// [`parse_jsonl`] from a reader, a line at a time, so the input is never held whole.
+pub fn parse_jsonl_from(mut reader: impl BufRead, fields: &Fields) -> std::io::Result<ParsedInput> {
     let mut parsed = ParsedInput::default();
-    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_no = index + 1;
+    let mut buffer = Vec::new();
+    for line_no in 1.. {
+        buffer.clear();
+        if reader.read_until(b'\n', &mut buffer)? == 0 {
+            break;
+        }
+        let mut line = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
+        if line_no == 1 {
+            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let invalid = |sample_id: Option<String>, error: String| InvalidRecord {
-            line: line_no,
-            sample_id,
-            raw: Some(String::from_utf8_lossy(line).into_owned()),
-            error,
-        };
-        let Ok(text) = std::str::from_utf8(line) else {
-            parsed.invalid.push(invalid(None, "not valid UTF-8".into()));
-            continue;
-        };
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                parsed
-                    .invalid
-                    .push(invalid(None, format!("malformed JSON: {e}")));
-                continue;
-            }
-        };
-        let Value::Object(mut object) = value else {
-            let found = json_kind(&value);
-            parsed.invalid.push(invalid(
-                None,
-                format!("expected a JSON object, found {found}"),
-            ));
-            continue;
-        };
-        let sample_id = match id_from_json(object.get(&fields.id), &fields.id) {
-            Ok(id) => id,
-            Err(e) => {
-                parsed.invalid.push(invalid(None, e));
-                continue;
-            }
-        };
-        let payload = match object.remove(&fields.payload) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => Some(other.to_string()),
-        };
-        parsed.records.push(InputRecord {
-            line: line_no,
-            sample_id,
-            payload,
-        });
+        match parse_line(line, fields) {
+            Ok((sample_id, payload)) => parsed.records.push(InputRecord {
+                line: line_no,
+                sample_id,
+                payload,
+            }),
+            Err(error) => parsed.invalid.push(InvalidRecord {
+                line: line_no,
+                sample_id: None,
+                raw: Some(String::from_utf8_lossy(line).into_owned()),
+                error,
+            }),
+        }
     }
-    parsed
+    Ok(parsed)
+}
+
+/// The id and payload of one JSON Lines record, or what is wrong with it.
+fn parse_line(
+    line: &[u8],
+    fields: &Fields,
+) -> std::result::Result<(String, Option<String>), String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not valid UTF-8".to_owned())?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = LineSeed(fields)
+        .deserialize(&mut de)
+        .and_then(|l| de.end().map(|()| l))
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    let (id, payload) = match parsed {
+        Line::Object { id, payload } => (id, payload),
+        Line::Other(kind) => return Err(format!("expected a JSON object, found {kind}")),
+    };
+    let sample_id = id_from_json(id.as_ref(), &fields.id)?;
+    let payload = match payload {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    };
+    Ok((sample_id, payload))
+}
+
+/// A JSON Lines record as far as enqueue needs it: the id and payload fields of an object
+/// (every other field skipped unparsed), or the kind of a value that is not an object.
+enum Line {
+    Object {
+        id: Option<Value>,
+        payload: Option<Value>,
+    },
+    Other(&'static str),
+}
+
+/// Which of the fields enqueue reads a key names.
+enum Key {
+    Id,
+    Payload,
+    Other,
+}
+
+/// Reads an object key as a [`Key`] without allocating it.
+struct KeySeed<'a>(&'a Fields);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> std::result::Result<Key, E> {
+        Ok(if key == self.0.id {
+            Key::Id
+        } else if key == self.0.payload {
+            Key::Payload
+        } else {
+            Key::Other
+        })
+    }
+}
+
+/// Reads one [`Line`], picking the fields named in [`Fields`].
+struct LineSeed<'a>(&'a Fields);
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
+    type Value = Line;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Line, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_> {
+    type Value = Line;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Line, A::Error> {
+        let (mut id, mut payload) = (None, None);
+        // The last of duplicate keys wins, as in a parsed JSON object.
+        while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
+            match key {
+                Key::Id => id = Some(map.next_value::<Value>()?),
+                Key::Payload => payload = Some(map.next_value::<Value>()?),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Line::Object { id, payload })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Line, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Line::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Line, E> {
+        Ok(Line::Other("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Line, E> {
+        Ok(Line::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Line, E> {
+        Ok(Line::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Line, E> {
+        Ok(Line::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Line, E> {
+        Ok(Line::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Line, E> {
+        Ok(Line::Other("a string"))
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {

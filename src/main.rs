@@ -219,7 +219,8 @@ struct RunArgs {
     /// Longest a call may take before it counts as a transient failure.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Most records per round.
+    /// Most records per round; `run` then stops after one round. Without it, a round takes
+    /// at most 100,000 records and `run` goes on while more are due.
     #[arg(long)]
     limit: Option<usize>,
     #[command(flatten)]
@@ -319,7 +320,7 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
                 r.succeeded,
                 r.retried,
                 r.dead_lettered,
-                r.phases.read + r.phases.process + r.phases.commit
+                r.phases.read + r.phases.process + r.phases.commit()
             );
         }
     })
@@ -621,6 +622,16 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
     loop {
         let report = queue.run_round(processor.as_ref(), &config).await?;
         print_round(out, &report, args.json)?;
+        // A round takes at most ROUND_BATCH records; without --limit, run goes on while
+        // more are due.
+        let more_due = args.limit.is_none()
+            && report.processed > 0
+            && report
+                .next_due
+                .is_some_and(|next| next <= queue.clock().now());
+        if more_due {
+            continue;
+        }
         let Some(next) = report.next_due.filter(|_| args.drain) else {
             return Ok(());
         };

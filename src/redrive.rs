@@ -39,6 +39,8 @@ pub(crate) async fn redrive(
     now: DateTime<Utc>,
     filter: &RedriveFilter,
 ) -> Result<RedriveReport> {
+    // Whole milliseconds, so the queue files' statistics hold the time lock exactly.
+    let now = crate::clock::floor_millis(now);
     store.refresh().await?;
     store.recover(REDRIVE_WORKER).await?;
     let (_ctx, mut frame) = store.frame(Table::DeadLetterQueue).await?;
@@ -84,7 +86,9 @@ pub(crate) async fn redrive(
         })
         .collect();
     let tag = CommitTag::round("redrive", REDRIVE_WORKER, round).with("redriven", rows.len());
-    store.commit_round(&rows, &tag).await?;
+    store
+        .commit_round(&rows, &tag, None, &mut Default::default())
+        .await?;
     Ok(RedriveReport {
         round: Some(round),
         redriven: rows.len(),

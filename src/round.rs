@@ -4,22 +4,21 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use deltalake::datafusion::prelude::{col, lit};
 use deltalake::datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
-use crate::clock::{Clock, to_micros};
+use crate::clock::{Clock, ceil_millis, to_micros};
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
-use crate::store::journal::conflict_pause;
-use crate::store::journal::disposition;
-use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table, collect_rows};
+use crate::store::due::{ClaimRequest, Found};
+use crate::store::journal::{Settle, conflict_pause, disposition};
+use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table};
 
 /// The error message of a record with a missing or empty payload (the seed's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
@@ -106,8 +105,8 @@ pub struct RoundReport {
     pub dead_lettered: usize,
     /// The earliest `process_after` left in the queue, `None` when it is empty.
     pub next_due: Option<DateTime<Utc>>,
-    /// Where the round's time went (not part of the JSON report).
-    #[serde(skip)]
+    /// Where the round's time went.
+    #[serde(rename = "timings_ms")]
     pub phases: Phases,
     /// Attempts by outcome (not part of the JSON report).
     #[serde(skip)]
@@ -125,16 +124,51 @@ pub struct OutcomeCounts {
     pub permanent: usize,
 }
 
-/// Wall time of a round's phases.
+/// Wall time of a round's phases, in the JSON report as `timings_ms` (milliseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Phases {
     /// Recovery check, reading the due rows and claiming them.
     pub read: Duration,
     /// Calling the processor on every due record.
     pub process: Duration,
-    /// The journal, final, dead-letter and queue commits.
-    pub commit: Duration,
+    /// The `attempts` journal's commit.
+    pub journal: Duration,
+    /// The `final_results` commit.
+    pub final_results: Duration,
+    /// The `dead_letter_queue` commit.
+    pub dead_letter: Duration,
+    /// The `retry_queue` commit that settles the round.
+    pub queue: Duration,
 }
+
+impl Phases {
+    /// The commits' wall time: journal, final, dead letters and queue.
+    pub fn commit(&self) -> Duration {
+        self.journal + self.final_results + self.dead_letter + self.queue
+    }
+}
+
+impl Serialize for Phases {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(6))?;
+        for (name, d) in [
+            ("read", self.read),
+            ("process", self.process),
+            ("journal", self.journal),
+            ("final", self.final_results),
+            ("dead_letter", self.dead_letter),
+            ("queue", self.queue),
+        ] {
+            map.serialize_entry(name, &(d.as_secs_f64() * 1000.0))?;
+        }
+        map.end()
+    }
+}
+
+/// Most records a round takes when no limit is set, so that memory stays bounded however
+/// many records are due: `run` goes on with another round while more are due.
+pub const ROUND_BATCH: usize = crate::store::FILE_ROWS;
 
 /// Runs one round for `worker` at `clock`'s time.
 pub(crate) async fn run_round(
@@ -147,9 +181,10 @@ pub(crate) async fn run_round(
     let started = Instant::now();
     store.refresh().await?;
     store.recover(worker).await?;
-    let Some((due, claimed_at)) = claim_due(store, clock, worker, config).await? else {
+    let (found, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
+    let Some(claim) = found.claim else {
         return Ok(RoundReport {
-            next_due: next_due(store, config.shard).await?,
+            next_due: found.next_due,
             phases: Phases {
                 read: started.elapsed(),
                 ..Phases::default()
@@ -157,6 +192,7 @@ pub(crate) async fn run_round(
             ..RoundReport::default()
         });
     };
+    let due = claim.rows;
     let mut phases = Phases {
         read: started.elapsed(),
         ..Phases::default()
@@ -187,6 +223,20 @@ pub(crate) async fn run_round(
         .into_iter()
         .map(|(i, a)| journal_row(&due[i], a, round, worker, config, &mut rng))
         .collect();
+    let retried: Vec<QueueRow> = due
+        .iter()
+        .zip(&rows)
+        .filter(|(_, r)| r.disposition == disposition::RETRY)
+        .map(|(q, r)| QueueRow {
+            sample_id: q.sample_id.clone(),
+            payload: q.payload.clone(),
+            error_msg: r.error_msg.clone(),
+            retry_count: r.retry_count,
+            process_after: r.process_after.unwrap_or(q.process_after),
+            enqueued_at: q.enqueued_at,
+        })
+        .collect();
+    drop(due);
 
     let count = |d: &str| rows.iter().filter(|r| r.disposition == d).count();
     let mut report = RoundReport {
@@ -217,40 +267,42 @@ pub(crate) async fn run_round(
             lease: config.lease,
         });
     }
-    let committing = Instant::now();
-    store.commit_round(&rows, &tag).await?;
-    report.phases.commit = committing.elapsed();
-    report.next_due = next_due(store, config.shard).await?;
+    let earliest_retry = retried.iter().map(|r| r.process_after).min();
+    let settle = Settle {
+        lease: claim.lease,
+        retried,
+        lease_until,
+    };
+    store
+        .commit_round(&rows, &tag, Some(&settle), &mut report.phases)
+        .await?;
+    report.next_due = [found.next_due, earliest_retry].into_iter().flatten().min();
     Ok(report)
 }
 
 /// How often a claim that lost a race with another worker is retried.
 const CLAIM_RETRIES: u32 = 12;
 
-/// Reads the due records and claims them with a lease (one MERGE), so a concurrent worker
-/// cannot take them. A claim that loses a race re-reads and tries again. Returns `None`
-/// when nothing is due.
-async fn claim_due(
+/// Reads the due records and claims them with a lease (one commit), so a concurrent
+/// worker cannot take them. A claim that loses a race re-reads and tries again. Returns
+/// what it found, the lease's end and when the claim was made.
+async fn claim(
     store: &mut Store,
     clock: &dyn Clock,
     worker: &str,
     config: &RoundConfig,
-) -> Result<Option<(Vec<QueueRow>, Instant)>> {
+) -> Result<(Found, DateTime<Utc>, Instant)> {
     for attempt in 0.. {
         let now = clock.now();
-        let due = due_records(store, now, config.limit, config.shard).await?;
-        if due.is_empty() {
-            return Ok(None);
-        }
-        let lease_until = add(now, config.lease);
-        let tag = CommitTag::operation("claim")
-            .with("worker", worker)
-            .with("records", due.len());
-        let ids = due.iter().map(|r| r.sample_id.as_str()).collect();
+        let request = ClaimRequest {
+            now,
+            limit: config.limit.unwrap_or(ROUND_BATCH),
+            shard: config.shard,
+            lease_until: ceil_millis(add(now, config.lease)),
+        };
         let claimed_at = Instant::now();
-        match store.claim(ids, now, lease_until, &tag).await {
-            Ok(n) if n == due.len() => return Ok(Some((due, claimed_at))),
-            Ok(n) => tracing::debug!(claimed = n, due = due.len(), "partial claim; re-reading"),
+        match store.claim_due(request, worker).await {
+            Ok(found) => return Ok((found, request.lease_until, claimed_at)),
             Err(e) if e.is_conflict() && attempt < CLAIM_RETRIES => {
                 tracing::debug!(attempt, "claim conflicted with another worker; re-reading")
             }
@@ -260,47 +312,6 @@ async fn claim_due(
         store.refresh_table(Table::RetryQueue).await?;
     }
     unreachable!("the loop returns")
-}
-
-/// The due rows of `retry_queue` (of one shard), oldest lock first, at most `limit`.
-async fn due_records(
-    store: &Store,
-    now: DateTime<Utc>,
-    limit: Option<usize>,
-    shard: Option<Shard>,
-) -> Result<Vec<QueueRow>> {
-    let (_ctx, frame) = store.frame(Table::RetryQueue).await?;
-    let mut frame = frame.filter(col("process_after").lt_eq(lit(timestamp(now))))?;
-    if let Some(shard) = shard {
-        frame = frame.filter(shard.filter())?;
-    }
-    let frame = frame
-        .sort(vec![
-            col("process_after").sort(true, false),
-            col("enqueued_at").sort(true, false),
-            col("sample_id").sort(true, false),
-        ])?
-        .limit(0, limit)?;
-    collect_rows(frame).await
-}
-
-/// The earliest time lock in `retry_queue` (in one shard).
-pub(crate) async fn next_due(store: &Store, shard: Option<Shard>) -> Result<Option<DateTime<Utc>>> {
-    let (_ctx, mut frame) = store.frame(Table::RetryQueue).await?;
-    if let Some(shard) = shard {
-        frame = frame.filter(shard.filter())?;
-    }
-    let frame = frame.aggregate(
-        vec![],
-        vec![
-            deltalake::datafusion::functions_aggregate::expr_fn::min(col("process_after"))
-                .alias("next"),
-        ],
-    )?;
-    let batches = frame.collect().await?;
-    Ok(batches
-        .first()
-        .and_then(|b| crate::status::time_at(b.column(0), 0)))
 }
 
 /// A timestamp literal matching the tables' timestamp columns.
@@ -406,7 +417,7 @@ fn journal_row(
                     };
                     journal.disposition = disposition::RETRY.to_owned();
                     journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
-                    journal.process_after = Some(backoff.max(asked));
+                    journal.process_after = Some(ceil_millis(backoff.max(asked)));
                 }
             }
         }

@@ -1,15 +1,6 @@
 //! Shards: a stable split of the keys among N workers, so their rounds never touch the same
 //! record.
 
-use std::sync::Arc;
-
-use deltalake::arrow::array::{Array, BooleanArray, StringArray};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::DataType;
-use deltalake::datafusion::error::DataFusionError;
-use deltalake::datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
-use deltalake::datafusion::prelude::{col, lit};
-
 use crate::error::{Error, Result};
 
 /// A stable 64-bit hash (FNV-1a finished with a SplitMix64 mix): the same on every platform,
@@ -46,34 +37,6 @@ impl Shard {
     /// Whether `sample_id` belongs to this shard.
     pub fn contains(&self, sample_id: &str) -> bool {
         stable_hash(&[sample_id.as_bytes()]) % u64::from(self.count) == u64::from(self.index)
-    }
-
-    /// A filter expression keeping the rows of this shard, for scans.
-    pub(crate) fn filter(&self) -> Expr {
-        let shard = *self;
-        let udf: ScalarUDF = create_udf(
-            "retrylake_in_shard",
-            vec![DataType::Utf8],
-            DataType::Boolean,
-            Volatility::Immutable,
-            Arc::new(move |args: &[ColumnarValue]| {
-                let ids = args[0].clone().into_array(1)?;
-                let ids = cast(&ids, &DataType::Utf8)?;
-                let ids = ids.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
-                    DataFusionError::Internal("shard: ids are not strings".into())
-                })?;
-                let keep: BooleanArray = ids
-                    .iter()
-                    .map(|id| id.map(|id| shard.contains(id)))
-                    .collect();
-                Ok(ColumnarValue::Array(Arc::new(keep)))
-            }),
-        );
-        udf.call(vec![deltalake::datafusion::logical_expr::cast(
-            col("sample_id"),
-            DataType::Utf8,
-        )])
-        .eq(lit(true))
     }
 }
 

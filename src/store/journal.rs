@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use deltalake::kernel::Remove;
 
 use deltalake::arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -12,9 +16,10 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use serde_json::{Value, json};
 
-use super::{AttemptRow, DeadRow, FinalRow, Store, Table, collect_rows};
+use super::{AttemptRow, DeadRow, FinalRow, QueueRow, Store, Table, collect_rows};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
+use crate::round::Phases;
 use crate::status::strings;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -86,6 +91,17 @@ pub(crate) fn failpoint(name: &str) {
     }
 }
 
+/// How a round's queue commit swaps its lease files for its retried rows.
+#[derive(Debug)]
+pub(crate) struct Settle {
+    /// The files that hold the round's records under its lease.
+    pub lease: Vec<Remove>,
+    /// The records that stay in the queue, with their new count, error and time lock.
+    pub retried: Vec<QueueRow>,
+    /// The lease's end.
+    pub lease_until: DateTime<Utc>,
+}
+
 /// Where a journaled attempt sent its record.
 pub(crate) mod disposition {
     pub const FINAL: &str = "final";
@@ -140,16 +156,22 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Commits a round: the journal, then `final_results`, `dead_letter_queue` and the
-    /// `retry_queue` MERGE. `rows` are the round's attempts, all of one round and worker.
+    /// Commits a round: the journal, then `final_results`, `dead_letter_queue` and
+    /// `retry_queue`. `rows` are the round's attempts, all of one round and worker. With a
+    /// `settle`, the queue's commit swaps the round's lease files for its retried rows;
+    /// without (or when that conflicts), it is a MERGE by id. Each commit's wall time goes
+    /// into `phases`.
     pub(crate) async fn commit_round(
         &mut self,
         rows: &[AttemptRow],
         tag: &CommitTag,
+        settle: Option<&Settle>,
+        phases: &mut Phases,
     ) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
+        let started = Instant::now();
         match self.append(rows, tag).await {
             Err(e) if e.is_same_app_conflict() => {
                 return Err(Error::WorkerBusy {
@@ -158,14 +180,18 @@ impl Store {
             }
             other => other?,
         }
+        phases.journal = started.elapsed();
         failpoint("after-journal");
         for table in table_order(rows) {
-            self.apply(table, rows, tag).await?;
-            failpoint(match table {
-                Table::FinalResults => "after-final",
-                Table::DeadLetterQueue => "after-dead-letter",
-                _ => "after-merge",
-            });
+            let started = Instant::now();
+            self.apply(table, rows, tag, settle).await?;
+            let (phase, point) = match table {
+                Table::FinalResults => (&mut phases.final_results, "after-final"),
+                Table::DeadLetterQueue => (&mut phases.dead_letter, "after-dead-letter"),
+                _ => (&mut phases.queue, "after-merge"),
+            };
+            *phase = started.elapsed();
+            failpoint(point);
         }
         Ok(())
     }
@@ -209,7 +235,7 @@ impl Store {
             let tag = CommitTag::round("recover", worker, *round).with("attempts", rows.len());
             for table in table_order(rows) {
                 if applied[&table] < *round {
-                    self.apply(table, rows, &tag).await?;
+                    self.apply(table, rows, &tag, None).await?;
                 }
             }
         }
@@ -235,7 +261,13 @@ impl Store {
     /// Applies one journaled round to one table, unless that table already carries it.
     /// A commit conflict (a concurrent writer, or another process completing the same
     /// round) is met by re-reading the table and checking again.
-    async fn apply(&mut self, table: Table, rows: &[AttemptRow], tag: &CommitTag) -> Result<()> {
+    async fn apply(
+        &mut self,
+        table: Table,
+        rows: &[AttemptRow],
+        tag: &CommitTag,
+        settle: Option<&Settle>,
+    ) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
@@ -258,10 +290,17 @@ impl Store {
                         self.delete_dead(&redriven, tag).await
                     }
                 }
-                _ => {
-                    let source = SessionContext::new().read_batch(merge_source(rows)?)?;
-                    self.merge_queue(source, tag).await
-                }
+                _ => match settle {
+                    // The lease files are gone only if another worker took them after
+                    // the lease ended: fall back to the MERGE by id.
+                    Some(s) if attempt == 0 => {
+                        self.settle(&s.lease, &s.retried, s.lease_until, tag).await
+                    }
+                    _ => {
+                        let source = SessionContext::new().read_batch(merge_source(rows)?)?;
+                        self.merge_queue(source, tag).await
+                    }
+                },
             };
             match result {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {

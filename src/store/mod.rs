@@ -1,27 +1,23 @@
 //! The Delta tables: where they live, creating and checking them, and the few operations a
 //! queue needs (append, the queue MERGE, scans, application-transaction versions).
 
+pub(crate) mod due;
 pub(crate) mod journal;
 mod schema;
 
+pub use due::FILE_ROWS;
 pub use journal::CommitTag;
 pub use schema::Rows;
 pub use schema::{AttemptRow, DeadRow, FinalRow, QueueRow, Table};
 
 use std::path::Path;
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{RecordBatch, StringArray};
-use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::dataframe::DataFrame;
 use deltalake::datafusion::prelude::{SessionContext, col, lit};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::error::{Error, Result};
-use crate::round::timestamp;
 
 /// The four tables under one data root.
 #[derive(Debug)]
@@ -107,43 +103,6 @@ impl Store {
             .update_state()
             .await
             .map_err(delta(table))
-    }
-
-    /// Claims `ids` for a round: one MERGE sets their `process_after` to `lease_until`
-    /// where it is still at or before `now`. Returns how many rows it claimed; a concurrent
-    /// claim of the same rows makes the commit conflict instead.
-    pub(crate) async fn claim(
-        &mut self,
-        ids: Vec<&str>,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        tag: &CommitTag,
-    ) -> Result<usize> {
-        let table = Table::RetryQueue;
-        let source = SessionContext::new().read_batch(RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new(
-                "sample_id",
-                DataType::Utf8,
-                false,
-            )])),
-            vec![Arc::new(StringArray::from(ids))],
-        )?)?;
-        let slot = &mut self.tables[Store::index(table)];
-        let (updated, metrics) = slot
-            .clone()
-            .merge(source, "target.sample_id = source.sample_id")
-            .with_source_alias("source")
-            .with_target_alias("target")
-            .when_matched_update(|u| {
-                u.predicate(col("target.process_after").lt_eq(lit(timestamp(now))))
-                    .update("process_after", lit(timestamp(lease_until)))
-            })
-            .map_err(delta(table))?
-            .with_commit_properties(tag.properties())
-            .await
-            .map_err(delta(table))?;
-        *slot = updated;
-        Ok(metrics.num_target_rows_updated)
     }
 
     /// The application-transaction version `app_id` last committed to `table`.

@@ -369,6 +369,27 @@ impl Columns<'_> {
     }
 }
 
+impl QueueRow {
+    /// A batch of new records (id, payload), due at `now`, built without rows in between.
+    pub(crate) fn new_batch<'a>(
+        records: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
+        now: DateTime<Utc>,
+    ) -> Result<RecordBatch> {
+        let n = records.clone().count();
+        batch(
+            Self::TABLE,
+            vec![
+                strings(records.clone().map(|(id, _)| Some(id))),
+                strings(records.map(|(_, payload)| payload)),
+                strings(std::iter::repeat_n(None, n)),
+                ints(std::iter::repeat_n(0, n)),
+                times(std::iter::repeat_n(Some(now), n)),
+                times(std::iter::repeat_n(Some(now), n)),
+            ],
+        )
+    }
+}
+
 impl Rows for QueueRow {
     const TABLE: Table = Table::RetryQueue;
 

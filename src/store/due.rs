@@ -1,0 +1,368 @@
+//! The time lock at the level of files: `retry_queue`'s files are found by the range of
+//! their `process_after` statistics, so a round reads only files that hold due rows, and
+//! rows processed together leave together, whole files removed without being rewritten.
+//!
+//! A round *claims* its due rows in one commit: it removes the files it read and adds the
+//! claimed rows under a lease (their `process_after` set to the lease's end) in files of
+//! their own, beside the rows it read but did not take. It *settles* them in one more
+//! commit: it removes the lease files and adds the retried rows, one file per retry count,
+//! so the rows that come due together sit together. Two workers that read the same file
+//! both try to remove it, and Delta's conflict check lets only one of them commit.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deltalake::DeltaTableError;
+use deltalake::arrow::array::RecordBatch;
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+
+use super::{CommitTag, QueueRow, Rows, Store, Table, delta};
+use crate::error::{Error, Result};
+use crate::round::timestamp;
+use crate::shard::Shard;
+
+/// Rows per file when the queue writes rows (enqueue, claims, settles): a round of at most
+/// this many records reads whole files and leaves the rest untouched.
+pub const FILE_ROWS: usize = 100_000;
+
+/// A file of `retry_queue` and the earliest `process_after` its statistics record.
+struct QueueFile {
+    remove: Remove,
+    /// `None` when the file carries no statistics (written by another tool): read it.
+    earliest: Option<DateTime<Utc>>,
+}
+
+/// The records a round claimed, and the files that hold them under its lease.
+#[derive(Debug, Default)]
+pub(crate) struct Claim {
+    /// The claimed rows as they were before the claim, oldest lock first.
+    pub rows: Vec<QueueRow>,
+    /// The lease files, removed whole when the round settles.
+    pub lease: Vec<Remove>,
+}
+
+/// What a look for due rows found.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    /// The claim, `None` when nothing was due.
+    pub claim: Option<Claim>,
+    /// The earliest time lock of the rows (of the shard) left unclaimed, as far as the
+    /// statistics tell (exact for the files read, a lower bound for the others).
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// What the claim of a round asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimRequest {
+    /// The round's time: rows locked until then or earlier are due.
+    pub now: DateTime<Utc>,
+    /// Most rows to claim.
+    pub limit: usize,
+    /// Only rows of this shard.
+    pub shard: Option<Shard>,
+    /// The lease's end, written as the claimed rows' `process_after`.
+    pub lease_until: DateTime<Utc>,
+}
+
+impl Store {
+    /// The queue's files, earliest time lock first (files without statistics first).
+    fn queue_files(&self) -> Result<Vec<QueueFile>> {
+        let table = Table::RetryQueue;
+        let snapshot = self.table(table).snapshot().map_err(delta(table))?;
+        let mut files = Vec::new();
+        for view in snapshot.log_data().iter() {
+            if view.deletion_vector_descriptor().is_some() {
+                return Err(Error::Corrupt {
+                    table: table.name(),
+                    detail: format!(
+                        "file {} has a deletion vector, which retrylake does not read",
+                        view.path()
+                    ),
+                });
+            }
+            files.push(QueueFile {
+                remove: view.remove_action(true),
+                earliest: view.stats().as_deref().and_then(earliest_lock),
+            });
+        }
+        files.sort_by_key(|f| f.earliest);
+        Ok(files)
+    }
+
+    /// Reads the files that may hold due rows, earliest first, and claims up to
+    /// `request.limit` of the due rows (oldest lock first) in one commit. A commit that
+    /// loses a race with another claim of the same files fails with a conflict.
+    pub(crate) async fn claim_due(&mut self, request: ClaimRequest, worker: &str) -> Result<Found> {
+        let table = Table::RetryQueue;
+        let files = self.queue_files()?;
+        let store = self.table(table).log_store().object_store(None);
+        let mut read: Vec<Remove> = Vec::new();
+        let mut due: Vec<QueueRow> = Vec::new();
+        let mut kept: Vec<QueueRow> = Vec::new();
+        let mut unread_earliest = None;
+        for (i, file) in files.iter().enumerate() {
+            let candidate = file.earliest.is_none_or(|t| t <= request.now);
+            // Past the limit, read on only while a file may hold rows older than the
+            // newest row the claim would take.
+            let needed = due.len() < request.limit
+                || request.limit > 0 && {
+                    due.sort_by(oldest_first);
+                    file.earliest
+                        .is_none_or(|t| t <= due[request.limit - 1].process_after)
+                };
+            if !candidate || !needed {
+                unread_earliest = files[i..].iter().filter_map(|f| f.earliest).min();
+                break;
+            }
+            for row in read_file(store.clone(), file).await? {
+                let mine = request.shard.is_none_or(|s| s.contains(&row.sample_id));
+                if mine && row.process_after <= request.now {
+                    due.push(row);
+                } else {
+                    kept.push(row);
+                }
+            }
+            read.push(file.remove.clone());
+        }
+        due.sort_by(oldest_first);
+        if due.len() > request.limit {
+            kept.extend(due.drain(request.limit..));
+        }
+        let kept_earliest = kept
+            .iter()
+            .filter(|r| request.shard.is_none_or(|s| s.contains(&r.sample_id)))
+            .map(|r| r.process_after)
+            .min();
+        let next_due = [kept_earliest, unread_earliest].into_iter().flatten().min();
+        if due.is_empty() {
+            // Nothing to claim: leave the files as they are.
+            return Ok(Found {
+                claim: None,
+                next_due,
+            });
+        }
+        let leased: Vec<QueueRow> = due
+            .iter()
+            .map(|r| QueueRow {
+                process_after: request.lease_until,
+                ..r.clone()
+            })
+            .collect();
+        let lease = self.write_files(&[&leased]).await?;
+        let kept_files = self.write_files(&[&kept]).await?;
+        let mut actions: Vec<Action> = read.into_iter().map(Action::Remove).collect();
+        actions.extend(lease.iter().cloned().map(Action::Add));
+        actions.extend(kept_files.into_iter().map(Action::Add));
+        let tag = CommitTag::operation("claim")
+            .with("worker", worker)
+            .with("records", due.len());
+        let predicate = col("process_after").lt_eq(lit(timestamp(request.now)));
+        let operation = DeltaOperation::Update {
+            predicate: sql(predicate),
+        };
+        self.commit(actions, operation, &tag).await?;
+        Ok(Found {
+            claim: Some(Claim {
+                rows: due,
+                lease: lease.iter().map(remove_of).collect(),
+            }),
+            next_due,
+        })
+    }
+
+    /// Settles a claim: removes its lease files and adds `retried` (one file per retry
+    /// count), in one commit. Conflicts if the lease files are gone (another worker took
+    /// them after the lease ended).
+    pub(crate) async fn settle(
+        &mut self,
+        lease: &[Remove],
+        retried: &[QueueRow],
+        lease_until: DateTime<Utc>,
+        tag: &CommitTag,
+    ) -> Result<()> {
+        let mut by_count: HashMap<i32, Vec<QueueRow>> = HashMap::new();
+        for row in retried {
+            by_count
+                .entry(row.retry_count)
+                .or_default()
+                .push(row.clone());
+        }
+        let mut groups: Vec<Vec<QueueRow>> = by_count.into_values().collect();
+        for group in &mut groups {
+            group.sort_by(oldest_first);
+        }
+        groups.sort_by_key(|g| g.first().map(|r| r.process_after));
+        let groups: Vec<&[QueueRow]> = groups.iter().map(Vec::as_slice).collect();
+        let adds = self.write_files(&groups).await?;
+        let mut actions: Vec<Action> = lease.iter().cloned().map(Action::Remove).collect();
+        actions.extend(adds.into_iter().map(Action::Add));
+        // The same change as a MERGE by id that deletes the placed records and updates
+        // the retried ones, recorded as one; it read only the round's own lease files.
+        let predicate = col("process_after").eq(lit(timestamp(lease_until)));
+        let clause = |action: &str, predicate: &str| MergePredicate {
+            action_type: action.to_owned(),
+            predicate: Some(predicate.to_owned()),
+        };
+        let operation = DeltaOperation::Merge {
+            predicate: sql(predicate),
+            merge_predicate: Some("target.sample_id = source.sample_id".to_owned()),
+            matched_predicates: vec![
+                clause("delete", "source.action = 'delete'"),
+                clause("update", "source.action = 'retry'"),
+            ],
+            not_matched_predicates: Vec::new(),
+            not_matched_by_source_predicates: Vec::new(),
+        };
+        self.commit(actions, operation, tag).await
+    }
+
+    /// Appends new records to the queue in one commit, each batch (of at most
+    /// [`FILE_ROWS`] rows) in a file of its own.
+    pub(crate) async fn append_queue(
+        &mut self,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+        tag: &CommitTag,
+    ) -> Result<()> {
+        let adds = self.write_batches(batches).await?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        self.commit(adds.into_iter().map(Action::Add).collect(), operation, tag)
+            .await
+    }
+
+    /// Writes each group of rows to files of its own (at most [`FILE_ROWS`] rows each)
+    /// without committing them; returns their add actions.
+    async fn write_files(&self, groups: &[&[QueueRow]]) -> Result<Vec<Add>> {
+        let chunks = groups.iter().flat_map(|g| g.chunks(FILE_ROWS));
+        self.write_batches(chunks.map(QueueRow::to_batch)).await
+    }
+
+    /// Writes each batch to a file of its own without committing it; returns their add
+    /// actions.
+    async fn write_batches(
+        &self,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    ) -> Result<Vec<Add>> {
+        let table = Table::RetryQueue;
+        let mut writer = RecordBatchWriter::for_table(self.table(table)).map_err(delta(table))?;
+        let mut adds = Vec::new();
+        for batch in batches {
+            writer.write(batch?).await.map_err(delta(table))?;
+            adds.extend(writer.flush().await.map_err(delta(table))?);
+        }
+        Ok(adds)
+    }
+
+    /// Commits `actions` to `retry_queue` with `tag`'s metadata and application
+    /// transaction, and loads the new version.
+    pub(crate) async fn commit(
+        &mut self,
+        actions: Vec<Action>,
+        operation: DeltaOperation,
+        tag: &CommitTag,
+    ) -> Result<()> {
+        let table = Table::RetryQueue;
+        let slot = self.table_mut(table);
+        let committed = CommitBuilder::from(tag.properties())
+            .with_actions(actions)
+            .build(
+                Some(slot.snapshot().map_err(delta(table))?),
+                slot.log_store(),
+                operation,
+            )
+            .await
+            .map_err(|e| delta(table)(e.into()))?;
+        slot.state = Some(committed.snapshot());
+        Ok(())
+    }
+}
+
+/// Oldest lock first; then oldest in the queue; then by id, so the order is total.
+fn oldest_first(a: &QueueRow, b: &QueueRow) -> std::cmp::Ordering {
+    (a.process_after, a.enqueued_at, &a.sample_id).cmp(&(
+        b.process_after,
+        b.enqueued_at,
+        &b.sample_id,
+    ))
+}
+
+/// The remove action for a file this process just added.
+fn remove_of(add: &Add) -> Remove {
+    Remove {
+        path: add.path.clone(),
+        data_change: true,
+        deletion_timestamp: Some(Utc::now().timestamp_millis()),
+        extended_file_metadata: Some(true),
+        size: Some(add.size),
+        partition_values: Some(add.partition_values.clone()),
+        deletion_vector: None,
+        tags: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+    }
+}
+
+/// The SQL text of a commit's read predicate, as Delta's conflict check reads it back.
+fn sql(predicate: deltalake::datafusion::prelude::Expr) -> Option<String> {
+    deltalake::delta_datafusion::expr::fmt_expr_to_sql(&predicate).ok()
+}
+
+/// The `minValues.process_after` of a file's statistics (JSON, milliseconds).
+fn earliest_lock(stats: &str) -> Option<DateTime<Utc>> {
+    let stats: serde_json::Value = serde_json::from_str(stats).ok()?;
+    let text = stats.get("minValues")?.get("process_after")?.as_str()?;
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Every row of one queue file (at most [`FILE_ROWS`] rows when retrylake wrote it).
+async fn read_file(
+    store: deltalake::logstore::ObjectStoreRef,
+    file: &QueueFile,
+) -> Result<Vec<QueueRow>> {
+    let fail = |e: DeltaTableError| delta(Table::RetryQueue)(e);
+    let path = deltalake::Path::parse(&file.remove.path)
+        .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| fail(e.into()))?
+        .bytes()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| fail(e.into()))?
+        .build()
+        .map_err(|e| fail(e.into()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        rows.extend(QueueRow::from_batch(&batch?)?);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_earliest_lock_from_statistics() {
+        let stats = r#"{"numRecords":2,"minValues":{"process_after":"2025-11-24T14:02:00.123Z"},"maxValues":{}}"#;
+        assert_eq!(
+            earliest_lock(stats).map(|t| t.to_rfc3339()),
+            Some("2025-11-24T14:02:00.123+00:00".to_owned())
+        );
+        assert_eq!(earliest_lock(r#"{"numRecords":0}"#), None);
+        assert_eq!(earliest_lock("not json"), None);
+    }
+}
