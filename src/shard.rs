@@ -36,7 +36,12 @@ impl Shard {
 
     /// Whether `sample_id` belongs to this shard.
     pub fn contains(&self, sample_id: &str) -> bool {
-        stable_hash(&[sample_id.as_bytes()]) % u64::from(self.count) == u64::from(self.index)
+        self.sibling_of(sample_id) == self.index
+    }
+
+    /// The index of the shard, among this one's `count` siblings, that `sample_id` belongs to.
+    pub fn sibling_of(&self, sample_id: &str) -> u32 {
+        (stable_hash(&[sample_id.as_bytes()]) % u64::from(self.count)) as u32
     }
 }
 

@@ -9,7 +9,7 @@
 //! so the rows that come due together sit together. Two workers that read the same file
 //! both try to remove it, and Delta's conflict check lets only one of them commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTableError;
@@ -102,9 +102,9 @@ impl Store {
         let table = Table::RetryQueue;
         let files = self.queue_files()?;
         let store = self.table(table).log_store().object_store(None);
-        let mut read: Vec<Remove> = Vec::new();
-        let mut due: Vec<QueueRow> = Vec::new();
-        let mut kept: Vec<QueueRow> = Vec::new();
+        // Rows read, with the index of the file they came from.
+        let mut due: Vec<(usize, QueueRow)> = Vec::new();
+        let mut kept: Vec<(usize, QueueRow)> = Vec::new();
         let mut unread_earliest = None;
         for (i, file) in files.iter().enumerate() {
             let candidate = file.earliest.is_none_or(|t| t <= request.now);
@@ -112,9 +112,9 @@ impl Store {
             // newest row the claim would take.
             let needed = due.len() < request.limit
                 || request.limit > 0 && {
-                    due.sort_by(oldest_first);
+                    due.sort_by(|a, b| oldest_first(&a.1, &b.1));
                     file.earliest
-                        .is_none_or(|t| t <= due[request.limit - 1].process_after)
+                        .is_none_or(|t| t <= due[request.limit - 1].1.process_after)
                 };
             if !candidate || !needed {
                 unread_earliest = files[i..].iter().filter_map(|f| f.earliest).min();
@@ -123,21 +123,20 @@ impl Store {
             for row in read_file(store.clone(), file).await? {
                 let mine = request.shard.is_none_or(|s| s.contains(&row.sample_id));
                 if mine && row.process_after <= request.now {
-                    due.push(row);
+                    due.push((i, row));
                 } else {
-                    kept.push(row);
+                    kept.push((i, row));
                 }
             }
-            read.push(file.remove.clone());
         }
-        due.sort_by(oldest_first);
+        due.sort_by(|a, b| oldest_first(&a.1, &b.1));
         if due.len() > request.limit {
             kept.extend(due.drain(request.limit..));
         }
         let kept_earliest = kept
             .iter()
-            .filter(|r| request.shard.is_none_or(|s| s.contains(&r.sample_id)))
-            .map(|r| r.process_after)
+            .filter(|(_, r)| request.shard.is_none_or(|s| s.contains(&r.sample_id)))
+            .map(|(_, r)| r.process_after)
             .min();
         let next_due = [kept_earliest, unread_earliest].into_iter().flatten().min();
         if due.is_empty() {
@@ -147,6 +146,18 @@ impl Store {
                 next_due,
             });
         }
+        // Only the files the claim takes rows from are replaced; their other rows are
+        // written again, one file per shard so that each worker finds its own together.
+        let touched: HashSet<usize> = due.iter().map(|(i, _)| *i).collect();
+        let mut rewritten: HashMap<u32, Vec<QueueRow>> = HashMap::new();
+        for (i, row) in kept {
+            if touched.contains(&i) {
+                let sibling = request.shard.map_or(0, |s| s.sibling_of(&row.sample_id));
+                rewritten.entry(sibling).or_default().push(row);
+            }
+        }
+        let rewritten: Vec<&[QueueRow]> = rewritten.values().map(Vec::as_slice).collect();
+        let due: Vec<QueueRow> = due.into_iter().map(|(_, row)| row).collect();
         let leased: Vec<QueueRow> = due
             .iter()
             .map(|r| QueueRow {
@@ -155,8 +166,11 @@ impl Store {
             })
             .collect();
         let lease = self.write_files(&[&leased]).await?;
-        let kept_files = self.write_files(&[&kept]).await?;
-        let mut actions: Vec<Action> = read.into_iter().map(Action::Remove).collect();
+        let kept_files = self.write_files(&rewritten).await?;
+        let mut actions: Vec<Action> = touched
+            .iter()
+            .map(|&i| Action::Remove(files[i].remove.clone()))
+            .collect();
         actions.extend(lease.iter().cloned().map(Action::Add));
         actions.extend(kept_files.into_iter().map(Action::Add));
         let tag = CommitTag::operation("claim")
