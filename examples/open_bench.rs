@@ -56,7 +56,7 @@ async fn main() -> retrylake::Result<()> {
     let mut queue = Queue::open(root).await?.with_clock(clock.clone());
     queue.enqueue(&input, &Default::default()).await?;
     let config = RoundConfig {
-        limit: Some(1),
+        limit: 1,
         policy: RetryPolicy::builder().max_retries(0).build()?,
         ..RoundConfig::default()
     };

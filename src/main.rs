@@ -219,10 +219,13 @@ struct RunArgs {
     /// Longest a call may take before it counts as a transient failure.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Most records per round; `run` then stops after one round. Without it, a round takes
-    /// at most 100,000 records and `run` goes on while more are due.
+    /// Most records to process: one round of at most N. Without it, `run` goes on with
+    /// rounds of --batch-size records while more are due.
     #[arg(long)]
     limit: Option<usize>,
+    /// Most records per round when --limit is not given; bounds a round's memory.
+    #[arg(long, default_value_t = retrylake::round::ROUND_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    batch_size: usize,
     #[command(flatten)]
     policy: PolicyArgs,
     /// Call the processor even for records with an empty payload.
@@ -589,7 +592,7 @@ async fn prepare(
     let processor = processor(args)?;
     let config = RoundConfig {
         policy,
-        limit: args.limit,
+        limit: args.limit.unwrap_or(args.batch_size),
         concurrency: args.concurrency as usize,
         timeout: args.timeout,
         allow_empty_payload: args.allow_empty_payload,

@@ -28,8 +28,9 @@ pub const MISSING_PAYLOAD: &str = "Missing Payload";
 pub struct RoundConfig {
     /// Backoff and retry budget.
     pub policy: RetryPolicy,
-    /// Most records per round; all due records when `None`. Default value is `None`.
-    pub limit: Option<usize>,
+    /// Most records per round, which bounds a round's memory. Default value is
+    /// [`ROUND_BATCH`].
+    pub limit: usize,
     /// Most calls in flight at once. Default value is `16`.
     pub concurrency: usize,
     /// Longest a call may take; a call that runs longer is a transient failure.
@@ -56,7 +57,7 @@ impl Default for RoundConfig {
     fn default() -> Self {
         RoundConfig {
             policy: RetryPolicy::default(),
-            limit: None,
+            limit: ROUND_BATCH,
             concurrency: 16,
             timeout: Duration::from_secs(30),
             allow_empty_payload: false,
@@ -166,8 +167,8 @@ impl Serialize for Phases {
     }
 }
 
-/// Most records a round takes when no limit is set, so that memory stays bounded however
-/// many records are due: `run` goes on with another round while more are due.
+/// Most records a round takes by default, so that memory stays bounded however many
+/// records are due: the command line's `run` goes on with another round while more are due.
 pub const ROUND_BATCH: usize = crate::store::FILE_ROWS;
 
 /// Runs one round for `worker` at `clock`'s time.
@@ -296,7 +297,7 @@ async fn claim(
         let now = clock.now();
         let request = ClaimRequest {
             now,
-            limit: config.limit.unwrap_or(ROUND_BATCH),
+            limit: config.limit,
             shard: config.shard,
             lease_until: ceil_millis(add(now, config.lease)),
         };

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use retrylake::store::{Rows, Store};
+use retrylake::store::{Rows, Store, Table};
 use tempfile::TempDir;
 
 /// A temp dir holding a data root and input files.
@@ -150,4 +150,22 @@ pub fn ids<T>(rows: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
     let mut ids: Vec<String> = rows.iter().map(|r| id(r).to_owned()).collect();
     ids.sort();
     ids
+}
+
+/// The data files of a table's latest version.
+pub fn data_files(data: &Path, table: Table) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(data.to_str().expect("utf8 path"))
+            .await
+            .expect("open store");
+        let snapshot = store.table(table).snapshot().expect("snapshot");
+        let mut files: Vec<String> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.path().to_string())
+            .collect();
+        files.sort();
+        files
+    })
 }
