@@ -56,25 +56,31 @@ def ts(t):
 def retrylake(binary, data, inp, seed):
     """Enqueue, then one run process per round until the queue is empty."""
     phases = {}
-    _, enqueue_s, peak = run_rss([binary, "--data", data, "enqueue", inp, "--now", ts(START)])
-    now, rounds, attempts, rounds_s = START, 0, 0, 0.0
+    shutil.rmtree(data, ignore_errors=True)
+    _, enqueue_s, enqueue_peak = run_rss([binary, "--data", data, "enqueue", inp, "--now", ts(START)])
+    now, rounds, attempts, rounds_s, round_peak, processes = START, 0, 0, 0.0, 0.0, 0
     while True:
         out, wall, rss = run_rss([binary, "--data", data, "run", "--json", "--now", ts(now),
                                   "--transient-rate", "0.3", "--seed", str(seed)])
+        processes += 1
         rounds_s += wall
-        peak = max(peak, rss)
-        report = json.loads(out.strip().splitlines()[-1])
-        rounds += report.get("rounds", 1)
-        attempts += report["processed"]
-        for k, v in report.get("timings_ms", {}).items():
-            phases[k] = phases.get(k, 0.0) + v / 1000
+        round_peak = max(round_peak, rss)
+        # One JSON line per round: a process runs rounds of --batch-size while more are due.
+        for line in out.strip().splitlines():
+            report = json.loads(line)
+            rounds += report["round"] is not None
+            attempts += report["processed"]
+            for k, v in report["timings_ms"].items():
+                phases[k] = phases.get(k, 0.0) + v / 1000
         if report["next_due"] is None:
             break
         now = max(now, dt.datetime.fromisoformat(report["next_due"].replace("Z", "+00:00")))
     status, _, _ = run_rss([binary, "--data", data, "status", "--json", "--now", ts(now)])
     status = json.loads(status)
     return {"enqueue_s": enqueue_s, "rounds_s": rounds_s, "total_s": enqueue_s + rounds_s,
-            "rounds": rounds, "attempts": attempts, "peak_mb": peak, "phases": phases,
+            "rounds": rounds, "processes": processes, "attempts": attempts,
+            "peak_mb": max(enqueue_peak, round_peak), "enqueue_peak_mb": enqueue_peak,
+            "round_peak_mb": round_peak, "phases": phases,
             "final": status["final"], "dead": status["dead"], "waiting": status["waiting"]}
 
 
@@ -129,6 +135,7 @@ def main():
     ap.add_argument("--work", default=None)
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="retrylake-bench-")
+    os.makedirs(work, exist_ok=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {os.cpu_count()} cores, {cpu}")
     for n in a.sizes:
@@ -144,10 +151,12 @@ def main():
             print(f"seed baseline: {seed['rounds']} rounds, {seed['attempts']:,} attempts, "
                   f"{seed['wall_s']:.2f} s of rounds ({seed['attempts'] / seed['wall_s']:,.0f} attempts/s), "
                   f"peak {seed['peak_mb']:.0f} MB; final {seed['final']:,}, dead {seed['dead']:,}")
-        print(f"retrylake:     {ours['rounds']} rounds, {ours['attempts']:,} attempts, "
-              f"{ours['total_s']:.2f} s (enqueue {ours['enqueue_s']:.2f} s + rounds {ours['rounds_s']:.2f} s, "
-              f"{ours['attempts'] / ours['total_s']:,.0f} attempts/s), peak {ours['peak_mb']:.0f} MB; "
-              f"final {ours['final']:,}, dead {ours['dead']:,}, waiting {ours['waiting']}")
+        print(f"retrylake:     {ours['rounds']} rounds in {ours['processes']} run processes, "
+              f"{ours['attempts']:,} attempts, {ours['total_s']:.2f} s (enqueue {ours['enqueue_s']:.2f} s + "
+              f"rounds {ours['rounds_s']:.2f} s, {ours['attempts'] / ours['total_s']:,.0f} attempts/s), "
+              f"peak {ours['peak_mb']:.0f} MB (enqueue {ours['enqueue_peak_mb']:.0f} MB, "
+              f"run {ours['round_peak_mb']:.0f} MB); final {ours['final']:,}, dead {ours['dead']:,}, "
+              f"waiting {ours['waiting']}")
         if seed:
             print(f"speed-up:      {seed['wall_s'] / ours['total_s']:.1f}x the seed baseline's rounds "
                   f"(memory {seed['peak_mb'] / ours['peak_mb']:.1f}x less)")

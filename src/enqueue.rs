@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::clock::floor_millis;
 use crate::error::{Error, Result};
-use crate::input::{Fields, InputFormat, read_input, synthetic_id};
+use crate::input::{Fields, InputFormat, Records, read_input, synthetic_id};
 use crate::status::strings;
 use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Store, Table};
 
@@ -78,21 +78,11 @@ pub(crate) async fn enqueue(
         )));
     }
 
-    let mut first_line: HashMap<&str, usize> = HashMap::new();
-    let mut duplicates = Vec::new();
-    for r in &input.records {
-        if let Some(first) = first_line.insert(&r.sample_id, r.line) {
-            duplicates.push(format!("'{}' on lines {first} and {}", r.sample_id, r.line));
-        }
+    let mut seen: HashSet<&str> = HashSet::with_capacity(input.records.len());
+    if !input.records.iter().all(|r| seen.insert(r.sample_id)) {
+        return Err(fail(duplicate_ids(&input.records)));
     }
-    if !duplicates.is_empty() {
-        let count = duplicates.len();
-        duplicates.truncate(5);
-        return Err(fail(format!(
-            "{count} duplicate id(s), nothing enqueued: {}",
-            duplicates.join("; ")
-        )));
-    }
+    drop(seen);
 
     let dead: Vec<DeadRow> = input
         .invalid
@@ -112,18 +102,20 @@ pub(crate) async fn enqueue(
     let ids: Vec<&str> = input
         .records
         .iter()
-        .map(|r| r.sample_id.as_str())
+        .map(|r| r.sample_id)
         .chain(dead.iter().map(|d| d.sample_id.as_str()))
         .collect();
     let existing = existing_ids(store, &ids).await?;
+    drop(ids);
 
     let dead: Vec<DeadRow> = dead
         .into_iter()
         .filter(|d| !existing.contains(&d.sample_id))
         .collect();
     let read = input.records.len() + input.invalid.len();
-    let mut queued = input.records;
-    queued.retain(|r| !existing.contains(&r.sample_id));
+    let queued: Vec<usize> = (0..input.records.len())
+        .filter(|&i| !existing.contains(input.records.get(i).sample_id))
+        .collect();
     let report = EnqueueReport {
         read,
         enqueued: queued.len(),
@@ -140,15 +132,34 @@ pub(crate) async fn enqueue(
         store.append(&dead, &tag).await?;
     }
     if !queued.is_empty() {
+        let records = &input.records;
         let batches = queued.chunks(FILE_ROWS).map(|chunk| {
-            let records = chunk
-                .iter()
-                .map(|r| (r.sample_id.as_str(), r.payload.as_deref()));
-            QueueRow::new_batch(records, now)
+            let chunk = chunk.iter().map(|&i| {
+                let r = records.get(i);
+                (r.sample_id, r.payload)
+            });
+            QueueRow::new_batch(chunk, now)
         });
         store.append_queue(batches, &tag).await?;
     }
     Ok(report)
+}
+
+/// The error for an input that holds the same id more than once, naming the lines.
+fn duplicate_ids(records: &Records) -> String {
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    let mut duplicates = Vec::new();
+    for r in records.iter() {
+        if let Some(first) = first_line.insert(r.sample_id, r.line) {
+            duplicates.push(format!("'{}' on lines {first} and {}", r.sample_id, r.line));
+        }
+    }
+    let count = duplicates.len();
+    duplicates.truncate(5);
+    format!(
+        "{count} duplicate id(s), nothing enqueued: {}",
+        duplicates.join("; ")
+    )
 }
 
 /// The ids among `ids` already in `retry_queue`, `final_results` or `dead_letter_queue`.

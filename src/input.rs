@@ -74,15 +74,65 @@ impl Default for Fields {
     }
 }
 
-/// A valid input record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputRecord {
+/// A valid input record, borrowed from [`Records`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputRecord<'a> {
     /// Its line (JSON Lines, CSV) or row (Parquet), from 1.
     pub line: usize,
     /// Its key.
-    pub sample_id: String,
+    pub sample_id: &'a str,
     /// Its payload: a string as is, any other JSON value as its JSON text.
-    pub payload: Option<String>,
+    pub payload: Option<&'a str>,
+}
+
+/// The valid records of an input, stored by column: a few large buffers instead of two
+/// allocations per record, so a million records take little more than their text.
+#[derive(Debug, Default)]
+pub struct Records {
+    lines: Vec<usize>,
+    ids: String,
+    id_ends: Vec<usize>,
+    payloads: String,
+    payload_ends: Vec<usize>,
+    payload_missing: Vec<bool>,
+}
+
+impl Records {
+    /// Adds a record.
+    pub fn push(&mut self, line: usize, sample_id: &str, payload: Option<&str>) {
+        self.lines.push(line);
+        self.ids.push_str(sample_id);
+        self.id_ends.push(self.ids.len());
+        self.payloads.push_str(payload.unwrap_or_default());
+        self.payload_ends.push(self.payloads.len());
+        self.payload_missing.push(payload.is_none());
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The `i`-th record.
+    pub fn get(&self, i: usize) -> InputRecord<'_> {
+        let start = |ends: &[usize]| i.checked_sub(1).map_or(0, |j| ends[j]);
+        InputRecord {
+            line: self.lines[i],
+            sample_id: &self.ids[start(&self.id_ends)..self.id_ends[i]],
+            payload: (!self.payload_missing[i])
+                .then(|| &self.payloads[start(&self.payload_ends)..self.payload_ends[i]]),
+        }
+    }
+
+    /// The records in input order.
+    pub fn iter(&self) -> impl Iterator<Item = InputRecord<'_>> + Clone {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 /// An input record that cannot be enqueued.
@@ -102,7 +152,7 @@ pub struct InvalidRecord {
 #[derive(Debug, Default)]
 pub struct ParsedInput {
     /// Records that can be enqueued, in input order.
-    pub records: Vec<InputRecord>,
+    pub records: Records,
     /// Records that cannot, in input order.
     pub invalid: Vec<InvalidRecord>,
 }
@@ -155,11 +205,9 @@ pub fn parse_jsonl_from(mut reader: impl BufRead, fields: &Fields) -> std::io::R
             continue;
         }
         match parse_line(line, fields) {
-            Ok((sample_id, payload)) => parsed.records.push(InputRecord {
-                line: line_no,
-                sample_id,
-                payload,
-            }),
+            Ok((sample_id, payload)) => {
+                parsed.records.push(line_no, &sample_id, payload.as_deref())
+            }
             Err(error) => parsed.invalid.push(InvalidRecord {
                 line: line_no,
                 sample_id: None,
@@ -424,11 +472,7 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
             });
             continue;
         }
-        parsed.records.push(InputRecord {
-            line,
-            sample_id: id.to_owned(),
-            payload: Some(payload.to_owned()),
-        });
+        parsed.records.push(line, id, Some(payload));
     }
     Ok(parsed)
 }
@@ -486,21 +530,17 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
         let (ids, payloads) = (as_strings(&fields.id)?, as_strings(&fields.payload)?);
         for i in 0..batch.num_rows() {
             row += 1;
-            let payload = payloads.is_valid(i).then(|| payloads.value(i).to_owned());
+            let payload = payloads.is_valid(i).then(|| payloads.value(i));
             if ids.is_null(i) || ids.value(i).is_empty() {
                 parsed.invalid.push(InvalidRecord {
                     line: row,
                     sample_id: None,
-                    raw: payload,
+                    raw: payload.map(str::to_owned),
                     error: format!("missing id field '{}'", fields.id),
                 });
                 continue;
             }
-            parsed.records.push(InputRecord {
-                line: row,
-                sample_id: ids.value(i).to_owned(),
-                payload,
-            });
+            parsed.records.push(row, ids.value(i), payload);
         }
     }
     Ok(parsed)
@@ -531,11 +571,11 @@ mod tests {
         let input = b"\xEF\xBB\xBF{\"sample_id\":\"S-1\",\"payload\":\"a\"}\r\n\n  \n{\"sample_id\":7,\"payload\":{\"k\":[1,2]}}\n";
         let parsed = parse_jsonl(input, &Fields::default());
         assert!(parsed.invalid.is_empty(), "{:?}", parsed.invalid);
-        assert_eq!(parsed.records[0].sample_id, "S-1");
-        assert_eq!(parsed.records[0].payload.as_deref(), Some("a"));
-        assert_eq!(parsed.records[1].line, 4);
-        assert_eq!(parsed.records[1].sample_id, "7");
-        assert_eq!(parsed.records[1].payload.as_deref(), Some("{\"k\":[1,2]}"));
+        assert_eq!(parsed.records.get(0).sample_id, "S-1");
+        assert_eq!(parsed.records.get(0).payload, Some("a"));
+        assert_eq!(parsed.records.get(1).line, 4);
+        assert_eq!(parsed.records.get(1).sample_id, "7");
+        assert_eq!(parsed.records.get(1).payload, Some("{\"k\":[1,2]}"));
     }
 
     #[test]
@@ -553,7 +593,7 @@ mod tests {
         );
         assert_eq!(parsed.invalid[3].error, "not valid UTF-8");
         assert_eq!(parsed.records.len(), 1);
-        assert_eq!(parsed.records[0].payload, None);
+        assert_eq!(parsed.records.get(0).payload, None);
     }
 
     #[test]
@@ -569,8 +609,8 @@ mod tests {
         };
         assert_eq!(lines(&parsed), lines(&crlf));
         assert_eq!(parsed.records.len(), 2);
-        assert_eq!(parsed.records[0].payload.as_deref(), Some("two\nlines"));
-        assert_eq!(parsed.records[1].line, 4);
+        assert_eq!(parsed.records.get(0).payload, Some("two\nlines"));
+        assert_eq!(parsed.records.get(1).line, 4);
         assert_eq!(parsed.invalid[0].line, 5);
         let fields = Fields {
             id: "id".into(),
@@ -596,7 +636,7 @@ mod tests {
         #[test]
         fn parsers_never_panic_on_json_like_text(text in r#"(\{"sample_id":("[a-z\\"]{0,5}"|[0-9]{1,3}|null|\[\]),"payload":("[^"]{0,8}"|\{\}|[0-9.e-]{1,6}|true)\}\r?\n?){0,6}"#) {
             let parsed = parse_jsonl(text.as_bytes(), &Fields::default());
-            for r in &parsed.records {
+            for r in parsed.records.iter() {
                 proptest::prop_assert!(!r.sample_id.is_empty());
             }
             let _ = parse_csv(text.as_bytes(), &Fields::default());

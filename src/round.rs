@@ -220,24 +220,25 @@ pub(crate) async fn run_round(
     results.sort_by_key(|(i, _)| *i);
     let mut rng =
         SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let enqueued: Vec<DateTime<Utc>> = due.iter().map(|q| q.enqueued_at).collect();
     let rows: Vec<AttemptRow> = results
         .into_iter()
-        .map(|(i, a)| journal_row(&due[i], a, round, worker, config, &mut rng))
+        .zip(due)
+        .map(|((_, a), row)| journal_row(row, a, round, worker, config, &mut rng))
         .collect();
-    let retried: Vec<QueueRow> = due
+    let retried: Vec<QueueRow> = rows
         .iter()
-        .zip(&rows)
-        .filter(|(_, r)| r.disposition == disposition::RETRY)
-        .map(|(q, r)| QueueRow {
-            sample_id: q.sample_id.clone(),
-            payload: q.payload.clone(),
+        .zip(enqueued)
+        .filter(|(r, _)| r.disposition == disposition::RETRY)
+        .map(|(r, enqueued_at)| QueueRow {
+            sample_id: r.sample_id.clone(),
+            payload: r.payload.clone(),
             error_msg: r.error_msg.clone(),
             retry_count: r.retry_count,
-            process_after: r.process_after.unwrap_or(q.process_after),
-            enqueued_at: q.enqueued_at,
+            process_after: r.process_after.unwrap_or(r.finished_at),
+            enqueued_at,
         })
         .collect();
-    drop(due);
 
     let count = |d: &str| rows.iter().filter(|r| r.disposition == d).count();
     let mut report = RoundReport {
@@ -370,7 +371,7 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 /// Decides where a record goes after an attempt, as the journal row that records it.
 fn journal_row(
-    row: &QueueRow,
+    row: QueueRow,
     attempt: Attempt,
     round: i64,
     worker: &str,
@@ -380,7 +381,7 @@ fn journal_row(
     let mut journal = AttemptRow {
         round,
         worker: worker.to_owned(),
-        sample_id: row.sample_id.clone(),
+        sample_id: row.sample_id,
         attempt: row.retry_count,
         outcome: attempt.outcome.kind().as_str().to_owned(),
         error_msg: None,
@@ -391,7 +392,7 @@ fn journal_row(
         disposition: disposition::DEAD.to_owned(),
         reason: None,
         retry_count: row.retry_count,
-        payload: row.payload.clone(),
+        payload: row.payload,
         response: None,
     };
     match attempt.outcome {

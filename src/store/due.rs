@@ -108,13 +108,14 @@ impl Store {
         let mut unread_earliest = None;
         for (i, file) in files.iter().enumerate() {
             let candidate = file.earliest.is_none_or(|t| t <= request.now);
-            // Past the limit, read on only while a file may hold rows older than the
-            // newest row the claim would take.
+            // Past the limit, read on only while a file may hold rows locked before the
+            // newest lock the claim would take (rows locked at the same time are taken
+            // in the order of their files).
             let needed = due.len() < request.limit
                 || request.limit > 0 && {
                     due.sort_by(|a, b| oldest_first(&a.1, &b.1));
                     file.earliest
-                        .is_none_or(|t| t <= due[request.limit - 1].1.process_after)
+                        .is_none_or(|t| t < due[request.limit - 1].1.process_after)
                 };
             if !candidate || !needed {
                 unread_earliest = files[i..].iter().filter_map(|f| f.earliest).min();
@@ -158,14 +159,10 @@ impl Store {
         }
         let rewritten: Vec<&[QueueRow]> = rewritten.values().map(Vec::as_slice).collect();
         let due: Vec<QueueRow> = due.into_iter().map(|(_, row)| row).collect();
-        let leased: Vec<QueueRow> = due
-            .iter()
-            .map(|r| QueueRow {
-                process_after: request.lease_until,
-                ..r.clone()
-            })
-            .collect();
-        let lease = self.write_files(&[&leased]).await?;
+        let leased = due
+            .chunks(FILE_ROWS)
+            .map(|chunk| QueueRow::locked_batch(chunk, Some(request.lease_until)));
+        let lease = self.write_batches(leased).await?;
         let kept_files = self.write_files(&rewritten).await?;
         let mut actions: Vec<Action> = touched
             .iter()

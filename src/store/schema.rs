@@ -370,6 +370,22 @@ impl Columns<'_> {
 }
 
 impl QueueRow {
+    /// The rows as one batch, with every `process_after` set to `lock` when one is given
+    /// (a claim's lease), without copying the rows first.
+    pub(crate) fn locked_batch(rows: &[Self], lock: Option<DateTime<Utc>>) -> Result<RecordBatch> {
+        batch(
+            Self::TABLE,
+            vec![
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                strings(rows.iter().map(|r| r.payload.as_deref())),
+                strings(rows.iter().map(|r| r.error_msg.as_deref())),
+                ints(rows.iter().map(|r| r.retry_count)),
+                times(rows.iter().map(|r| Some(lock.unwrap_or(r.process_after)))),
+                times(rows.iter().map(|r| Some(r.enqueued_at))),
+            ],
+        )
+    }
+
     /// A batch of new records (id, payload), due at `now`, built without rows in between.
     pub(crate) fn new_batch<'a>(
         records: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
@@ -394,17 +410,7 @@ impl Rows for QueueRow {
     const TABLE: Table = Table::RetryQueue;
 
     fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
-        batch(
-            Self::TABLE,
-            vec![
-                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
-                strings(rows.iter().map(|r| r.payload.as_deref())),
-                strings(rows.iter().map(|r| r.error_msg.as_deref())),
-                ints(rows.iter().map(|r| r.retry_count)),
-                times(rows.iter().map(|r| Some(r.process_after))),
-                times(rows.iter().map(|r| Some(r.enqueued_at))),
-            ],
-        )
+        QueueRow::locked_batch(rows, None)
     }
 
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
@@ -412,7 +418,7 @@ impl Rows for QueueRow {
             table: Self::TABLE,
             batch,
         };
-        let (ids, payloads, errors) = (
+        let (mut ids, mut payloads, mut errors) = (
             c.str("sample_id")?,
             c.opt_str("payload")?,
             c.opt_str("error_msg")?,
@@ -424,9 +430,9 @@ impl Rows for QueueRow {
         );
         Ok((0..batch.num_rows())
             .map(|i| QueueRow {
-                sample_id: ids[i].clone(),
-                payload: payloads[i].clone(),
-                error_msg: errors[i].clone(),
+                sample_id: std::mem::take(&mut ids[i]),
+                payload: std::mem::take(&mut payloads[i]),
+                error_msg: std::mem::take(&mut errors[i]),
                 retry_count: counts[i],
                 process_after: after[i],
                 enqueued_at: enqueued[i],
@@ -456,19 +462,19 @@ impl Rows for FinalRow {
             table: Self::TABLE,
             batch,
         };
-        let (ids, data, at) = (
+        let (mut ids, mut data, at) = (
             c.str("sample_id")?,
             c.opt_str("data")?,
             c.time("processed_at")?,
         );
-        let (attempts, responses) = (c.int("attempts")?, c.opt_str("response")?);
+        let (attempts, mut responses) = (c.int("attempts")?, c.opt_str("response")?);
         Ok((0..batch.num_rows())
             .map(|i| FinalRow {
-                sample_id: ids[i].clone(),
-                data: data[i].clone(),
+                sample_id: std::mem::take(&mut ids[i]),
+                data: std::mem::take(&mut data[i]),
                 processed_at: at[i],
                 attempts: attempts[i],
-                response: responses[i].clone(),
+                response: std::mem::take(&mut responses[i]),
             })
             .collect())
     }
@@ -496,24 +502,24 @@ impl Rows for DeadRow {
             table: Self::TABLE,
             batch,
         };
-        let (ids, payloads, errors) = (
+        let (mut ids, mut payloads, mut errors) = (
             c.str("sample_id")?,
             c.opt_str("payload")?,
             c.opt_str("error_msg")?,
         );
-        let (counts, at, reasons) = (
+        let (counts, at, mut reasons) = (
             c.int("retry_count")?,
             c.time("failed_at")?,
             c.str("reason")?,
         );
         Ok((0..batch.num_rows())
             .map(|i| DeadRow {
-                sample_id: ids[i].clone(),
-                payload: payloads[i].clone(),
-                error_msg: errors[i].clone(),
+                sample_id: std::mem::take(&mut ids[i]),
+                payload: std::mem::take(&mut payloads[i]),
+                error_msg: std::mem::take(&mut errors[i]),
                 retry_count: counts[i],
                 failed_at: at[i],
-                reason: reasons[i].clone(),
+                reason: std::mem::take(&mut reasons[i]),
             })
             .collect())
     }
@@ -550,8 +556,9 @@ impl Rows for AttemptRow {
             table: Self::TABLE,
             batch,
         };
-        let (rounds, workers, ids) = (c.long("round")?, c.str("worker")?, c.str("sample_id")?);
-        let (attempts, outcomes, errors) = (
+        let (rounds, mut workers, mut ids) =
+            (c.long("round")?, c.str("worker")?, c.str("sample_id")?);
+        let (attempts, mut outcomes, mut errors) = (
             c.int("attempt")?,
             c.str("outcome")?,
             c.opt_str("error_msg")?,
@@ -561,12 +568,12 @@ impl Rows for AttemptRow {
             c.time("finished_at")?,
             c.long("duration_ms")?,
         );
-        let (after, dispositions, reasons) = (
+        let (after, mut dispositions, mut reasons) = (
             c.opt_time("process_after")?,
             c.str("disposition")?,
             c.opt_str("reason")?,
         );
-        let (counts, payloads, responses) = (
+        let (counts, mut payloads, mut responses) = (
             c.int("retry_count")?,
             c.opt_str("payload")?,
             c.opt_str("response")?,
@@ -574,20 +581,20 @@ impl Rows for AttemptRow {
         Ok((0..batch.num_rows())
             .map(|i| AttemptRow {
                 round: rounds[i],
-                worker: workers[i].clone(),
-                sample_id: ids[i].clone(),
+                worker: std::mem::take(&mut workers[i]),
+                sample_id: std::mem::take(&mut ids[i]),
                 attempt: attempts[i],
-                outcome: outcomes[i].clone(),
-                error_msg: errors[i].clone(),
+                outcome: std::mem::take(&mut outcomes[i]),
+                error_msg: std::mem::take(&mut errors[i]),
                 started_at: started[i],
                 finished_at: finished[i],
                 duration_ms: durations[i],
                 process_after: after[i],
-                disposition: dispositions[i].clone(),
-                reason: reasons[i].clone(),
+                disposition: std::mem::take(&mut dispositions[i]),
+                reason: std::mem::take(&mut reasons[i]),
                 retry_count: counts[i],
-                payload: payloads[i].clone(),
-                response: responses[i].clone(),
+                payload: std::mem::take(&mut payloads[i]),
+                response: std::mem::take(&mut responses[i]),
             })
             .collect())
     }
