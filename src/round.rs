@@ -171,7 +171,8 @@ impl Serialize for Phases {
 /// records are due: the command line's `run` goes on with another round while more are due.
 pub const ROUND_BATCH: usize = crate::store::FILE_ROWS;
 
-/// Runs one round for `worker` at `clock`'s time.
+/// Runs one round for `worker` at `clock`'s time, on tables the caller has just refreshed
+/// and recovered.
 pub(crate) async fn run_round(
     store: &mut Store,
     clock: &dyn Clock,
@@ -180,8 +181,6 @@ pub(crate) async fn run_round(
     config: &RoundConfig,
 ) -> Result<RoundReport> {
     let started = Instant::now();
-    store.refresh().await?;
-    store.recover(worker).await?;
     let (found, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
     let Some(claim) = found.claim else {
         return Ok(RoundReport {

@@ -45,10 +45,10 @@ impl Store {
                 source,
             })?;
         }
-        let mut tables = Vec::with_capacity(4);
-        for table in Store::order() {
-            tables.push(open_or_create(root, table, local).await?);
-        }
+        let tables = futures::future::try_join_all(
+            Store::order().map(|table| open_or_create(root, table, local)),
+        )
+        .await?;
         let tables: [DeltaTable; 4] = tables.try_into().expect("four tables");
         Ok(Store {
             root: root.to_owned(),
@@ -88,12 +88,12 @@ impl Store {
 
     /// Reloads every table's latest version (other processes may have committed).
     pub async fn refresh(&mut self) -> Result<()> {
-        for table in Store::order() {
-            self.tables[Store::index(table)]
-                .update_state()
-                .await
-                .map_err(delta(table))?;
-        }
+        let updates = self
+            .tables
+            .iter_mut()
+            .zip(Store::order())
+            .map(|(t, table)| async move { t.update_state().await.map_err(delta(table)) });
+        futures::future::try_join_all(updates).await?;
         Ok(())
     }
 
