@@ -15,12 +15,10 @@ use chrono::{DateTime, Utc};
 use deltalake::DeltaTableError;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::{col, lit};
-use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
 use super::{CommitTag, QueueRow, Rows, Store, Table, delta};
 use crate::error::{Error, Result};
@@ -162,8 +160,12 @@ impl Store {
         let leased = due
             .chunks(FILE_ROWS)
             .map(|chunk| QueueRow::locked_batch(chunk, Some(request.lease_until)));
-        let lease = self.write_batches(leased).await?;
-        let kept_files = self.write_files(&rewritten).await?;
+        let lease = self.write_batches(table, leased).await?;
+        let rewritten = rewritten
+            .iter()
+            .flat_map(|group| group.chunks(FILE_ROWS))
+            .map(QueueRow::to_batch);
+        let kept_files = self.write_batches(table, rewritten).await?;
         let mut actions: Vec<Action> = touched
             .iter()
             .map(|&i| Action::Remove(files[i].remove.clone()))
@@ -177,7 +179,7 @@ impl Store {
         let operation = DeltaOperation::Update {
             predicate: sql(predicate),
         };
-        self.commit(actions, operation, &tag).await?;
+        self.commit(table, actions, operation, &tag).await?;
         Ok(Found {
             claim: Some(Claim {
                 rows: due,
@@ -187,52 +189,6 @@ impl Store {
         })
     }
 
-    /// Settles a claim: removes its lease files and adds `retried` (one file per retry
-    /// count), in one commit. Conflicts if the lease files are gone (another worker took
-    /// them after the lease ended).
-    pub(crate) async fn settle(
-        &mut self,
-        lease: &[Remove],
-        retried: &[QueueRow],
-        lease_until: DateTime<Utc>,
-        tag: &CommitTag,
-    ) -> Result<()> {
-        let mut by_count: HashMap<i32, Vec<QueueRow>> = HashMap::new();
-        for row in retried {
-            by_count
-                .entry(row.retry_count)
-                .or_default()
-                .push(row.clone());
-        }
-        let mut groups: Vec<Vec<QueueRow>> = by_count.into_values().collect();
-        for group in &mut groups {
-            group.sort_by(oldest_first);
-        }
-        groups.sort_by_key(|g| g.first().map(|r| r.process_after));
-        let groups: Vec<&[QueueRow]> = groups.iter().map(Vec::as_slice).collect();
-        let adds = self.write_files(&groups).await?;
-        let mut actions: Vec<Action> = lease.iter().cloned().map(Action::Remove).collect();
-        actions.extend(adds.into_iter().map(Action::Add));
-        // The same change as a MERGE by id that deletes the placed records and updates
-        // the retried ones, recorded as one; it read only the round's own lease files.
-        let predicate = col("process_after").eq(lit(timestamp(lease_until)));
-        let clause = |action: &str, predicate: &str| MergePredicate {
-            action_type: action.to_owned(),
-            predicate: Some(predicate.to_owned()),
-        };
-        let operation = DeltaOperation::Merge {
-            predicate: sql(predicate),
-            merge_predicate: Some("target.sample_id = source.sample_id".to_owned()),
-            matched_predicates: vec![
-                clause("delete", "source.action = 'delete'"),
-                clause("update", "source.action = 'retry'"),
-            ],
-            not_matched_predicates: Vec::new(),
-            not_matched_by_source_predicates: Vec::new(),
-        };
-        self.commit(actions, operation, tag).await
-    }
-
     /// Appends new records to the queue in one commit, each batch (of at most
     /// [`FILE_ROWS`] rows) in a file of its own.
     pub(crate) async fn append_queue(
@@ -240,60 +196,61 @@ impl Store {
         batches: impl IntoIterator<Item = Result<RecordBatch>>,
         tag: &CommitTag,
     ) -> Result<()> {
-        let adds = self.write_batches(batches).await?;
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: None,
-            predicate: None,
-        };
-        self.commit(adds.into_iter().map(Action::Add).collect(), operation, tag)
-            .await
-    }
-
-    /// Writes each group of rows to files of its own (at most [`FILE_ROWS`] rows each)
-    /// without committing them; returns their add actions.
-    async fn write_files(&self, groups: &[&[QueueRow]]) -> Result<Vec<Add>> {
-        let chunks = groups.iter().flat_map(|g| g.chunks(FILE_ROWS));
-        self.write_batches(chunks.map(QueueRow::to_batch)).await
-    }
-
-    /// Writes each batch to a file of its own without committing it; returns their add
-    /// actions.
-    async fn write_batches(
-        &self,
-        batches: impl IntoIterator<Item = Result<RecordBatch>>,
-    ) -> Result<Vec<Add>> {
         let table = Table::RetryQueue;
-        let mut writer = RecordBatchWriter::for_table(self.table(table)).map_err(delta(table))?;
-        let mut adds = Vec::new();
-        for batch in batches {
-            writer.write(batch?).await.map_err(delta(table))?;
-            adds.extend(writer.flush().await.map_err(delta(table))?);
+        let adds = self.write_batches(table, batches).await?;
+        let actions = adds.into_iter().map(Action::Add).collect();
+        self.commit(table, actions, append(), tag).await
+    }
+}
+
+/// The retried records of a round as batches of the queue, one per retry count (so records
+/// that come due together sit in a file together), oldest lock first.
+pub(crate) fn retried_batches(retried: &[QueueRow]) -> Result<Vec<RecordBatch>> {
+    let mut by_count: HashMap<i32, Vec<&QueueRow>> = HashMap::new();
+    for row in retried {
+        by_count.entry(row.retry_count).or_default().push(row);
+    }
+    let mut groups: Vec<Vec<&QueueRow>> = by_count.into_values().collect();
+    for group in &mut groups {
+        group.sort_by(|a, b| oldest_first(a, b));
+    }
+    groups.sort_by_key(|g| g.first().map(|r| r.process_after));
+    let mut batches = Vec::new();
+    for group in groups {
+        for chunk in group.chunks(FILE_ROWS) {
+            let rows: Vec<QueueRow> = chunk.iter().map(|r| (*r).clone()).collect();
+            batches.push(QueueRow::to_batch(&rows)?);
         }
-        Ok(adds)
     }
+    Ok(batches)
+}
 
-    /// Commits `actions` to `retry_queue` with `tag`'s metadata and application
-    /// transaction, and loads the new version.
-    pub(crate) async fn commit(
-        &mut self,
-        actions: Vec<Action>,
-        operation: DeltaOperation,
-        tag: &CommitTag,
-    ) -> Result<()> {
-        let table = Table::RetryQueue;
-        let slot = self.table_mut(table);
-        let committed = CommitBuilder::from(tag.properties())
-            .with_actions(actions)
-            .build(
-                Some(slot.snapshot().map_err(delta(table))?),
-                slot.log_store(),
-                operation,
-            )
-            .await
-            .map_err(|e| delta(table)(e.into()))?;
-        slot.state = Some(committed.snapshot());
-        Ok(())
+/// How a round's queue commit is recorded: as the MERGE by id it amounts to (deleting the
+/// placed records, updating the retried ones), reading only the round's own lease files.
+pub(crate) fn settle_operation(lease_until: DateTime<Utc>) -> DeltaOperation {
+    let predicate = col("process_after").eq(lit(timestamp(lease_until)));
+    let clause = |action: &str, predicate: &str| MergePredicate {
+        action_type: action.to_owned(),
+        predicate: Some(predicate.to_owned()),
+    };
+    DeltaOperation::Merge {
+        predicate: sql(predicate),
+        merge_predicate: Some("target.sample_id = source.sample_id".to_owned()),
+        matched_predicates: vec![
+            clause("delete", "source.action = 'delete'"),
+            clause("update", "source.action = 'retry'"),
+        ],
+        not_matched_predicates: Vec::new(),
+        not_matched_by_source_predicates: Vec::new(),
+    }
+}
+
+/// A blind append.
+pub(crate) fn append() -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use deltalake::kernel::Remove;
+use deltalake::kernel::{Action, Remove};
+use deltalake::protocol::DeltaOperation;
 
 use deltalake::arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -16,7 +17,8 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use serde_json::{Value, json};
 
-use super::{AttemptRow, DeadRow, FinalRow, QueueRow, Store, Table, collect_rows};
+use super::due::{append, retried_batches, settle_operation};
+use super::{AttemptRow, DeadRow, FinalRow, QueueRow, Rows, Staged, Store, Table, collect_rows};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
 use crate::round::Phases;
@@ -102,6 +104,35 @@ pub(crate) struct Settle {
     pub lease_until: DateTime<Utc>,
 }
 
+/// A commit whose files are being written on a task of their own.
+struct StagedCommit {
+    table: Table,
+    files: Staged,
+    /// Files the commit removes besides adding the staged ones.
+    removes: Vec<Remove>,
+    operation: DeltaOperation,
+}
+
+impl StagedCommit {
+    /// A blind append of the staged files.
+    fn append(table: Table, files: Staged) -> Self {
+        StagedCommit {
+            table,
+            files,
+            removes: Vec::new(),
+            operation: append(),
+        }
+    }
+
+    /// The commit's actions and operation, once its files are written.
+    async fn ready(self) -> Result<(Vec<Action>, DeltaOperation)> {
+        let adds = Store::staged(self.table, self.files).await?;
+        let mut actions: Vec<Action> = self.removes.into_iter().map(Action::Remove).collect();
+        actions.extend(adds.into_iter().map(Action::Add));
+        Ok((actions, self.operation))
+    }
+}
+
 /// Where a journaled attempt sent its record.
 pub(crate) mod disposition {
     pub const FINAL: &str = "final";
@@ -172,7 +203,20 @@ impl Store {
             return Ok(());
         };
         let started = Instant::now();
-        match self.append(rows, tag).await {
+        // With a settle, every table's files are written at once, each on a task of its
+        // own; the commits that make them part of the tables still land one at a time.
+        let mut staged = match settle {
+            Some(settle) => self.stage_round(rows, settle)?,
+            None => BTreeMap::new(),
+        };
+        let journal = match staged.remove(&Table::Attempts) {
+            Some(files) => {
+                let (actions, operation) = files.ready().await?;
+                self.commit(Table::Attempts, actions, operation, tag).await
+            }
+            None => self.append(rows, tag).await,
+        };
+        match journal {
             Err(e) if e.is_same_app_conflict() => {
                 return Err(Error::WorkerBusy {
                     worker: first.worker.clone(),
@@ -184,7 +228,7 @@ impl Store {
         failpoint("after-journal");
         for table in table_order(rows) {
             let started = Instant::now();
-            self.apply(table, rows, tag, settle).await?;
+            self.apply(table, rows, tag, staged.remove(&table)).await?;
             let (phase, point) = match table {
                 Table::FinalResults => (&mut phases.final_results, "after-final"),
                 Table::DeadLetterQueue => (&mut phases.dead_letter, "after-dead-letter"),
@@ -194,6 +238,42 @@ impl Store {
             failpoint(point);
         }
         Ok(())
+    }
+
+    /// Starts writing the files of a round's four commits: the journal, the final and dead
+    /// rows, and the retried rows that replace the lease files.
+    fn stage_round(
+        &self,
+        rows: &[AttemptRow],
+        settle: &Settle,
+    ) -> Result<BTreeMap<Table, StagedCommit>> {
+        let non_empty = |b: RecordBatch| if b.num_rows() == 0 { vec![] } else { vec![b] };
+        let mut staged = BTreeMap::new();
+        for (table, batches) in [
+            (Table::Attempts, vec![AttemptRow::to_batch(rows)?]),
+            (
+                Table::FinalResults,
+                non_empty(FinalRow::to_batch(&final_rows(rows))?),
+            ),
+            (
+                Table::DeadLetterQueue,
+                non_empty(DeadRow::to_batch(&dead_rows(rows))?),
+            ),
+        ] {
+            let files = self.stage(table, batches)?;
+            staged.insert(table, StagedCommit::append(table, files));
+        }
+        let queue = Table::RetryQueue;
+        staged.insert(
+            queue,
+            StagedCommit {
+                table: queue,
+                files: self.stage(queue, retried_batches(&settle.retried)?)?,
+                removes: settle.lease.clone(),
+                operation: settle_operation(settle.lease_until),
+            },
+        );
+        Ok(staged)
     }
 
     /// Brings every table up to `worker`'s last journaled round, re-applying from the
@@ -266,19 +346,27 @@ impl Store {
         table: Table,
         rows: &[AttemptRow],
         tag: &CommitTag,
-        settle: Option<&Settle>,
+        staged: Option<StagedCommit>,
     ) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
         let (app, round) = (app_id(&first.worker), first.round);
+        let mut staged = match staged {
+            Some(s) => Some(s.ready().await?),
+            None => None,
+        };
         for attempt in 0.. {
             if self.txn_version(table, &app).await?.unwrap_or(0) >= round {
                 return Ok(());
             }
-            let result = match table {
-                Table::FinalResults => self.append(&final_rows(rows), tag).await,
-                Table::DeadLetterQueue => {
+            let result = match (&staged, table) {
+                (Some((actions, operation)), _) => {
+                    self.commit(table, actions.clone(), operation.clone(), tag)
+                        .await
+                }
+                (None, Table::FinalResults) => self.append(&final_rows(rows), tag).await,
+                (None, Table::DeadLetterQueue) => {
                     let redriven: Vec<&str> = rows
                         .iter()
                         .filter(|r| r.disposition == disposition::REDRIVE)
@@ -290,18 +378,16 @@ impl Store {
                         self.delete_dead(&redriven, tag).await
                     }
                 }
-                _ => match settle {
-                    // The lease files are gone only if another worker took them after
-                    // the lease ended: fall back to the MERGE by id.
-                    Some(s) if attempt == 0 => {
-                        self.settle(&s.lease, &s.retried, s.lease_until, tag).await
-                    }
-                    _ => {
-                        let source = SessionContext::new().read_batch(merge_source(rows)?)?;
-                        self.merge_queue(source, tag).await
-                    }
-                },
+                (None, _) => {
+                    let source = SessionContext::new().read_batch(merge_source(rows)?)?;
+                    self.merge_queue(source, tag).await
+                }
             };
+            if table == Table::RetryQueue && result.as_ref().is_err_and(Error::is_conflict) {
+                // The lease files are gone only if another worker took them after the
+                // lease ended: fall back to the MERGE by id.
+                staged = None;
+            }
             match result {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     tracing::debug!(table = table.name(), attempt, "commit conflict; re-reading");

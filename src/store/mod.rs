@@ -12,9 +12,13 @@ pub use schema::{AttemptRow, DeadRow, FinalRow, QueueRow, Table};
 
 use std::path::Path;
 
+use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::dataframe::DataFrame;
 use deltalake::datafusion::prelude::{SessionContext, col, lit};
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::error::{Error, Result};
@@ -213,6 +217,72 @@ impl Store {
         let provider = t.table_provider().await?;
         let frame = ctx.read_table(provider)?;
         Ok((ctx, frame))
+    }
+}
+
+/// Files written for one table and not yet committed, on a task of their own: the costly
+/// part of a commit, done for several tables at once.
+pub(crate) type Staged = tokio::task::JoinHandle<Result<Vec<Add>>>;
+
+impl Store {
+    /// Starts writing `batches` to new files of `table` (one file each) on a task of its
+    /// own; the files join the table when their add actions are committed.
+    pub(crate) fn stage(&self, table: Table, batches: Vec<RecordBatch>) -> Result<Staged> {
+        let mut writer = RecordBatchWriter::for_table(self.table(table)).map_err(delta(table))?;
+        Ok(tokio::spawn(async move {
+            let mut adds = Vec::new();
+            for batch in batches {
+                writer.write(batch).await.map_err(delta(table))?;
+                adds.extend(writer.flush().await.map_err(delta(table))?);
+            }
+            Ok(adds)
+        }))
+    }
+
+    /// Waits for staged files.
+    pub(crate) async fn staged(table: Table, staged: Staged) -> Result<Vec<Add>> {
+        staged
+            .await
+            .map_err(|e| delta(table)(DeltaTableError::Generic(format!("writing files: {e}"))))?
+    }
+
+    /// Writes each batch to a file of its own without committing it; returns their add
+    /// actions.
+    pub(crate) async fn write_batches(
+        &self,
+        table: Table,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    ) -> Result<Vec<Add>> {
+        let mut writer = RecordBatchWriter::for_table(self.table(table)).map_err(delta(table))?;
+        let mut adds = Vec::new();
+        for batch in batches {
+            writer.write(batch?).await.map_err(delta(table))?;
+            adds.extend(writer.flush().await.map_err(delta(table))?);
+        }
+        Ok(adds)
+    }
+
+    /// Commits `actions` to `table` with `tag`'s metadata and application transaction,
+    /// and loads the new version.
+    pub(crate) async fn commit(
+        &mut self,
+        table: Table,
+        actions: Vec<Action>,
+        operation: DeltaOperation,
+        tag: &CommitTag,
+    ) -> Result<()> {
+        let slot = self.table_mut(table);
+        let committed = CommitBuilder::from(tag.properties())
+            .with_actions(actions)
+            .build(
+                Some(slot.snapshot().map_err(delta(table))?),
+                slot.log_store(),
+                operation,
+            )
+            .await
+            .map_err(|e| delta(table)(e.into()))?;
+        slot.state = Some(committed.snapshot());
+        Ok(())
     }
 }
 
