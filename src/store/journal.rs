@@ -250,7 +250,7 @@ impl Store {
         let non_empty = |b: RecordBatch| if b.num_rows() == 0 { vec![] } else { vec![b] };
         let mut staged = BTreeMap::new();
         for (table, batches) in [
-            (Table::Attempts, vec![AttemptRow::to_batch(rows)?]),
+            (Table::Attempts, halves(AttemptRow::to_batch(rows)?)),
             (
                 Table::FinalResults,
                 non_empty(FinalRow::to_batch(&final_rows(rows))?),
@@ -399,6 +399,18 @@ impl Store {
         }
         unreachable!("the loop returns")
     }
+}
+
+/// A batch in two files written side by side: the journal is a round's largest write.
+fn halves(batch: RecordBatch) -> Vec<RecordBatch> {
+    let half = batch.num_rows() / 2;
+    if half == 0 {
+        return vec![batch];
+    }
+    vec![
+        batch.slice(0, half),
+        batch.slice(half, batch.num_rows() - half),
+    ]
 }
 
 fn final_rows(rows: &[AttemptRow]) -> Vec<FinalRow> {

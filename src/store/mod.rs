@@ -220,30 +220,40 @@ impl Store {
     }
 }
 
-/// Files written for one table and not yet committed, on a task of their own: the costly
-/// part of a commit, done for several tables at once.
-pub(crate) type Staged = tokio::task::JoinHandle<Result<Vec<Add>>>;
+/// Files written for one table and not yet committed, each on a task of its own: the
+/// costly part of a commit, done for several files at once.
+pub(crate) type Staged = Vec<tokio::task::JoinHandle<Result<Vec<Add>>>>;
 
 impl Store {
-    /// Starts writing `batches` to new files of `table` (one file each) on a task of its
+    /// Starts writing each of `batches` to a new file of `table`, each on a task of its
     /// own; the files join the table when their add actions are committed.
     pub(crate) fn stage(&self, table: Table, batches: Vec<RecordBatch>) -> Result<Staged> {
-        let mut writer = RecordBatchWriter::for_table(self.table(table)).map_err(delta(table))?;
-        Ok(tokio::spawn(async move {
-            let mut adds = Vec::new();
-            for batch in batches {
+        let mut staged = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut writer = self.writer(table)?;
+            staged.push(tokio::spawn(async move {
                 writer.write(batch).await.map_err(delta(table))?;
-                adds.extend(writer.flush().await.map_err(delta(table))?);
-            }
-            Ok(adds)
-        }))
+                writer.flush().await.map_err(delta(table))
+            }));
+        }
+        Ok(staged)
+    }
+
+    fn writer(&self, table: Table) -> Result<RecordBatchWriter> {
+        Ok(RecordBatchWriter::for_table(self.table(table))
+            .map_err(delta(table))?
+            .with_writer_properties(schema::writer_properties(table)))
     }
 
     /// Waits for staged files.
     pub(crate) async fn staged(table: Table, staged: Staged) -> Result<Vec<Add>> {
-        staged
-            .await
-            .map_err(|e| delta(table)(DeltaTableError::Generic(format!("writing files: {e}"))))?
+        let mut adds = Vec::new();
+        for file in staged {
+            adds.extend(file.await.map_err(|e| {
+                delta(table)(DeltaTableError::Generic(format!("writing a file: {e}")))
+            })??);
+        }
+        Ok(adds)
     }
 
     /// Writes each batch to a file of its own without committing it; returns their add
@@ -253,7 +263,7 @@ impl Store {
         table: Table,
         batches: impl IntoIterator<Item = Result<RecordBatch>>,
     ) -> Result<Vec<Add>> {
-        let mut writer = RecordBatchWriter::for_table(self.table(table)).map_err(delta(table))?;
+        let mut writer = self.writer(table)?;
         let mut adds = Vec::new();
         for batch in batches {
             writer.write(batch?).await.map_err(delta(table))?;

@@ -10,6 +10,9 @@ use deltalake::arrow::array::{
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::{DataType, StructField, StructType};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 
 use crate::clock::{from_micros, to_micros};
 use crate::error::{Error, Result};
@@ -280,6 +283,27 @@ fn times(values: impl Iterator<Item = Option<DateTime<Utc>>>) -> ArrayRef {
 
 fn batch(table: Table, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(table.arrow_schema(), columns)?)
+}
+
+/// How retrylake writes a table's Parquet files: Snappy, statistics per file (the Delta
+/// log's, which the time lock reads) rather than per page, none for the free-text columns
+/// (payloads, responses) nothing filters on, and no dictionary for columns whose values are
+/// all different (ids, payloads), where building one is wasted work.
+pub(crate) fn writer_properties(table: Table) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::Chunk);
+    let unique = ["sample_id", "payload", "data", "response"];
+    for (name, _, _) in table.columns() {
+        if unique.contains(name) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*name), false);
+        }
+        if ["payload", "data", "response"].contains(name) {
+            props = props
+                .set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None);
+        }
+    }
+    props.build()
 }
 
 /// A typed row of one of the tables, convertible to and from Arrow record batches.
