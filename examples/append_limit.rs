@@ -1,6 +1,6 @@
 //! The physical limit of a round: one delta-rs append of the input's rows to a fresh
-//! `retry_queue`, with nothing else (no parsing, no calls, no journal). `bench/bench.py`
-//! sets each phase of a round beside it. Prints `{"rows": N, "append_s": S}`.
+//! `retry_queue`, with nothing else (no parsing, no calls, no journal), best of three.
+//! `bench/bench.py` sets each phase of a round beside it. Prints `{"rows": N, "append_s": S}`.
 //!
 //!     cargo run --release --example append_limit -- INPUT.jsonl SCRATCH_DIR
 
@@ -30,15 +30,19 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let batch = QueueRow::to_batch(&rows)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir).await?;
-    let table = store.table(Table::RetryQueue).clone();
-    let start = Instant::now();
-    table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Append)
-        .await?;
-    let append_s = start.elapsed().as_secs_f64();
+    // Best of three fresh tables: one append is short and the machine is shared.
+    let mut append_s = f64::MAX;
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).await?;
+        let table = store.table(Table::RetryQueue).clone();
+        let start = Instant::now();
+        table
+            .write(vec![batch.clone()])
+            .with_save_mode(SaveMode::Append)
+            .await?;
+        append_s = append_s.min(start.elapsed().as_secs_f64());
+    }
     println!(
         "{}",
         serde_json::json!({"rows": rows.len(), "append_s": append_s})

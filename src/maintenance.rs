@@ -1,5 +1,4 @@
-//! Keeping the tables fast: compaction (with `retry_queue` ordered by `process_after`, so
-//! the time lock skips files), checkpoints, and vacuum of files no version needs.
+//! Keeping the tables fast: compaction, checkpoints, and vacuum of files no version needs.
 
 use std::time::Duration;
 
@@ -30,20 +29,29 @@ pub struct Vacuumed {
 }
 
 impl Store {
-    /// Compacts `tables` (ordering `retry_queue` by `process_after`) and writes a
-    /// checkpoint of each, so opening them stays fast however many rounds they hold.
+    /// Compacts `tables` and writes a checkpoint of each, so opening them stays fast however
+    /// many rounds they hold. `retry_queue` is only checkpointed: its files are its time
+    /// lock (rounds take and remove them whole), and a compaction would mix records that
+    /// come due at different times, and could rewrite a file a running round holds.
     pub async fn optimize(&mut self, tables: &[Table]) -> Result<Vec<Optimized>> {
         let mut done = Vec::new();
         for &table in tables {
-            let kind = match table {
-                Table::RetryQueue => OptimizeType::ZOrder(vec!["process_after".into()]),
-                _ => OptimizeType::Compact,
-            };
             let t = self.table_mut(table);
+            if table == Table::RetryQueue {
+                deltalake::checkpoints::create_checkpoint(t, None)
+                    .await
+                    .map_err(delta(table))?;
+                done.push(Optimized {
+                    table: table.name(),
+                    files_added: 0,
+                    files_removed: 0,
+                });
+                continue;
+            }
             let (optimized, metrics) = t
                 .clone()
                 .optimize()
-                .with_type(kind)
+                .with_type(OptimizeType::Compact)
                 .with_commit_properties(CommitTag::operation("optimize").properties())
                 .await
                 .map_err(delta(table))?;

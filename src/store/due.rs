@@ -2,12 +2,13 @@
 //! their `process_after` statistics, so a round reads only files that hold due rows, and
 //! rows processed together leave together, whole files removed without being rewritten.
 //!
-//! A round *claims* its due rows in one commit: it removes the files it read and adds the
-//! claimed rows under a lease (their `process_after` set to the lease's end) in files of
-//! their own, beside the rows it read but did not take. It *settles* them in one more
-//! commit: it removes the lease files and adds the retried rows, one file per retry count,
-//! so the rows that come due together sit together. Two workers that read the same file
-//! both try to remove it, and Delta's conflict check lets only one of them commit.
+//! A round *claims* its due rows in one commit: it removes the files it takes rows from and
+//! adds the claimed rows under a lease (their `process_after` set to the lease's end) in
+//! files of their own, beside the other rows of those files (one file per shard, so each
+//! worker finds its own together). It *settles* them in one more commit: it removes the
+//! lease files and adds the retried rows, one file per retry count, so the rows that come
+//! due together sit together. Two workers that take rows from the same file both try to
+//! remove it, and Delta's conflict check lets only one of them commit.
 
 use std::collections::{HashMap, HashSet};
 
