@@ -18,7 +18,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use serde_json::{Value, json};
 
 use super::due::{append, retried_batches, settle_operation};
-use super::{AttemptRow, DeadRow, FinalRow, QueueRow, Rows, Staged, Store, Table, collect_rows};
+use super::{AttemptRow, QueueRow, Rows, Staged, Store, Table, collect_rows};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
 use crate::round::Phases;
@@ -253,11 +253,11 @@ impl Store {
             (Table::Attempts, halves(AttemptRow::to_batch(rows)?)),
             (
                 Table::FinalResults,
-                non_empty(FinalRow::to_batch(&final_rows(rows))?),
+                non_empty(AttemptRow::final_batch(rows)?),
             ),
             (
                 Table::DeadLetterQueue,
-                non_empty(DeadRow::to_batch(&dead_rows(rows))?),
+                non_empty(AttemptRow::dead_batch(rows)?),
             ),
         ] {
             let files = self.stage(table, batches)?;
@@ -365,7 +365,10 @@ impl Store {
                     self.commit(table, actions.clone(), operation.clone(), tag)
                         .await
                 }
-                (None, Table::FinalResults) => self.append(&final_rows(rows), tag).await,
+                (None, Table::FinalResults) => {
+                    let batch = AttemptRow::final_batch(rows)?;
+                    self.append_batch(table, batch, tag).await
+                }
                 (None, Table::DeadLetterQueue) => {
                     let redriven: Vec<&str> = rows
                         .iter()
@@ -373,7 +376,8 @@ impl Store {
                         .map(|r| r.sample_id.as_str())
                         .collect();
                     if redriven.is_empty() {
-                        self.append(&dead_rows(rows), tag).await
+                        let batch = AttemptRow::dead_batch(rows)?;
+                        self.append_batch(table, batch, tag).await
                     } else {
                         self.delete_dead(&redriven, tag).await
                     }
@@ -411,33 +415,6 @@ fn halves(batch: RecordBatch) -> Vec<RecordBatch> {
         batch.slice(0, half),
         batch.slice(half, batch.num_rows() - half),
     ]
-}
-
-fn final_rows(rows: &[AttemptRow]) -> Vec<FinalRow> {
-    rows.iter()
-        .filter(|r| r.disposition == disposition::FINAL)
-        .map(|r| FinalRow {
-            sample_id: r.sample_id.clone(),
-            data: r.payload.clone(),
-            processed_at: r.finished_at,
-            attempts: r.attempt + 1,
-            response: r.response.clone(),
-        })
-        .collect()
-}
-
-fn dead_rows(rows: &[AttemptRow]) -> Vec<DeadRow> {
-    rows.iter()
-        .filter(|r| r.disposition == disposition::DEAD)
-        .map(|r| DeadRow {
-            sample_id: r.sample_id.clone(),
-            payload: r.payload.clone(),
-            error_msg: r.error_msg.clone(),
-            retry_count: r.retry_count,
-            failed_at: r.finished_at,
-            reason: r.reason.clone().unwrap_or_default(),
-        })
-        .collect()
 }
 
 /// The MERGE source for a round: one row per attempted record, `delete` for those that

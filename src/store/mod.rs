@@ -122,8 +122,16 @@ impl Store {
     /// Appends `rows` to their table in one commit. An empty slice still commits, so the
     /// commit's application transaction marks the round as applied.
     pub(crate) async fn append<R: Rows>(&mut self, rows: &[R], tag: &CommitTag) -> Result<()> {
-        let table = R::TABLE;
-        let batch = R::to_batch(rows)?;
+        self.append_batch(R::TABLE, R::to_batch(rows)?, tag).await
+    }
+
+    /// Appends one batch of `table`'s rows in one commit (which it makes even when empty).
+    pub(crate) async fn append_batch(
+        &mut self,
+        table: Table,
+        batch: RecordBatch,
+        tag: &CommitTag,
+    ) -> Result<()> {
         let slot = &mut self.tables[Store::index(table)];
         let updated = slot
             .clone()

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
-    Array, ArrayRef, Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
@@ -14,6 +14,7 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 
+use super::journal::disposition;
 use crate::clock::{from_micros, to_micros};
 use crate::error::{Error, Result};
 
@@ -257,28 +258,31 @@ pub struct AttemptRow {
     pub response: Option<String>,
 }
 
-fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    let mut b = StringBuilder::new();
+/// A string column, its buffers sized up front (growing them copies the whole column).
+fn strings<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone) -> ArrayRef {
+    let (n, bytes) = values.clone().fold((0, 0), |(n, bytes), v| {
+        (n + 1, bytes + v.map_or(0, str::len))
+    });
+    let mut b = StringBuilder::with_capacity(n, bytes);
     values.for_each(|v| b.append_option(v));
     Arc::new(b.finish())
 }
 
 fn ints(values: impl Iterator<Item = i32>) -> ArrayRef {
-    let mut b = Int32Builder::new();
-    values.for_each(|v| b.append_value(v));
-    Arc::new(b.finish())
+    Arc::new(Int32Array::from_iter_values(values))
 }
 
 fn longs(values: impl Iterator<Item = i64>) -> ArrayRef {
-    let mut b = Int64Builder::new();
-    values.for_each(|v| b.append_value(v));
-    Arc::new(b.finish())
+    Arc::new(Int64Array::from_iter_values(values))
 }
 
 fn times(values: impl Iterator<Item = Option<DateTime<Utc>>>) -> ArrayRef {
-    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    values.for_each(|v| b.append_option(v.map(to_micros)));
-    Arc::new(b.finish())
+    Arc::new(
+        values
+            .map(|v| v.map(to_micros))
+            .collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC"),
+    )
 }
 
 fn batch(table: Table, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
@@ -546,6 +550,48 @@ impl Rows for DeadRow {
                 reason: std::mem::take(&mut reasons[i]),
             })
             .collect())
+    }
+}
+
+impl AttemptRow {
+    /// The `final_results` rows of the attempts that placed their record there.
+    pub(crate) fn final_batch(rows: &[AttemptRow]) -> Result<RecordBatch> {
+        let rows: Vec<&AttemptRow> = rows
+            .iter()
+            .filter(|r| r.disposition == disposition::FINAL)
+            .collect();
+        batch(
+            Table::FinalResults,
+            vec![
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                strings(rows.iter().map(|r| r.payload.as_deref())),
+                times(rows.iter().map(|r| Some(r.finished_at))),
+                ints(rows.iter().map(|r| r.attempt + 1)),
+                strings(rows.iter().map(|r| r.response.as_deref())),
+            ],
+        )
+    }
+
+    /// The `dead_letter_queue` rows of the attempts that placed their record there.
+    pub(crate) fn dead_batch(rows: &[AttemptRow]) -> Result<RecordBatch> {
+        let rows: Vec<&AttemptRow> = rows
+            .iter()
+            .filter(|r| r.disposition == disposition::DEAD)
+            .collect();
+        batch(
+            Table::DeadLetterQueue,
+            vec![
+                strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
+                strings(rows.iter().map(|r| r.payload.as_deref())),
+                strings(rows.iter().map(|r| r.error_msg.as_deref())),
+                ints(rows.iter().map(|r| r.retry_count)),
+                times(rows.iter().map(|r| Some(r.finished_at))),
+                strings(
+                    rows.iter()
+                        .map(|r| Some(r.reason.as_deref().unwrap_or_default())),
+                ),
+            ],
+        )
     }
 }
 
