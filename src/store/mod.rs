@@ -298,7 +298,7 @@ impl Store {
                 operation,
             )
             .await
-            .map_err(|e| delta(table)(e.into()))?;
+            .map_err(delta(table))?;
         slot.state = Some(committed.snapshot());
         Ok(())
     }
