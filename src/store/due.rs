@@ -323,6 +323,66 @@ async fn read_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+
+    #[tokio::test]
+    async fn racing_claims_of_one_file_conflict_and_only_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let now = DateTime::parse_from_rfc3339("2025-11-24T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let rows: Vec<QueueRow> = (0..10)
+            .map(|i| QueueRow {
+                sample_id: format!("S-{i}"),
+                payload: Some("x".into()),
+                error_msg: None,
+                retry_count: 0,
+                process_after: now,
+                enqueued_at: now,
+            })
+            .collect();
+        let mut a = Store::open(root).await.unwrap();
+        a.append_queue(
+            [QueueRow::to_batch(&rows)],
+            &CommitTag::operation("enqueue"),
+        )
+        .await
+        .unwrap();
+        // Both read the same version; `a` commits its claim first.
+        let mut b = Store::open(root).await.unwrap();
+        let request = ClaimRequest {
+            now,
+            limit: 100,
+            shard: None,
+            lease_until: now + chrono::Duration::minutes(15),
+        };
+        let first = a.claim_due(request, "a").await.unwrap();
+        assert_eq!(first.claim.unwrap().rows.len(), 10);
+        let err = b.claim_due(request, "b").await.unwrap_err();
+        // A real conflict, found by Delta's checker (which parsed the claim's predicate).
+        assert!(
+            matches!(
+                &err,
+                Error::Delta {
+                    source: DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(
+                            CommitConflictError::ConcurrentDeleteDelete
+                                | CommitConflictError::ConcurrentDeleteRead
+                        )
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_conflict());
+        // Re-read, the rows are under `a`'s lease: nothing is due for `b`.
+        b.refresh().await.unwrap();
+        let again = b.claim_due(request, "b").await.unwrap();
+        assert!(again.claim.is_none());
+        assert_eq!(again.next_due, Some(request.lease_until));
+    }
 
     #[test]
     fn reads_the_earliest_lock_from_statistics() {
