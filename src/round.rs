@@ -128,11 +128,12 @@ pub struct OutcomeCounts {
 /// Wall time of a round's phases, in the JSON report as `timings_ms` (milliseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Phases {
-    /// Recovery check, reading the due rows and claiming them.
+    /// Finding and reading the due rows, and claiming them.
     pub read: Duration,
     /// Calling the processor on every due record.
     pub process: Duration,
-    /// The `attempts` journal's commit.
+    /// Writing the files of the round's four commits (side by side), and the `attempts`
+    /// journal's commit.
     pub journal: Duration,
     /// The `final_results` commit.
     pub final_results: Duration,

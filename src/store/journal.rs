@@ -2,7 +2,7 @@
 //! implies, each commit tagged with the round as a Delta application transaction; and the
 //! recovery that re-applies a journaled round to any table a crash left behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use serde_json::{Value, json};
 
 use super::due::{append, retried_batches, settle_operation};
-use super::{AttemptRow, QueueRow, Rows, Staged, Store, Table, collect_rows};
+use super::{AttemptRow, QueueRow, Rows, Staged, Store, Table, collect_rows, delta};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
 use crate::round::Phases;
@@ -325,17 +325,53 @@ impl Store {
     /// Brings the tables up to date with every worker's journal: a worker that crashed and
     /// never came back must not leave its last round half-applied.
     pub async fn recover_all(&mut self) -> Result<()> {
-        let (_ctx, frame) = self.frame(Table::Attempts).await?;
-        let workers = frame
-            .aggregate(vec![col("worker")], vec![])?
-            .collect()
-            .await?;
-        for batch in workers {
-            for worker in strings(batch.column(0))?.iter().flatten() {
-                self.recover(worker).await?;
+        let workers = match self.workers_from_statistics()? {
+            Some(workers) => workers,
+            None => {
+                let (_ctx, frame) = self.frame(Table::Attempts).await?;
+                let mut workers = BTreeSet::new();
+                for batch in frame
+                    .aggregate(vec![col("worker")], vec![])?
+                    .collect()
+                    .await?
+                {
+                    workers.extend(
+                        strings(batch.column(0))?
+                            .iter()
+                            .flatten()
+                            .map(str::to_owned),
+                    );
+                }
+                workers
             }
+        };
+        for worker in workers {
+            self.recover(&worker).await?;
         }
         Ok(())
+    }
+
+    /// The workers in the journal, from its files' statistics alone: every round writes
+    /// files of its own worker, so a file's least and greatest `worker` are the same name.
+    /// `None` when a file mixes workers (after `optimize`) or lacks statistics: then the
+    /// journal must be read.
+    fn workers_from_statistics(&self) -> Result<Option<BTreeSet<String>>> {
+        let table = Table::Attempts;
+        let snapshot = self.table(table).snapshot().map_err(delta(table))?;
+        let mut workers = BTreeSet::new();
+        for view in snapshot.log_data().iter() {
+            let Some(stats) = view.stats() else {
+                return Ok(None);
+            };
+            let stats: Value = serde_json::from_str(&stats).unwrap_or_default();
+            let name = |bound: &str| stats.get(bound)?.get("worker")?.as_str().map(str::to_owned);
+            match (name("minValues"), name("maxValues")) {
+                // Parquet may cut long statistics short; only short names are whole.
+                (Some(min), Some(max)) if min == max && min.len() < 64 => workers.insert(min),
+                _ => return Ok(None),
+            };
+        }
+        Ok(Some(workers))
     }
 
     /// Applies one journaled round to one table, unless that table already carries it.

@@ -5,9 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use retrylake::store::QueueRow;
+use retrylake::store::{FinalRow, QueueRow};
 
-use super::util::{Env, assert_exactly_once, write_samples};
+use super::util::{Env, assert_exactly_once, ids as ids_of, write_samples};
 
 const STEPS: [&str; 4] = [
     "after-journal",
@@ -90,4 +90,64 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     env.ok(&["run", "--now", NOW, "--drain", "--transient-rate", "0.4"]);
     assert_exactly_once(&env.data(), &ids);
     assert!(env.rows::<QueueRow>().is_empty());
+}
+
+#[test]
+fn another_worker_completes_a_crashed_workers_round() {
+    // With the journal as written (one worker per file) and after `optimize` has mixed the
+    // workers' journal files together.
+    for optimize in [false, true] {
+        let env = Env::new();
+        let (first, mut ids) = write_samples(&env, "A", 20);
+        let (second, more) = write_samples(&env, "B", 20);
+        ids.extend(more);
+        env.ok(&["enqueue", first.to_str().unwrap(), "--now", NOW]);
+        env.ok(&[
+            "run",
+            "--now",
+            NOW,
+            "--worker",
+            "w0",
+            "--transient-rate",
+            "0",
+        ]);
+        env.ok(&["enqueue", second.to_str().unwrap(), "--now", NOW]);
+        let out = env
+            .cmd()
+            .env("RETRYLAKE_FAILPOINT", "after-journal")
+            .args([
+                "run",
+                "--now",
+                NOW,
+                "--worker",
+                "w1",
+                "--transient-rate",
+                "0",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the failpoint did not fire");
+        if optimize {
+            let out = env.ok(&["optimize", "attempts"]);
+            assert!(out.contains("files compacted into 1"), "{out}");
+        }
+        // w1 never comes back; w2 finds its half-applied round and completes it.
+        let r = env.json(&[
+            "run",
+            "--now",
+            NOW,
+            "--worker",
+            "w2",
+            "--transient-rate",
+            "0",
+        ]);
+        assert_eq!(r["processed"], 0, "optimize={optimize}: {r}");
+        assert_exactly_once(&env.data(), &ids);
+        // Every call succeeded (every 9th record has no payload and is dead): w1's round
+        // is applied, nothing is left waiting under its lease.
+        let finals = ids_of(&env.rows::<FinalRow>(), |f| &f.sample_id);
+        assert_eq!(finals.len(), 34, "optimize={optimize}: {finals:?}");
+        assert!(finals.contains(&"B-0001".to_owned()));
+        assert!(env.rows::<QueueRow>().is_empty(), "optimize={optimize}");
+    }
 }
