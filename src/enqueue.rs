@@ -78,7 +78,8 @@ pub(crate) async fn enqueue(
         )));
     }
 
-    let mut seen: HashSet<&str> = HashSet::with_capacity(input.records.len());
+    let mut seen: HashSet<&str, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(input.records.len(), Default::default());
     if !input.records.iter().all(|r| seen.insert(r.sample_id)) {
         return Err(fail(duplicate_ids(&input.records)));
     }
@@ -113,9 +114,13 @@ pub(crate) async fn enqueue(
         .filter(|d| !existing.contains(&d.sample_id))
         .collect();
     let read = input.records.len() + input.invalid.len();
-    let queued: Vec<usize> = (0..input.records.len())
-        .filter(|&i| !existing.contains(input.records.get(i).sample_id))
-        .collect();
+    let queued: Vec<usize> = if existing.is_empty() {
+        (0..input.records.len()).collect()
+    } else {
+        (0..input.records.len())
+            .filter(|&i| !existing.contains(input.records.get(i).sample_id))
+            .collect()
+    };
     let report = EnqueueReport {
         read,
         enqueued: queued.len(),
@@ -134,11 +139,14 @@ pub(crate) async fn enqueue(
     if !queued.is_empty() {
         let records = &input.records;
         let batches = queued.chunks(FILE_ROWS).map(|chunk| {
-            let chunk = chunk.iter().map(|&i| {
-                let r = records.get(i);
-                (r.sample_id, r.payload)
-            });
-            QueueRow::new_batch(chunk, now)
+            let chunk: Vec<(&str, Option<&str>)> = chunk
+                .iter()
+                .map(|&i| {
+                    let r = records.get(i);
+                    (r.sample_id, r.payload)
+                })
+                .collect();
+            QueueRow::new_batch(chunk.into_iter(), now)
         });
         store.append_queue(batches, &tag).await?;
     }
