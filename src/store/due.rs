@@ -13,15 +13,26 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use deltalake::DeltaTableError;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::{col, lit};
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::basic::{LogicalType, TimeUnit, Type as PhysicalType};
+use deltalake::parquet::column::writer::ColumnCloseResult;
+use deltalake::parquet::data_type::Int64Type;
+use deltalake::parquet::errors::ParquetError;
+use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+use deltalake::parquet::file::serialized_reader::ReadOptionsBuilder;
+use deltalake::parquet::file::writer::SerializedFileWriter;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 
 use super::{CommitTag, QueueRow, Rows, Store, Table, delta};
+use crate::clock::to_micros;
 use crate::error::{Error, Result};
 use crate::round::timestamp;
 use crate::shard::Shard;
@@ -33,6 +44,8 @@ pub const FILE_ROWS: usize = 100_000;
 /// A file of `retry_queue` and the earliest `process_after` its statistics record.
 struct QueueFile {
     remove: Remove,
+    /// The file's statistics (JSON), as its add action carries them.
+    stats: Option<String>,
     /// `None` when the file carries no statistics (written by another tool): read it.
     earliest: Option<DateTime<Utc>>,
 }
@@ -85,9 +98,11 @@ impl Store {
                     ),
                 });
             }
+            let stats = view.stats();
             files.push(QueueFile {
                 remove: view.remove_action(true),
-                earliest: view.stats().as_deref().and_then(earliest_lock),
+                earliest: stats.as_deref().and_then(earliest_lock),
+                stats,
             });
         }
         files.sort_by_key(|f| f.earliest);
@@ -104,6 +119,8 @@ impl Store {
         // Rows read, with the index of the file they came from.
         let mut due: Vec<(usize, QueueRow)> = Vec::new();
         let mut kept: Vec<(usize, QueueRow)> = Vec::new();
+        // The bytes of the files read, to copy a file that is claimed whole.
+        let mut read: HashMap<usize, Bytes> = HashMap::new();
         let mut unread_earliest = None;
         for (i, file) in files.iter().enumerate() {
             let candidate = file.earliest.is_none_or(|t| t <= request.now);
@@ -120,7 +137,9 @@ impl Store {
                 unread_earliest = files[i..].iter().filter_map(|f| f.earliest).min();
                 break;
             }
-            for row in read_file(store.clone(), file).await? {
+            let (bytes, rows) = read_file(store.clone(), file).await?;
+            read.insert(i, bytes);
+            for row in rows {
                 let mine = request.shard.is_none_or(|s| s.contains(&row.sample_id));
                 if mine && row.process_after <= request.now {
                     due.push((i, row));
@@ -149,19 +168,38 @@ impl Store {
         // Only the files the claim takes rows from are replaced; their other rows are
         // written again, one file per shard so that each worker finds its own together.
         let touched: HashSet<usize> = due.iter().map(|(i, _)| *i).collect();
+        // A file claimed whole is leased by copying it with only its time locks rewritten.
+        let mut whole = touched.clone();
         let mut rewritten: HashMap<u32, Vec<QueueRow>> = HashMap::new();
         for (i, row) in kept {
             if touched.contains(&i) {
+                whole.remove(&i);
                 let sibling = request.shard.map_or(0, |s| s.sibling_of(&row.sample_id));
                 rewritten.entry(sibling).or_default().push(row);
             }
         }
         let rewritten: Vec<&[QueueRow]> = rewritten.values().map(Vec::as_slice).collect();
-        let due: Vec<QueueRow> = due.into_iter().map(|(_, row)| row).collect();
-        let leased = due
+        let mut lease = Vec::new();
+        let mut uncopyable = Vec::new();
+        for &i in &whole {
+            match leased_copy(&read[&i], files[i].stats.as_deref(), request.lease_until)? {
+                Some((data, stats)) => lease.push(self.put_file(table, data, stats).await?),
+                None => uncopyable.push(i),
+            }
+        }
+        for i in uncopyable {
+            whole.remove(&i);
+        }
+        let (copied, encoded): (Vec<_>, Vec<_>) =
+            due.into_iter().partition(|(i, _)| whole.contains(i));
+        let encoded: Vec<QueueRow> = encoded.into_iter().map(|(_, row)| row).collect();
+        let leased = encoded
             .chunks(FILE_ROWS)
             .map(|chunk| QueueRow::locked_batch(chunk, Some(request.lease_until)));
-        let lease = self.write_batches(table, leased).await?;
+        lease.extend(self.write_batches(table, leased).await?);
+        let mut due: Vec<QueueRow> = copied.into_iter().map(|(_, row)| row).collect();
+        due.extend(encoded);
+        due.sort_by(oldest_first);
         let rewritten = rewritten
             .iter()
             .flat_map(|group| group.chunks(FILE_ROWS))
@@ -255,6 +293,46 @@ pub(crate) fn append() -> DeltaOperation {
     }
 }
 
+impl Store {
+    /// Uploads a finished data file of `table` under a new name; returns its add action.
+    async fn put_file(&self, table: Table, data: Vec<u8>, stats: Option<String>) -> Result<Add> {
+        let path = format!("part-00000-{:032x}-c000.snappy.parquet", unique_name());
+        let size = i64::try_from(data.len()).unwrap_or(i64::MAX);
+        self.table(table)
+            .log_store()
+            .object_store(None)
+            .put(&deltalake::Path::from(path.as_str()), data.into())
+            .await
+            .map_err(|e| delta(table)(e.into()))?;
+        Ok(Add {
+            path,
+            partition_values: HashMap::new(),
+            size,
+            modification_time: Utc::now().timestamp_millis(),
+            data_change: true,
+            stats,
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        })
+    }
+}
+
+/// 128 random bits for a file name, unique across processes and hosts.
+fn unique_name() -> u128 {
+    use rand::{Rng, SeedableRng};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (nanos as u64) ^ (u64::from(std::process::id()) << 32) ^ count.rotate_left(17);
+    rand::rngs::SmallRng::seed_from_u64(seed).random()
+}
+
 /// Oldest lock first; then oldest in the queue; then by id, so the order is total.
 fn oldest_first(a: &QueueRow, b: &QueueRow) -> std::cmp::Ordering {
     (a.process_after, a.enqueued_at, &a.sample_id).cmp(&(
@@ -294,11 +372,12 @@ fn earliest_lock(stats: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Every row of one queue file (at most [`FILE_ROWS`] rows when retrylake wrote it).
+/// One queue file's bytes and every row in it (at most [`FILE_ROWS`] rows when retrylake
+/// wrote it).
 async fn read_file(
     store: deltalake::logstore::ObjectStoreRef,
     file: &QueueFile,
-) -> Result<Vec<QueueRow>> {
+) -> Result<(Bytes, Vec<QueueRow>)> {
     let fail = |e: DeltaTableError| delta(Table::RetryQueue)(e);
     let path = deltalake::Path::parse(&file.remove.path)
         .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
@@ -309,7 +388,7 @@ async fn read_file(
         .bytes()
         .await
         .map_err(|e| fail(e.into()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
         .map_err(|e| fail(e.into()))?
         .build()
         .map_err(|e| fail(e.into()))?;
@@ -317,7 +396,100 @@ async fn read_file(
     for batch in reader {
         rows.extend(QueueRow::from_batch(&batch?)?);
     }
-    Ok(rows)
+    Ok((bytes, rows))
+}
+
+/// A copy of a queue file with every `process_after` set to `lock`: the other columns'
+/// encoded chunks are copied as they are, only the time lock is written anew. Returns the
+/// file and its statistics, or `None` when the file is not one this can copy (its time
+/// lock is not microseconds in an INT64 column).
+fn leased_copy(
+    bytes: &Bytes,
+    stats: Option<&str>,
+    lock: DateTime<Utc>,
+) -> Result<Option<(Vec<u8>, Option<String>)>> {
+    let fail = |e: ParquetError| delta(Table::RetryQueue)(e.into());
+    let options = ReadOptionsBuilder::new().with_page_index().build();
+    let reader = SerializedFileReader::new_with_options(bytes.clone(), options).map_err(fail)?;
+    let meta = reader.metadata();
+    let schema = meta.file_metadata().schema_descr();
+    let Some(at) = (0..schema.num_columns()).find(|&c| {
+        let column = schema.column(c);
+        column.path().string() == "process_after"
+            && column.physical_type() == PhysicalType::INT64
+            && matches!(
+                column.logical_type_ref(),
+                Some(LogicalType::Timestamp(t)) if matches!(t.unit, TimeUnit::MICROS)
+            )
+    }) else {
+        return Ok(None);
+    };
+    // Copied chunks keep their page offsets (moved to where they land); a file without
+    // them gets none for the new column either, as Parquet needs all or none.
+    let offsets = |group: usize, column: usize| {
+        meta.offset_index()
+            .and_then(|o| o.get(group)?.get(column).cloned())
+    };
+    let indexed = (0..meta.num_row_groups())
+        .all(|g| (0..schema.num_columns()).all(|c| c == at || offsets(g, c).is_some()));
+    let props = super::schema::writer_properties(Table::RetryQueue)
+        .into_builder()
+        .set_offset_index_disabled(!indexed)
+        .build();
+    let props = Arc::new(props);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut writer =
+        SerializedFileWriter::new(&mut out, schema.root_schema_ptr(), props).map_err(fail)?;
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        let rows = usize::try_from(group.num_rows()).unwrap_or(0);
+        let mut columns = writer.next_row_group().map_err(fail)?;
+        for (c, chunk) in group.columns().iter().enumerate() {
+            if c == at {
+                let mut column = columns
+                    .next_column()
+                    .map_err(fail)?
+                    .expect("the schema has this column");
+                let levels = vec![1i16; rows];
+                let defined = (schema.column(c).max_def_level() > 0).then_some(&levels[..]);
+                column
+                    .typed::<Int64Type>()
+                    .write_batch(&vec![to_micros(lock); rows], defined, None)
+                    .map_err(fail)?;
+                column.close().map_err(fail)?;
+            } else {
+                let close = ColumnCloseResult {
+                    bytes_written: u64::try_from(chunk.compressed_size()).unwrap_or(0),
+                    rows_written: u64::try_from(group.num_rows()).unwrap_or(0),
+                    metadata: chunk.clone(),
+                    bloom_filter: None,
+                    column_index: None,
+                    offset_index: offsets(g, c).filter(|_| indexed),
+                };
+                columns.append_column(bytes, close).map_err(fail)?;
+            }
+        }
+        columns.close().map_err(fail)?;
+    }
+    for kv in meta
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+    {
+        writer.append_key_value_metadata(kv.clone());
+    }
+    writer.close().map_err(fail)?;
+    let stats = stats.and_then(|s| {
+        let mut stats: serde_json::Value = serde_json::from_str(s).ok()?;
+        let lock = serde_json::Value::from(lock.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        for bound in ["minValues", "maxValues"] {
+            if let Some(values) = stats.get_mut(bound).and_then(|v| v.as_object_mut()) {
+                values.insert("process_after".into(), lock.clone());
+            }
+        }
+        Some(stats.to_string())
+    });
+    Ok(Some((out, stats)))
 }
 
 #[cfg(test)]
@@ -359,6 +531,19 @@ mod tests {
         };
         let first = a.claim_due(request, "a").await.unwrap();
         assert_eq!(first.claim.unwrap().rows.len(), 10);
+        // The file was claimed whole, so it was copied with only the time locks rewritten:
+        // every other column reads back as it was.
+        let mut leased = a.read::<QueueRow>().await.unwrap();
+        leased.sort_by(|x, y| x.sample_id.cmp(&y.sample_id));
+        let mut expected: Vec<QueueRow> = rows
+            .iter()
+            .map(|r| QueueRow {
+                process_after: request.lease_until,
+                ..r.clone()
+            })
+            .collect();
+        expected.sort_by(|x, y| x.sample_id.cmp(&y.sample_id));
+        assert_eq!(leased, expected);
         let err = b.claim_due(request, "b").await.unwrap_err();
         // A real conflict, found by Delta's checker (which parsed the claim's predicate).
         assert!(
