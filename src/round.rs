@@ -16,7 +16,7 @@ use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
-use crate::store::due::{ClaimRequest, Found};
+use crate::store::due::{ClaimRequest, Found, oldest_first};
 use crate::store::journal::{Settle, conflict_pause, disposition};
 use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table};
 
@@ -226,7 +226,7 @@ pub(crate) async fn run_round(
         .zip(due)
         .map(|((_, a), row)| journal_row(row, a, round, worker, config, &mut rng))
         .collect();
-    let retried: Vec<QueueRow> = rows
+    let mut retried: Vec<QueueRow> = rows
         .iter()
         .zip(enqueued)
         .filter(|(r, _)| r.disposition == disposition::RETRY)
@@ -239,6 +239,12 @@ pub(crate) async fn run_round(
             enqueued_at,
         })
         .collect();
+    // By retry count, so each count's records go to a file of their own.
+    retried.sort_by(|a, b| {
+        a.retry_count
+            .cmp(&b.retry_count)
+            .then_with(|| oldest_first(a, b))
+    });
 
     let count = |d: &str| rows.iter().filter(|r| r.disposition == d).count();
     let mut report = RoundReport {

@@ -242,26 +242,15 @@ impl Store {
     }
 }
 
-/// The retried records of a round as batches of the queue, one per retry count (so records
-/// that come due together sit in a file together), oldest lock first.
+/// The retried records of a round as batches of the queue, one (or more, past
+/// [`FILE_ROWS`]) per run of equal retry counts, so records that come due together sit in
+/// a file together. `retried` comes sorted by retry count.
 pub(crate) fn retried_batches(retried: &[QueueRow]) -> Result<Vec<RecordBatch>> {
-    let mut by_count: HashMap<i32, Vec<&QueueRow>> = HashMap::new();
-    for row in retried {
-        by_count.entry(row.retry_count).or_default().push(row);
-    }
-    let mut groups: Vec<Vec<&QueueRow>> = by_count.into_values().collect();
-    for group in &mut groups {
-        group.sort_by(|a, b| oldest_first(a, b));
-    }
-    groups.sort_by_key(|g| g.first().map(|r| r.process_after));
-    let mut batches = Vec::new();
-    for group in groups {
-        for chunk in group.chunks(FILE_ROWS) {
-            let rows: Vec<QueueRow> = chunk.iter().map(|r| (*r).clone()).collect();
-            batches.push(QueueRow::to_batch(&rows)?);
-        }
-    }
-    Ok(batches)
+    retried
+        .chunk_by(|a, b| a.retry_count == b.retry_count)
+        .flat_map(|group| group.chunks(FILE_ROWS))
+        .map(QueueRow::to_batch)
+        .collect()
 }
 
 /// How a round's queue commit is recorded: as the MERGE by id it amounts to (deleting the
@@ -334,7 +323,7 @@ fn unique_name() -> u128 {
 }
 
 /// Oldest lock first; then oldest in the queue; then by id, so the order is total.
-fn oldest_first(a: &QueueRow, b: &QueueRow) -> std::cmp::Ordering {
+pub(crate) fn oldest_first(a: &QueueRow, b: &QueueRow) -> std::cmp::Ordering {
     (a.process_after, a.enqueued_at, &a.sample_id).cmp(&(
         b.process_after,
         b.enqueued_at,

@@ -98,7 +98,8 @@ pub(crate) fn failpoint(name: &str) {
 pub(crate) struct Settle {
     /// The files that hold the round's records under its lease.
     pub lease: Vec<Remove>,
-    /// The records that stay in the queue, with their new count, error and time lock.
+    /// The records that stay in the queue, with their new count, error and time lock,
+    /// sorted by retry count.
     pub retried: Vec<QueueRow>,
     /// The lease's end.
     pub lease_until: DateTime<Utc>,
