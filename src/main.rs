@@ -556,12 +556,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             policy,
             now,
         } => {
-            let html = retrylake::report::report(
-                &cli.data,
-                &policy.policy()?,
-                now.unwrap_or_else(Utc::now),
-            )
-            .await?;
+            let store = Store::open(&cli.data).await?;
+            let html =
+                retrylake::report::report(&store, &policy.policy()?, now.unwrap_or_else(Utc::now))
+                    .await?;
             std::fs::write(&file, html)
                 .with_context(|| format!("cannot write {}", file.display()))?;
             writeln!(out, "report written to {}", file.display())?;

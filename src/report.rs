@@ -17,15 +17,14 @@ use crate::store::{Store, Table};
 const MAX_BACKLOG_POINTS: u64 = 120;
 
 /// Writes the report for the tables under `root` as one HTML page.
-pub async fn report(root: &str, policy: &RetryPolicy, now: DateTime<Utc>) -> Result<String> {
-    let store = Store::open(root).await?;
-    let status = crate::status::status(&store, now).await?;
+pub async fn report(store: &Store, policy: &RetryPolicy, now: DateTime<Utc>) -> Result<String> {
+    let status = crate::status::status(store, now).await?;
 
     // Backlog over time: the queue's row count at (a sample of) its versions.
     let latest = store.table(Table::RetryQueue).version().unwrap_or(0);
     let step = latest / MAX_BACKLOG_POINTS + 1;
     let mut backlog = Vec::new();
-    let mut past = Store::open(root).await?;
+    let mut past = store.reopen().await?;
     let mut version = 0;
     while version <= latest {
         // Versions whose files a vacuum removed cannot be read: leave them out.
@@ -47,7 +46,7 @@ pub async fn report(root: &str, policy: &RetryPolicy, now: DateTime<Utc>) -> Res
     }
 
     let per_round = query(
-        &store,
+        store,
         "SELECT worker, round, MIN(started_at) AS at, \
          SUM(CASE WHEN outcome = 'success' THEN 1 ELSE 0 END) AS success, \
          SUM(CASE WHEN outcome = 'transient' THEN 1 ELSE 0 END) AS transient, \
@@ -56,7 +55,7 @@ pub async fn report(root: &str, policy: &RetryPolicy, now: DateTime<Utc>) -> Res
     )
     .await?;
     let dead = query(
-        &store,
+        store,
         "SELECT reason, COALESCE(error_msg, '(none)') AS error_msg, COUNT(*) AS n \
          FROM dead_letter_queue GROUP BY reason, error_msg ORDER BY n DESC LIMIT 20",
     )
@@ -80,13 +79,13 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
 <div class="card"><b>{waiting}</b>waiting</div><div class="card"><b>{due}</b>due now</div>
 <div class="card"><b>{final_count}</b>final</div><div class="card"><b>{dead_count}</b>dead letters</div>
 <div class="card"><b>{recovered}</b>recovered after a retry</div></div>"#,
-        root = escape(root),
+        root = escape(store.root()),
         now = now.format("%Y-%m-%d %H:%M:%S UTC"),
         waiting = status.waiting,
         due = status.due,
         final_count = status.final_count,
         dead_count = status.dead,
-        recovered = recovered_share(&store).await?,
+        recovered = recovered_share(store).await?,
     );
 
     html.push_str("<h2>Backlog over time</h2><div class=\"muted\">Rows in retry_queue at each table version (from the Delta history).</div>");

@@ -10,6 +10,7 @@ pub use journal::CommitTag;
 pub use schema::Rows;
 pub use schema::{AttemptRow, DeadRow, FinalRow, QueueRow, Table};
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use deltalake::arrow::array::RecordBatch;
@@ -23,10 +24,20 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::error::{Error, Result};
 
+/// Settings for the object store behind a data root (`aws_endpoint_url`, `aws_region`,
+/// `google_service_account`, `azure_storage_account_name`, ...), on top of the ones
+/// delta-rs reads from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+pub type StorageOptions = HashMap<String, String>;
+
+/// delta-rs settings that make S3 commits rename files instead of writing the log entry
+/// with a conditional put (`If-None-Match: *`): two writers could then both win a version.
+const UNSAFE_S3_SETTINGS: [&str; 2] = ["AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_S3_LOCKING_PROVIDER"];
+
 /// The four tables under one data root.
 #[derive(Debug)]
 pub struct Store {
     root: String,
+    options: StorageOptions,
     tables: [DeltaTable; 4],
 }
 
@@ -39,10 +50,21 @@ pub(crate) fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
 }
 
 impl Store {
-    /// Opens the tables under `root` (a local path), creating any that are missing as an
-    /// empty version 0 and checking the schema of those that exist.
+    /// Opens the tables under `root`, creating any that are missing as an empty version 0
+    /// and checking the schema of those that exist. `root` is a local path or an object
+    /// store URL (`s3://bucket/prefix`, `gs://`, `az://`, `abfss://`) whose credentials come
+    /// from the environment.
     pub async fn open(root: &str) -> Result<Store> {
+        Store::open_with(root, StorageOptions::new()).await
+    }
+
+    /// [`Store::open`] with object store settings given here rather than (or on top of)
+    /// the environment's.
+    pub async fn open_with(root: &str, options: StorageOptions) -> Result<Store> {
         let local = !root.contains("://");
+        if !local {
+            refuse_unsafe_commits(root, &options)?;
+        }
         if local {
             std::fs::create_dir_all(root).map_err(|source| Error::DataDir {
                 path: root.into(),
@@ -50,14 +72,20 @@ impl Store {
             })?;
         }
         let tables = futures::future::try_join_all(
-            Store::order().map(|table| open_or_create(root, table, local)),
+            Store::order().map(|table| open_or_create(root, &options, table, local)),
         )
         .await?;
         let tables: [DeltaTable; 4] = tables.try_into().expect("four tables");
         Ok(Store {
             root: root.to_owned(),
+            options,
             tables,
         })
+    }
+
+    /// Opens the same tables again, independently of this one (to read old versions).
+    pub async fn reopen(&self) -> Result<Store> {
+        Store::open_with(&self.root, self.options.clone()).await
     }
 
     /// The data root the store was opened with.
@@ -313,13 +341,18 @@ pub(crate) async fn collect_rows<R: Rows>(frame: DataFrame) -> Result<Vec<R>> {
     Ok(rows)
 }
 
-async fn open_or_create(root: &str, table: Table, local: bool) -> Result<DeltaTable> {
+async fn open_or_create(
+    root: &str,
+    options: &StorageOptions,
+    table: Table,
+    local: bool,
+) -> Result<DeltaTable> {
     let location = format!("{}/{}", root.trim_end_matches('/'), table.name());
     if local {
         check_local_folder(Path::new(&location))?;
     }
     let url = deltalake::ensure_table_uri(&location).map_err(delta(table))?;
-    let t = DeltaTable::try_from_url(url.clone())
+    let t = DeltaTable::try_from_url_with_storage_options(url.clone(), options.clone())
         .await
         .map_err(delta(table))?;
     let t = if t.version().is_some() {
@@ -336,7 +369,9 @@ async fn open_or_create(root: &str, table: Table, local: bool) -> Result<DeltaTa
             Ok(t) => t,
             // Another process created it first: use theirs.
             Err(DeltaTableError::VersionAlreadyExists(_)) => {
-                deltalake::open_table(url).await.map_err(delta(table))?
+                deltalake::open_table_with_storage_options(url, options.clone())
+                    .await
+                    .map_err(delta(table))?
             }
             Err(e) => return Err(delta(table)(e)),
         }
@@ -344,6 +379,31 @@ async fn open_or_create(root: &str, table: Table, local: bool) -> Result<DeltaTa
     let schema = t.snapshot().map_err(delta(table))?.schema();
     table.check_schema(&schema)?;
     Ok(t)
+}
+
+/// Refuses settings under which delta-rs would commit to S3 by renaming files: retrylake's
+/// concurrent workers rely on each log entry being written once, by a conditional put.
+fn refuse_unsafe_commits(root: &str, options: &StorageOptions) -> Result<()> {
+    for name in UNSAFE_S3_SETTINGS {
+        let set = options
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok());
+        if let Some(value) = set.filter(|v| {
+            !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "" | "false" | "0" | "no" | "off"
+            )
+        }) {
+            return Err(Error::InvalidConfig(format!(
+                "{root}: {name}={value} would make delta-rs commit by renaming files, which lets two \
+                 workers win the same version; retrylake commits with S3 conditional puts \
+                 (If-None-Match), which S3 and most S3-compatible stores support: unset {name}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a folder that holds files but no Delta log, rather than writing a table over it.

@@ -57,7 +57,15 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[test]
 fn workers_with_their_own_names_never_take_the_same_record() {
-    let env = Env::new();
+    workers_with_their_own_names(Env::new());
+}
+
+#[test]
+fn workers_with_their_own_names_never_take_the_same_record_on_s3() {
+    workers_with_their_own_names(Env::s3());
+}
+
+fn workers_with_their_own_names(env: Env) {
     let (input, ids) = write_samples(&env, "C", 240);
     env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
     let runners = (0..3)
@@ -86,7 +94,15 @@ fn workers_with_their_own_names_never_take_the_same_record() {
 
 #[test]
 fn shards_split_the_work() {
-    let env = Env::new();
+    shards_split(Env::new());
+}
+
+#[test]
+fn shards_split_the_work_on_s3() {
+    shards_split(Env::s3());
+}
+
+fn shards_split(env: Env) {
     let (input, ids) = write_samples(&env, "S", 150);
     env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
     let runners = (0..3)

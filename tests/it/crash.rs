@@ -19,8 +19,17 @@ const NOW: &str = "2025-01-01T00:00:00Z";
 
 #[test]
 fn a_round_killed_between_commits_is_completed_on_restart() {
+    killed_between_commits(Env::new);
+}
+
+#[test]
+fn a_round_killed_between_commits_is_completed_on_restart_on_s3() {
+    killed_between_commits(Env::s3);
+}
+
+fn killed_between_commits(new_env: fn() -> Env) {
     for step in STEPS {
-        let env = Env::new();
+        let env = new_env();
         let (input, ids) = write_samples(&env, "R", 30);
         env.ok(&["enqueue", input.to_str().unwrap(), "--now", NOW]);
         let out = env
@@ -48,7 +57,15 @@ fn a_round_killed_between_commits_is_completed_on_restart() {
 
 #[test]
 fn sigkill_at_random_moments_loses_and_doubles_nothing() {
-    let env = Env::new();
+    sigkill_at_random_moments(Env::new());
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_and_doubles_nothing_on_s3() {
+    sigkill_at_random_moments(Env::s3());
+}
+
+fn sigkill_at_random_moments(env: Env) {
     let (input, ids) = write_samples(&env, "K", 200);
     env.ok(&["enqueue", input.to_str().unwrap(), "--now", NOW]);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(2025);

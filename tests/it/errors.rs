@@ -54,12 +54,12 @@ fn a_data_dir_that_cannot_be_created() {
 #[test]
 fn a_folder_that_is_not_a_delta_table() {
     let env = Env::new();
-    std::fs::create_dir_all(env.data().join("final_results")).unwrap();
-    std::fs::write(env.data().join("final_results/notes.txt"), "mine").unwrap();
+    std::fs::create_dir_all(env.data_dir().join("final_results")).unwrap();
+    std::fs::write(env.data_dir().join("final_results/notes.txt"), "mine").unwrap();
     let err = env.fails(&["init"]);
     assert!(err.contains("final_results is not a Delta table"), "{err}");
     // Nothing was written over the user's folder.
-    let entries: Vec<_> = std::fs::read_dir(env.data().join("final_results"))
+    let entries: Vec<_> = std::fs::read_dir(env.data_dir().join("final_results"))
         .unwrap()
         .collect();
     assert_eq!(entries.len(), 1);
@@ -70,7 +70,7 @@ fn a_table_with_the_wrong_schema() {
     let env = Env::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let path = env.data().join("retry_queue");
+        let path = env.data_dir().join("retry_queue");
         let url = deltalake::ensure_table_uri(path.to_str().unwrap()).unwrap();
         deltalake::DeltaTable::try_from_url(url)
             .await

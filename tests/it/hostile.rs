@@ -249,7 +249,7 @@ fn a_journal_several_rounds_ahead_is_caught_up() {
     // Roll final_results and the queue back three rounds by deleting their newest commits,
     // as a bad restore or a lost write would.
     for (table, keep) in [("final_results", 1), ("retry_queue", 2)] {
-        let log = env.data().join(table).join("_delta_log");
+        let log = env.data_dir().join(table).join("_delta_log");
         let mut commits: Vec<_> = std::fs::read_dir(&log)
             .unwrap()
             .map(|e| e.unwrap().path())

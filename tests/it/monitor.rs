@@ -151,7 +151,7 @@ fn optimize_and_vacuum_keep_every_row() {
         ],
     );
     assert_eq!(before, after);
-    let checkpoints = std::fs::read_dir(env.data().join("final_results/_delta_log"))
+    let checkpoints = std::fs::read_dir(env.data_dir().join("final_results/_delta_log"))
         .unwrap()
         .filter(|e| {
             e.as_ref()

@@ -213,7 +213,7 @@ fn tables_are_delta_tables_with_the_designed_schema() {
             ("final_results", "sample_id:string data:string processed_at:timestamp attempts:integer response:string"),
             ("dead_letter_queue", "sample_id:string payload:string error_msg:string retry_count:integer failed_at:timestamp reason:string"),
         ] {
-            let url = deltalake::ensure_table_uri(env.data().join(name).to_str().unwrap()).unwrap();
+            let url = deltalake::ensure_table_uri(env.data_dir().join(name).to_str().unwrap()).unwrap();
             let table = deltalake::open_table(url).await.unwrap();
             assert_eq!(table.version(), Some(0), "{name} is created empty as version 0");
             let schema = table.snapshot().unwrap().schema();

@@ -1,25 +1,78 @@
-//! Shared test fixtures: a temp data dir, the binary, and the tables read back from disk.
+//! Shared test fixtures: a temp data root (a local folder or a prefix on the loopback S3
+//! server), the binary, and the tables read back from storage.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 
 use assert_cmd::Command;
-use retrylake::store::{Rows, Store, Table};
+use retrylake::store::{Rows, StorageOptions, Store, Table};
 use tempfile::TempDir;
 
-/// A temp dir holding a data root and input files.
+use super::s3;
+
+/// Where a test's tables live, and the settings to reach them.
+#[derive(Clone, Debug)]
+pub struct Root {
+    pub url: String,
+    /// Environment variables for the binary, also passed as storage options in-process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Root {
+    /// Opens the tables in this process.
+    pub async fn open(&self) -> Store {
+        let options: StorageOptions = self.env.iter().cloned().collect();
+        Store::open_with(&self.url, options)
+            .await
+            .expect("open store")
+    }
+}
+
+impl AsRef<OsStr> for Root {
+    fn as_ref(&self) -> &OsStr {
+        self.url.as_ref()
+    }
+}
+
+/// A temp dir holding input files and, for local tests, the data root.
 pub struct Env {
     pub dir: TempDir,
+    root: Root,
 }
 
 impl Env {
+    /// Tables in a local temp folder.
     pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = dir.path().join("data").to_str().expect("utf8").to_owned();
         Env {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
+            root: Root { url, env: vec![] },
         }
     }
 
-    pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+    /// Tables under a fresh prefix of a bucket on the loopback S3 server.
+    pub fn s3() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prefix = dir.path().file_name().unwrap().to_str().unwrap().to_owned();
+        Env {
+            dir,
+            root: Root {
+                url: format!("s3://{}/{prefix}", s3::bucket()),
+                env: s3::environment(),
+            },
+        }
+    }
+
+    /// The data root.
+    pub fn data(&self) -> Root {
+        self.root.clone()
+    }
+
+    /// The data root as a local folder (local tests only).
+    pub fn data_dir(&self) -> PathBuf {
+        assert!(self.root.env.is_empty(), "not a local data root");
+        PathBuf::from(&self.root.url)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -29,7 +82,9 @@ impl Env {
     /// The binary with `--data` set to this env's data root.
     pub fn cmd(&self) -> Command {
         let mut cmd = bare_cmd();
-        cmd.arg("--data").arg(self.data());
+        cmd.envs(self.root.env.iter().cloned())
+            .arg("--data")
+            .arg(&self.root);
         cmd
     }
 
@@ -39,8 +94,9 @@ impl Env {
         cmd.env_remove("RETRYLAKE_FAILPOINT")
             .env_remove("RETRYLAKE_DATA")
             .env_remove("RETRYLAKE_LOG")
+            .envs(self.root.env.iter().cloned())
             .arg("--data")
-            .arg(self.data());
+            .arg(&self.root);
         cmd
     }
 
@@ -93,12 +149,10 @@ pub fn bare_cmd() -> Command {
 }
 
 /// Audits the tables on disk and asserts every invariant holds for exactly `expected` ids.
-pub fn assert_exactly_once(data: &Path, expected: &[String]) {
+pub fn assert_exactly_once(data: &Root, expected: &[String]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let audit = rt.block_on(async {
-        let store = Store::open(data.to_str().expect("utf8 path"))
-            .await
-            .expect("open store");
+        let store = data.open().await;
         retrylake::audit::audit(&store).await.expect("audit")
     });
     assert!(audit.doubled.is_empty(), "doubled: {:?}", audit.doubled);
@@ -136,12 +190,10 @@ pub fn write_samples(env: &Env, prefix: &str, n: usize) -> (PathBuf, Vec<String>
     (env.write(&format!("{prefix}.jsonl"), lines), ids)
 }
 
-pub fn read_rows<R: Rows>(data: &Path) -> Vec<R> {
+pub fn read_rows<R: Rows>(data: &Root) -> Vec<R> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = Store::open(data.to_str().expect("utf8 path"))
-            .await
-            .expect("open store");
+        let store = data.open().await;
         store.read::<R>().await.expect("read table")
     })
 }
@@ -153,12 +205,10 @@ pub fn ids<T>(rows: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
 }
 
 /// The data files of a table's latest version.
-pub fn data_files(data: &Path, table: Table) -> Vec<String> {
+pub fn data_files(data: &Root, table: Table) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = Store::open(data.to_str().expect("utf8 path"))
-            .await
-            .expect("open store");
+        let store = data.open().await;
         let snapshot = store.table(table).snapshot().expect("snapshot");
         let mut files: Vec<String> = snapshot
             .log_data()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The Python tools the tests and benchmarks use, in a venv of their own under target/:
+# moto's S3 server (a real S3-compatible server on loopback) and the Python `deltalake`
+# reader. Installs them from PyPI on first use; prints the venv's folder.
+#
+#   scripts/py-tools.sh                 install if missing, print the venv folder
+#   scripts/py-tools.sh s3-server PORT  install if missing, then run moto's server on
+#                                       127.0.0.1:PORT in the foreground
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${RETRYLAKE_PY_VENV:-$root/target/py-tools}"
+requirements="$root/scripts/py-requirements.txt"
+
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
+    echo "installing $requirements into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
+    cp "$requirements" "$venv/requirements.txt"
+fi
+
+flock -u 9
+
+case "${1:-}" in
+    "") echo "$venv" ;;
+    s3-server) exec "$venv/bin/moto_server" -H 127.0.0.1 -p "${2:?port}" ;;
+    *) echo "usage: $0 [s3-server PORT]" >&2; exit 2 ;;
+esac
