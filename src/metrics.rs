@@ -19,6 +19,7 @@ pub struct Metrics {
     success: u64,
     transient: u64,
     permanent: u64,
+    conflicts: u64,
     waiting: i64,
     due: i64,
     dead: i64,
@@ -29,6 +30,7 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a finished round and the queue's state after it.
     pub fn record(&mut self, report: &RoundReport, status: &Status, at: DateTime<Utc>) {
+        self.conflicts += report.conflicts;
         if report.round.is_some() {
             self.rounds += 1;
             self.success += report.outcomes.success as u64;
@@ -68,6 +70,12 @@ impl Metrics {
                 ("{outcome=\"transient\"}", self.transient.to_string()),
                 ("{outcome=\"permanent\"}", self.permanent.to_string()),
             ],
+        );
+        metric(
+            "retrylake_commit_conflicts_total",
+            "counter",
+            "Commits that lost a race with another worker and were tried again.",
+            &[("", self.conflicts.to_string())],
         );
         metric(
             "retrylake_queue_depth",

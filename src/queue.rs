@@ -95,14 +95,17 @@ impl Queue {
             self.store.recover_all().await?;
             self.recovered_all = true;
         }
-        run_round(
+        let conflicts = self.store.conflicts();
+        let mut report = run_round(
             &mut self.store,
             self.clock.as_ref(),
             &self.worker,
             processor,
             config,
         )
-        .await
+        .await?;
+        report.conflicts = self.store.conflicts() - conflicts;
+        Ok(report)
     }
 
     /// Moves the dead letters matching `filter` back into `retry_queue`, due now.

@@ -17,7 +17,7 @@ use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
 use crate::store::due::{ClaimRequest, Found, oldest_first};
-use crate::store::journal::{Settle, conflict_pause, disposition};
+use crate::store::journal::{Settle, disposition};
 use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table};
 
 /// The error message of a record with a missing or empty payload (the seed's rule).
@@ -106,6 +106,9 @@ pub struct RoundReport {
     pub dead_lettered: usize,
     /// The earliest `process_after` left in the queue, `None` when it is empty.
     pub next_due: Option<DateTime<Utc>>,
+    /// Commits that lost a race with another worker and were tried again (a claim of a
+    /// file another worker claimed first, mostly).
+    pub conflicts: u64,
     /// Where the round's time went.
     #[serde(rename = "timings_ms")]
     pub phases: Phases,
@@ -254,6 +257,7 @@ pub(crate) async fn run_round(
         retried: count(disposition::RETRY),
         dead_lettered: count(disposition::DEAD),
         next_due: None,
+        conflicts: 0,
         phases,
         outcomes: OutcomeCounts {
             success: rows.iter().filter(|r| r.outcome == "success").count(),
@@ -319,8 +323,9 @@ async fn claim(
             }
             Err(e) => return Err(e),
         }
-        conflict_pause(attempt).await;
-        store.refresh_table(Table::RetryQueue).await?;
+        store
+            .retry_after_conflict(Table::RetryQueue, attempt)
+            .await?;
     }
     unreachable!("the loop returns")
 }

@@ -213,10 +213,16 @@ impl Store {
         actions.extend(kept_files.into_iter().map(Action::Add));
         let tag = CommitTag::operation("claim")
             .with("worker", worker)
-            .with("records", due.len());
-        let predicate = col("process_after").lt_eq(lit(timestamp(request.now)));
+            .with("records", due.len())
+            .with("due_at", request.now.to_rfc3339());
+        // What the claim depends on is exactly the files it removes, and a concurrent
+        // remove of any of them is a conflict whatever the predicate. A predicate that
+        // matches no file says so to delta-rs' conflict checker: `process_after <= now`
+        // would make every claim conflict with any other worker's claim of due rows (its
+        // own shard's included), so sharded workers would never commit side by side. The
+        // time lock is kept in the commit's `due_at` instead.
         let operation = DeltaOperation::Update {
-            predicate: sql(predicate),
+            predicate: sql(lit(false)),
         };
         self.commit(table, actions, operation, &tag).await?;
         Ok(Found {

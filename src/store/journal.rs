@@ -432,8 +432,7 @@ impl Store {
             match result {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     tracing::debug!(table = table.name(), attempt, "commit conflict; re-reading");
-                    conflict_pause(attempt).await;
-                    self.refresh_table(table).await?;
+                    self.retry_after_conflict(table, attempt).await?;
                 }
                 other => return other,
             }

@@ -39,6 +39,7 @@ pub struct Store {
     root: String,
     options: StorageOptions,
     tables: [DeltaTable; 4],
+    conflicts: u64,
 }
 
 /// Wraps a delta-rs error with the table it happened on.
@@ -80,6 +81,7 @@ impl Store {
             root: root.to_owned(),
             options,
             tables,
+            conflicts: 0,
         })
     }
 
@@ -135,6 +137,20 @@ impl Store {
             .update_state()
             .await
             .map_err(delta(table))
+    }
+
+    /// Commits that lost a race with another writer and were tried again, since the
+    /// tables were opened.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
+    }
+
+    /// Counts a commit on `table` that lost a race with another writer, waits a jittered
+    /// moment (longer after each `attempt`) and reloads the table, ready to try again.
+    pub(crate) async fn retry_after_conflict(&mut self, table: Table, attempt: u32) -> Result<()> {
+        self.conflicts += 1;
+        journal::conflict_pause(attempt).await;
+        self.refresh_table(table).await
     }
 
     /// The application-transaction version `app_id` last committed to `table`.
