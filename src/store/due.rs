@@ -564,6 +564,54 @@ mod tests {
         assert_eq!(again.next_due, Some(request.lease_until));
     }
 
+    #[tokio::test]
+    async fn claims_of_different_shards_commit_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let now = DateTime::parse_from_rfc3339("2025-11-24T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let shards = [Shard::new(0, 2).unwrap(), Shard::new(1, 2).unwrap()];
+        let rows: Vec<QueueRow> = (0..40)
+            .map(|i| QueueRow {
+                sample_id: format!("S-{i}"),
+                payload: Some("x".into()),
+                error_msg: None,
+                retry_count: 0,
+                process_after: now,
+                enqueued_at: now,
+            })
+            .collect();
+        // One file per shard, as a split claim or a settle leaves them.
+        let files = shards.map(|shard| {
+            let of_shard: Vec<QueueRow> = rows
+                .iter()
+                .filter(|r| shard.contains(&r.sample_id))
+                .cloned()
+                .collect();
+            QueueRow::to_batch(&of_shard)
+        });
+        let mut a = Store::open(root).await.unwrap();
+        a.append_queue(files, &CommitTag::operation("enqueue"))
+            .await
+            .unwrap();
+        // Both read the same version, both see due rows; each claims its shard, `b`
+        // commits after `a` without re-reading: no conflict.
+        let mut b = Store::open(root).await.unwrap();
+        let request = |shard| ClaimRequest {
+            now,
+            limit: 100,
+            shard: Some(shard),
+            lease_until: now + chrono::Duration::minutes(15),
+        };
+        let first = a.claim_due(request(shards[0]), "a").await.unwrap();
+        let second = b.claim_due(request(shards[1]), "b").await.unwrap();
+        let (first, second) = (first.claim.unwrap().rows, second.claim.unwrap().rows);
+        assert!(first.iter().all(|r| shards[0].contains(&r.sample_id)));
+        assert!(second.iter().all(|r| shards[1].contains(&r.sample_id)));
+        assert_eq!(first.len() + second.len(), 40);
+    }
+
     #[test]
     fn reads_the_earliest_lock_from_statistics() {
         let stats = r#"{"numRecords":2,"minValues":{"process_after":"2025-11-24T14:02:00.123Z"},"maxValues":{}}"#;
