@@ -18,8 +18,9 @@ use retrylake::redrive::RedriveFilter;
 use retrylake::store::{Store, Table};
 use retrylake::worker::{Shutdown, run_worker};
 use retrylake::{
-    CommandProcessor, EnqueueOptions, FixedClock, HttpProcessor, Jitter, Processor, Queue,
-    RetryPolicy, RoundConfig, RoundReport, Shard, SimulateProcessor, Status, round::Progress,
+    BreakerConfig, CommandProcessor, EnqueueOptions, FixedClock, Guard, GuardConfig, HttpProcessor,
+    Jitter, Processor, Queue, Rate, RetryPolicy, RoundConfig, RoundReport, Shard,
+    SimulateProcessor, Status, round::Progress,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -173,7 +174,7 @@ enum OutputFormat {
     Csv,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProcessorKind {
     /// The seed's simulator: transient failures at --transient-rate.
     Simulate,
@@ -228,6 +229,8 @@ struct RunArgs {
     batch_size: usize,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    guard: GuardArgs,
     /// Call the processor even for records with an empty payload.
     #[arg(long)]
     allow_empty_payload: bool,
@@ -290,6 +293,46 @@ impl PolicyArgs {
             .max_backoff(self.max_backoff)
             .jitter(self.jitter)
             .build()?)
+    }
+}
+
+/// The guard between the rounds and the downstream: circuit breaker and rate limit.
+#[derive(Args)]
+struct GuardArgs {
+    /// Most calls per second, minute or hour across all calls in flight (N/s, N/m, N/h).
+    #[arg(long, value_name = "N/s", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Rate>()))]
+    rate: Option<Rate>,
+    /// The circuit breaker: on by default for the http and command processors, off for
+    /// simulate (its failures are independent draws, and a breaker would make a run
+    /// depend on timing).
+    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    breaker: Option<bool>,
+    /// The share of recent calls failing transiently that opens the breaker.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_share)]
+    breaker_failure_rate: f64,
+    /// How many of the latest calls the breaker weighs.
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    breaker_window: usize,
+    /// The fewest calls in the window before the breaker may open.
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    breaker_min_calls: usize,
+    /// How long an open breaker makes no calls before one probe decides.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    breaker_cool_down: Duration,
+}
+
+impl GuardArgs {
+    fn guard(&self, processor: ProcessorKind) -> Guard {
+        let breaker = self.breaker.unwrap_or(processor != ProcessorKind::Simulate);
+        Guard::new(GuardConfig {
+            breaker: breaker.then_some(BreakerConfig {
+                failure_rate: self.breaker_failure_rate,
+                window: self.breaker_window,
+                min_calls: self.breaker_min_calls,
+                cool_down: self.breaker_cool_down,
+            }),
+            rate: self.rate,
+        })
     }
 }
 
@@ -396,6 +439,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err("expected a probability between 0 and 1".to_owned()),
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err("expected a share above 0 and at most 1".to_owned()),
     }
 }
 
@@ -611,6 +661,7 @@ async fn prepare(
         shard: args.shard,
         lease: args.lease,
         progress: progress_bar(),
+        guard: args.guard.guard(args.processor),
     };
     let clock = args.now.map(|now| Arc::new(FixedClock::new(now)));
     let mut queue = Queue::open(data).await?.with_worker(&args.worker);
@@ -639,13 +690,20 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
         // more are due.
         let more_due = args.limit.is_none()
             && report.processed > 0
+            && report.paused_until.is_none()
             && report
                 .next_due
                 .is_some_and(|next| next <= queue.clock().now());
         if more_due {
             continue;
         }
-        let Some(next) = report.next_due.filter(|_| args.drain) else {
+        // While calls are paused (breaker open, Retry-After), the next round waits for the
+        // pause to end even if records are due.
+        let Some(next) = report
+            .paused_until
+            .max(report.next_due)
+            .filter(|_| args.drain)
+        else {
             return Ok(());
         };
         match &clock {
@@ -722,13 +780,30 @@ fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result
         || "queue empty".to_owned(),
         |t| format!("next due {}", t.to_rfc3339()),
     );
-    match report.round {
-        None => writeln!(out, "nothing due; {next}")?,
-        Some(round) => writeln!(
-            out,
-            "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered; {next}",
-            report.processed, report.succeeded, report.retried, report.dead_lettered
-        )?,
+    let paused = report.paused_until.map(|until| {
+        let why = match report.breaker.as_deref() {
+            Some("open") => "circuit breaker open",
+            _ => "the downstream asked to wait",
+        };
+        format!("calls paused until {} ({why})", until.to_rfc3339())
+    });
+    match (report.round, paused) {
+        (None, Some(paused)) => writeln!(out, "{paused}; nothing claimed")?,
+        (None, None) => writeln!(out, "nothing due; {next}")?,
+        (Some(round), paused) => {
+            write!(
+                out,
+                "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered",
+                report.processed, report.succeeded, report.retried, report.dead_lettered
+            )?;
+            if report.deferred > 0 {
+                write!(out, ", {} not called", report.deferred)?;
+            }
+            match paused {
+                Some(paused) => writeln!(out, "; {paused}")?,
+                None => writeln!(out, "; {next}")?,
+            }
+        }
     }
     Ok(())
 }
@@ -804,6 +879,14 @@ fn print_status(out: &mut impl Write, s: &Status) -> Result<()> {
     writeln!(out, "next due       {next}")?;
     writeln!(out, "final results  {:>8}", s.final_count)?;
     writeln!(out, "dead letters   {:>8}", s.dead)?;
+    if let Some(share) = s.recovered_share {
+        writeln!(
+            out,
+            "recovered      {:>7.1}% of the {} records that needed a retry",
+            share * 100.0,
+            s.needed_retry
+        )?;
+    }
     if !s.dead_by_error.is_empty() {
         writeln!(out, "\ndead letters by error:")?;
         for e in &s.dead_by_error {

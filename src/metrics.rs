@@ -20,6 +20,8 @@ pub struct Metrics {
     transient: u64,
     permanent: u64,
     conflicts: u64,
+    deferred: u64,
+    paused: bool,
     waiting: i64,
     due: i64,
     dead: i64,
@@ -31,6 +33,8 @@ impl Metrics {
     /// Counts a finished round and the queue's state after it.
     pub fn record(&mut self, report: &RoundReport, status: &Status, at: DateTime<Utc>) {
         self.conflicts += report.conflicts;
+        self.deferred += report.deferred as u64;
+        self.paused = report.paused_until.is_some_and(|until| until > at);
         if report.round.is_some() {
             self.rounds += 1;
             self.success += report.outcomes.success as u64;
@@ -76,6 +80,18 @@ impl Metrics {
             "counter",
             "Commits that lost a race with another worker and were tried again.",
             &[("", self.conflicts.to_string())],
+        );
+        metric(
+            "retrylake_deferred_total",
+            "counter",
+            "Claimed records not called because calls were paused (breaker, Retry-After).",
+            &[("", self.deferred.to_string())],
+        );
+        metric(
+            "retrylake_calls_paused",
+            "gauge",
+            "1 while calls are paused (circuit breaker open or a Retry-After pause).",
+            &[("", u8::from(self.paused).to_string())],
         );
         metric(
             "retrylake_queue_depth",

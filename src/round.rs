@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::clock::{Clock, ceil_millis, to_micros};
 use crate::error::{Error, Result};
+use crate::guard::{Admission, Guard};
 use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
@@ -51,6 +52,10 @@ pub struct RoundConfig {
     /// nothing (the records come back when the lease ends), so no two workers ever place
     /// the same record. Default value is 15 minutes.
     pub lease: Duration,
+    /// The circuit breaker, rate limit and Retry-After pauses between the rounds and the
+    /// downstream; shared by every round run with this config (clones share it). Default
+    /// value is [`Guard::default`]: the breaker on, no rate limit.
+    pub guard: Guard,
 }
 
 impl Default for RoundConfig {
@@ -66,6 +71,7 @@ impl Default for RoundConfig {
             shard: None,
             progress: None,
             lease: Duration::from_secs(15 * 60),
+            guard: Guard::default(),
         }
     }
 }
@@ -106,6 +112,15 @@ pub struct RoundReport {
     pub dead_lettered: usize,
     /// The earliest `process_after` left in the queue, `None` when it is empty.
     pub next_due: Option<DateTime<Utc>>,
+    /// Records claimed but not called because the guard held them back (breaker open,
+    /// Retry-After pause): back in `retry_queue` with no attempt counted.
+    pub deferred: usize,
+    /// No call may start before this: an open breaker's cool-down or a Retry-After pause.
+    /// `None` when calls may go on.
+    pub paused_until: Option<DateTime<Utc>>,
+    /// The circuit breaker's state after the round (`closed`, `open`, `half-open`), `None`
+    /// when it is off.
+    pub breaker: Option<String>,
     /// Commits that lost a race with another worker and were tried again (a claim of a
     /// file another worker claimed first, mostly).
     pub conflicts: u64,
@@ -185,6 +200,14 @@ pub(crate) async fn run_round(
     config: &RoundConfig,
 ) -> Result<RoundReport> {
     let started = Instant::now();
+    // While the downstream is known to be down, claim nothing: the records wait, untouched.
+    if let Some(until) = config.guard.blocked_until(clock.now()) {
+        return Ok(RoundReport {
+            paused_until: Some(until),
+            breaker: breaker_state(config, clock),
+            ..RoundReport::default()
+        });
+    }
     let (found, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
     let Some(claim) = found.claim else {
         return Ok(RoundReport {
@@ -206,7 +229,7 @@ pub(crate) async fn run_round(
     let processing = Instant::now();
 
     let total = due.len();
-    let mut results: Vec<(usize, Attempt)> = futures::stream::iter(due.iter().enumerate())
+    let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
         .map(|(i, row)| async move { (i, attempt(processor, clock, row, config).await) })
         .buffer_unordered(config.concurrency.max(1))
         .enumerate()
@@ -223,12 +246,27 @@ pub(crate) async fn run_round(
     results.sort_by_key(|(i, _)| *i);
     let mut rng =
         SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let enqueued: Vec<DateTime<Utc>> = due.iter().map(|q| q.enqueued_at).collect();
-    let rows: Vec<AttemptRow> = results
+    // Records the guard held back go back as they were (after a Retry-After, locked until
+    // the pause ends).
+    let mut called = Vec::with_capacity(due.len());
+    let mut deferred = Vec::new();
+    for ((_, tried), mut row) in results.into_iter().zip(due) {
+        match tried {
+            Tried::Called(a) => called.push((row, a)),
+            Tried::Deferred(until) => {
+                if let Some(until) = until {
+                    row.process_after = row.process_after.max(ceil_millis(until));
+                }
+                deferred.push(row);
+            }
+        }
+    }
+    let enqueued: Vec<DateTime<Utc>> = called.iter().map(|(q, _)| q.enqueued_at).collect();
+    let rows: Vec<AttemptRow> = called
         .into_iter()
-        .zip(due)
-        .map(|((_, a), row)| journal_row(row, a, round, worker, config, &mut rng))
+        .map(|(row, a)| journal_row(row, a, round, worker, config, &mut rng))
         .collect();
+    let deferred_count = deferred.len();
     let mut retried: Vec<QueueRow> = rows
         .iter()
         .zip(enqueued)
@@ -241,6 +279,7 @@ pub(crate) async fn run_round(
             process_after: r.process_after.unwrap_or(r.finished_at),
             enqueued_at,
         })
+        .chain(deferred)
         .collect();
     // By retry count, so each count's records go to a file of their own.
     retried.sort_by(|a, b| {
@@ -257,6 +296,9 @@ pub(crate) async fn run_round(
         retried: count(disposition::RETRY),
         dead_lettered: count(disposition::DEAD),
         next_due: None,
+        deferred: deferred_count,
+        paused_until: config.guard.blocked_until(clock.now()),
+        breaker: breaker_state(config, clock),
         conflicts: 0,
         phases,
         outcomes: OutcomeCounts {
@@ -265,8 +307,15 @@ pub(crate) async fn run_round(
             permanent: rows.iter().filter(|r| r.outcome == "permanent").count(),
         },
     };
+    if deferred_count > 0 {
+        tracing::warn!(
+            deferred = deferred_count,
+            "{deferred_count} records not called (the downstream is paused); they wait in retry_queue, no attempt counted"
+        );
+    }
     let tag = CommitTag::round("round", worker, round)
         .with("processed", report.processed)
+        .with("deferred", deferred_count)
         .with("succeeded", report.succeeded)
         .with("retried", report.retried)
         .with("dead_lettered", report.dead_lettered);
@@ -343,16 +392,27 @@ struct Attempt {
     duration: Duration,
 }
 
+/// What became of one record in a round.
+enum Tried {
+    Called(Attempt),
+    /// The guard held the call back; the record's time lock goes to at least this.
+    Deferred(Option<DateTime<Utc>>),
+}
+
 async fn attempt(
     processor: &dyn Processor,
     clock: &dyn Clock,
     row: &QueueRow,
     config: &RoundConfig,
-) -> Attempt {
+) -> Tried {
+    let empty = row.payload.as_deref().is_none_or(str::is_empty);
+    let missing = empty && !config.allow_empty_payload;
+    if !missing && let Admission::Defer { until } = config.guard.admit(|| clock.now()).await {
+        return Tried::Deferred(until);
+    }
     let started_at = clock.now();
     let start = Instant::now();
-    let empty = row.payload.as_deref().is_none_or(str::is_empty);
-    let outcome = if empty && !config.allow_empty_payload {
+    let outcome = if missing {
         Outcome::permanent(MISSING_PAYLOAD)
     } else {
         let record = Record {
@@ -363,7 +423,7 @@ async fn attempt(
         let mut call = std::pin::pin!(processor.process(&record));
         // A call that is done at once needs no timer (the simulator; a processor that
         // answers from a cache): registering one per call costs more than the call.
-        match futures::poll!(call.as_mut()) {
+        let outcome = match futures::poll!(call.as_mut()) {
             std::task::Poll::Ready(outcome) => outcome,
             std::task::Poll::Pending => match tokio::time::timeout(config.timeout, call).await {
                 Ok(outcome) => outcome,
@@ -372,14 +432,22 @@ async fn attempt(
                     humantime::format_duration(config.timeout)
                 )),
             },
-        }
+        };
+        config
+            .guard
+            .record(&outcome, clock.now(), config.max_retry_after);
+        outcome
     };
-    Attempt {
+    Tried::Called(Attempt {
         outcome,
         started_at,
         finished_at: clock.now(),
         duration: start.elapsed(),
-    }
+    })
+}
+
+fn breaker_state(config: &RoundConfig, clock: &dyn Clock) -> Option<String> {
+    config.guard.breaker(clock.now()).map(|s| s.to_string())
 }
 
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {

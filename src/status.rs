@@ -8,7 +8,7 @@ use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
 use deltalake::datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
 use deltalake::datafusion::logical_expr::cast as cast_expr;
-use deltalake::datafusion::prelude::{col, lit};
+use deltalake::datafusion::prelude::{Expr, col, lit};
 use serde::Serialize;
 
 use crate::clock::from_micros;
@@ -45,6 +45,14 @@ pub struct Status {
     pub dead: i64,
     /// Dead letters by error message, most common first.
     pub dead_by_error: Vec<ErrorCount>,
+    /// Records that failed transiently at least once and have since left the queue, to
+    /// `final_results` or `dead_letter_queue`.
+    pub needed_retry: i64,
+    /// Of those, the records that succeeded on a retry.
+    pub recovered: i64,
+    /// `recovered / needed_retry`: the share of failures the retries handled (the seed's
+    /// "handles 80%+ of failures automatically"); `null` before any.
+    pub recovered_share: Option<f64>,
 }
 
 /// Reads the status of the tables as of `now`.
@@ -90,21 +98,39 @@ pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> 
             });
         }
     }
+    let (final_count, recovered) =
+        count_where(store, Table::FinalResults, col("attempts").gt(lit(1))).await?;
+    let (_, dead_after_retry) =
+        count_where(store, Table::DeadLetterQueue, col("retry_count").gt(lit(0))).await?;
+    let needed_retry = recovered + dead_after_retry;
     Ok(Status {
         waiting,
         due: int_at(b.column(1), 0).unwrap_or(0),
         avg_retries: float_at(b.column(2), 0),
         max_retries: int_at(b.column(3), 0),
         next_due: time_at(b.column(4), 0),
-        final_count: row_count(store, Table::FinalResults).await?,
+        final_count,
         dead: dead_by_error.iter().map(|e| e.count).sum(),
         dead_by_error,
+        needed_retry,
+        recovered,
+        recovered_share: (needed_retry > 0).then(|| recovered as f64 / needed_retry as f64),
     })
 }
 
-async fn row_count(store: &Store, table: Table) -> Result<i64> {
+/// A table's rows, and how many of them match `predicate`.
+async fn count_where(store: &Store, table: Table, predicate: Expr) -> Result<(i64, i64)> {
     let (_ctx, frame) = store.frame(table).await?;
-    Ok(frame.count().await? as i64)
+    let matching = cast_expr(predicate, DataType::Int64);
+    let batches = frame
+        .aggregate(vec![], vec![count(lit(1)), sum(matching)])?
+        .collect()
+        .await?;
+    let b = &batches[0];
+    Ok((
+        int_at(b.column(0), 0).unwrap_or(0),
+        int_at(b.column(1), 0).unwrap_or(0),
+    ))
 }
 
 /// Any string-like column (Utf8, views, dictionary) as a plain string array.

@@ -93,8 +93,11 @@ pub async fn run_worker(
                 .record(&report, &status, now);
         }
         let now = queue.clock().now();
+        // While calls are paused (breaker open, Retry-After), wait for the pause to end
+        // even if records are due.
         let until_due = report
-            .next_due
+            .paused_until
+            .max(report.next_due)
             .map_or(poll, |next| (next - now).to_std().unwrap_or_default());
         let mut wait = until_due.min(poll);
         if report.processed == 0 {

@@ -53,7 +53,8 @@ fn every_answer_is_classified() {
         "hostile-1",
     ];
     enqueue(&env, &ids);
-    let r = run_http(&env, &server.url(), &["--concurrency", "4"]);
+    // All ten in flight at once: a Retry-After answer pauses the calls not yet started.
+    let r = run_http(&env, &server.url(), &["--concurrency", "10"]);
     assert_eq!(r["processed"], 10);
 
     let finals = env.rows::<FinalRow>();

@@ -2,6 +2,7 @@ mod concurrent;
 mod crash;
 mod enqueue;
 mod errors;
+mod guard;
 mod hostile;
 mod http;
 mod monitor;

@@ -25,10 +25,25 @@ pub struct Seen {
     pub authorization: Option<String>,
 }
 
+/// How `api-*` records are answered: the whole endpoint up or down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Api {
+    /// 200 for every call.
+    #[default]
+    Up,
+    /// 503 for every call, no Retry-After.
+    Down,
+    /// 429 with `Retry-After: N` (seconds) for every call.
+    Busy(u32),
+}
+
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<Seen>>,
     calls: Mutex<HashMap<String, usize>>,
+    api: Mutex<Api>,
+    /// Calls to `api-*` answered while it was not up.
+    failed_api_calls: Mutex<usize>,
 }
 
 /// The server, running on its own thread until the test ends.
@@ -65,6 +80,16 @@ impl Server {
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
     }
+
+    /// Takes the `api-*` endpoint up or down.
+    pub fn set_api(&self, api: Api) {
+        *self.shared.api.lock().unwrap() = api;
+    }
+
+    /// Calls to `api-*` answered with a failure so far.
+    pub fn failed_api_calls(&self) -> usize {
+        *self.shared.failed_api_calls.lock().unwrap()
+    }
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
@@ -90,6 +115,22 @@ async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         *n
     };
     let kind = id.split('-').next().unwrap_or_default();
+    if kind == "api" {
+        let api = *shared.api.lock().unwrap();
+        if api != Api::Up {
+            *shared.failed_api_calls.lock().unwrap() += 1;
+        }
+        return match api {
+            Api::Up => (StatusCode::OK, "ok").into_response(),
+            Api::Down => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+            Api::Busy(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                "busy",
+            )
+                .into_response(),
+        };
+    }
     match kind {
         "ok" => (StatusCode::OK, format!("accepted {id}")).into_response(),
         "created" => (StatusCode::CREATED, "").into_response(),

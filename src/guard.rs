@@ -1,0 +1,527 @@
+//! What stands between a round and a struggling downstream: a circuit breaker, a rate limit
+//! and the pauses a downstream asks for with Retry-After.
+//!
+//! A call the guard holds back is *deferred*: the record goes back to `retry_queue` as it
+//! was, no attempt counted and no retry spent (after a Retry-After, with its time lock
+//! moved to the end of the pause). The guard lives as long as the process's
+//! [`RoundConfig`](crate::RoundConfig), so `worker` and `run --drain` keep its state from
+//! one round to the next.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::outcome::{Outcome, RetryAfter};
+
+/// When the circuit breaker opens, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// The share of the last `window` calls that must have failed transiently to open it.
+    /// Default value is `0.5`.
+    pub failure_rate: f64,
+    /// How many of the latest calls are weighed. Default value is `20`.
+    pub window: usize,
+    /// The fewest calls in the window before it may open (so two failures out of three
+    /// calls do not). Default value is `10`.
+    pub min_calls: usize,
+    /// How long it stays open before one probe call decides. Default value is 30 seconds.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_rate: 0.5,
+            window: 20,
+            min_calls: 10,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The state of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through; their results are weighed.
+    Closed,
+    /// No calls until the cool-down ends.
+    Open {
+        /// When the cool-down ends.
+        until: DateTime<Utc>,
+    },
+    /// The cool-down ended: one probe call is (or may be) in flight; its result decides.
+    HalfOpen {
+        /// Whether the probe has been let through.
+        probing: bool,
+    },
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen { .. } => "half-open",
+        })
+    }
+}
+
+/// A circuit breaker over a sliding window of calls: pure state, times given by the caller.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: BreakerState,
+    /// The latest calls' results, `true` for a transient failure; at most `window`.
+    recent: std::collections::VecDeque<bool>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Breaker {
+        Breaker {
+            config,
+            state: BreakerState::Closed,
+            recent: std::collections::VecDeque::with_capacity(config.window),
+        }
+    }
+
+    /// The state at `now` (an open breaker whose cool-down has ended is half-open).
+    pub fn state(&mut self, now: DateTime<Utc>) -> BreakerState {
+        if let BreakerState::Open { until } = self.state
+            && now >= until
+        {
+            self.change(BreakerState::HalfOpen { probing: false });
+        }
+        self.state
+    }
+
+    /// Whether a call may start at `now`. A half-open breaker lets exactly one through.
+    pub fn admit(&mut self, now: DateTime<Utc>) -> bool {
+        match self.state(now) {
+            BreakerState::Closed => true,
+            BreakerState::Open { .. } | BreakerState::HalfOpen { probing: true } => false,
+            BreakerState::HalfOpen { probing: false } => {
+                self.state = BreakerState::HalfOpen { probing: true };
+                true
+            }
+        }
+    }
+
+    /// Weighs a finished call: `failed` for a transient failure (a timeout, a 5xx, a
+    /// refused connection); a success or a permanent failure shows the downstream answers.
+    pub fn record(&mut self, failed: bool, now: DateTime<Utc>) {
+        match self.state {
+            BreakerState::HalfOpen { .. } if failed => self.open(now),
+            BreakerState::HalfOpen { .. } => {
+                self.recent.clear();
+                self.change(BreakerState::Closed);
+            }
+            // A call admitted before the breaker opened: the state is already decided.
+            BreakerState::Open { .. } => {}
+            BreakerState::Closed => {
+                if self.recent.len() == self.config.window.max(1) {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(failed);
+                let failures = self.recent.iter().filter(|f| **f).count();
+                let calls = self.recent.len();
+                if calls >= self.config.min_calls.max(1)
+                    && failures as f64 >= self.config.failure_rate * calls as f64
+                {
+                    self.open(now);
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, now: DateTime<Utc>) {
+        let until = now
+            + chrono::Duration::from_std(self.config.cool_down).unwrap_or(chrono::Duration::MAX);
+        self.recent.clear();
+        self.change(BreakerState::Open { until });
+    }
+
+    fn change(&mut self, to: BreakerState) {
+        if std::mem::discriminant(&self.state) != std::mem::discriminant(&to) {
+            match to {
+                BreakerState::Open { until } => tracing::warn!(
+                    "circuit breaker open: the downstream is failing; no calls until {until}"
+                ),
+                BreakerState::HalfOpen { .. } => {
+                    tracing::info!("circuit breaker half-open: one probe call decides")
+                }
+                BreakerState::Closed => tracing::info!("circuit breaker closed: calls resume"),
+            }
+        }
+        self.state = to;
+    }
+}
+
+/// A rate limit on calls, `N/s`, `N/m` or `N/h` (`--rate`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Calls allowed per `per`.
+    pub calls: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("'{s}' is not a rate: expected N/s, N/m or N/h, like 50/s");
+        let (calls, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let calls: u32 = calls.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if calls == 0 {
+            return Err(format!("'{s}': the rate must allow at least one call"));
+        }
+        Ok(Rate { calls, per })
+    }
+}
+
+impl Rate {
+    /// A token bucket of one call, refilled every `per / calls`: calls are spaced evenly,
+    /// so no burst exceeds the rate over any window.
+    fn quota(&self) -> Quota {
+        let interval = (self.per / self.calls).max(Duration::from_nanos(1));
+        Quota::with_period(interval)
+            .expect("a non-zero period")
+            .allow_burst(NonZeroU32::MIN)
+    }
+}
+
+/// How the guard is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct GuardConfig {
+    /// The circuit breaker; `None` turns it off. Default value is on, with
+    /// [`BreakerConfig::default`].
+    pub breaker: Option<BreakerConfig>,
+    /// The most calls per period across the process's rounds. Default value is `None`.
+    pub rate: Option<Rate>,
+}
+
+impl GuardConfig {
+    /// The defaults: the breaker on, no rate limit.
+    pub fn standard() -> GuardConfig {
+        GuardConfig {
+            breaker: Some(BreakerConfig::default()),
+            rate: None,
+        }
+    }
+}
+
+/// Whether a call may go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Call the processor.
+    Call,
+    /// Do not call: the record goes back untouched, its time lock raised to `until` when
+    /// the downstream asked for a pause.
+    Defer {
+        /// The end of a Retry-After pause, if that is why.
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// The breaker, the rate limit and the Retry-After pause, shared by a process's rounds and
+/// by the calls of a round.
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<Mutex<Inner>>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+struct Inner {
+    breaker: Option<Breaker>,
+    /// Calls paused until then, as a downstream asked (Retry-After on a transient failure).
+    paused_until: Option<DateTime<Utc>>,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.lock().expect("guard lock");
+        f.debug_struct("Guard")
+            .field("breaker", &inner.breaker)
+            .field("paused_until", &inner.paused_until)
+            .field("rate_limited", &self.limiter.is_some())
+            .finish()
+    }
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard::new(GuardConfig::standard())
+    }
+}
+
+impl Guard {
+    /// A guard with a closed breaker and no pause.
+    pub fn new(config: GuardConfig) -> Guard {
+        Guard {
+            inner: Arc::new(Mutex::new(Inner {
+                breaker: config.breaker.map(Breaker::new),
+                paused_until: None,
+            })),
+            limiter: config
+                .rate
+                .map(|rate| Arc::new(RateLimiter::direct(rate.quota()))),
+        }
+    }
+
+    /// Until when no call may start, as seen at `now`: the end of an open breaker's
+    /// cool-down or of a Retry-After pause. `None` when calls may start now.
+    pub fn blocked_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut inner = self.inner.lock().expect("guard lock");
+        let breaker = match inner.breaker.as_mut().map(|b| b.state(now)) {
+            Some(BreakerState::Open { until }) => Some(until),
+            _ => None,
+        };
+        let paused = inner.paused_until.filter(|until| *until > now);
+        breaker.into_iter().chain(paused).max()
+    }
+
+    /// The breaker's state at `now` (`None` when it is off).
+    pub fn breaker(&self, now: DateTime<Utc>) -> Option<BreakerState> {
+        let mut inner = self.inner.lock().expect("guard lock");
+        inner.breaker.as_mut().map(|b| b.state(now))
+    }
+
+    /// Waits for the rate limit, then decides whether a call may start; `now` reads the
+    /// queue's clock after the wait.
+    pub async fn admit(&self, now: impl Fn() -> DateTime<Utc>) -> Admission {
+        if let Some(defer) = self.refusal(now()) {
+            return defer;
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        let now = now();
+        if let Some(defer) = self.refusal(now) {
+            return defer;
+        }
+        let mut inner = self.inner.lock().expect("guard lock");
+        match inner.breaker.as_mut().map(|b| b.admit(now)) {
+            Some(false) => Admission::Defer { until: None },
+            _ => Admission::Call,
+        }
+    }
+
+    fn refusal(&self, now: DateTime<Utc>) -> Option<Admission> {
+        let mut inner = self.inner.lock().expect("guard lock");
+        if let Some(until) = inner.paused_until.filter(|until| *until > now) {
+            return Some(Admission::Defer { until: Some(until) });
+        }
+        match inner.breaker.as_mut().map(|b| b.state(now)) {
+            Some(BreakerState::Open { .. } | BreakerState::HalfOpen { probing: true }) => {
+                Some(Admission::Defer { until: None })
+            }
+            _ => None,
+        }
+    }
+
+    /// Weighs a finished call that ended at `now`. A transient failure that carries a
+    /// Retry-After pauses every call until then (at most `max_pause` from `now`).
+    pub fn record(&self, outcome: &Outcome, now: DateTime<Utc>, max_pause: Duration) {
+        let mut inner = self.inner.lock().expect("guard lock");
+        let failed = matches!(outcome, Outcome::Transient { .. });
+        if let Some(breaker) = &mut inner.breaker {
+            breaker.record(failed, now);
+        }
+        if let Outcome::Transient {
+            retry_after: Some(asked),
+            ..
+        } = outcome
+        {
+            let cap = now + chrono::Duration::from_std(max_pause).unwrap_or(chrono::Duration::MAX);
+            let until = match *asked {
+                RetryAfter::Delay(d) => {
+                    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+                }
+                RetryAfter::At(at) => at,
+            }
+            .min(cap);
+            if until > now && inner.paused_until.is_none_or(|p| p < until) {
+                tracing::warn!(
+                    "the downstream asked for a pause (Retry-After): no calls until {until}"
+                );
+                inner.paused_until = Some(until);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerConfig {
+            failure_rate: 0.5,
+            window: 10,
+            min_calls: 4,
+            cool_down: Duration::from_secs(30),
+        })
+    }
+
+    #[test]
+    fn stays_closed_below_the_minimum_calls_and_below_the_rate() {
+        let mut b = breaker();
+        for _ in 0..3 {
+            b.record(true, at(0));
+        }
+        assert_eq!(
+            b.state(at(0)),
+            BreakerState::Closed,
+            "3 calls < min_calls 4"
+        );
+        let mut b = breaker();
+        for i in 0..20 {
+            b.record(i % 3 == 2, at(0));
+        }
+        assert_eq!(
+            b.state(at(0)),
+            BreakerState::Closed,
+            "a third failing < 50%"
+        );
+    }
+
+    #[test]
+    fn opens_at_the_failure_rate_and_refuses_calls_for_the_cool_down() {
+        let mut b = breaker();
+        for failed in [false, true, false, true] {
+            b.record(failed, at(0));
+        }
+        assert_eq!(b.state(at(1)), BreakerState::Open { until: at(30) });
+        assert!(!b.admit(at(29)));
+    }
+
+    #[test]
+    fn the_window_forgets_old_calls() {
+        let mut b = breaker();
+        for _ in 0..10 {
+            b.record(false, at(0));
+        }
+        // 4 failures among the last 10: closed; the 5th makes half the window.
+        for _ in 0..4 {
+            b.record(true, at(0));
+        }
+        assert_eq!(b.state(at(0)), BreakerState::Closed);
+        b.record(true, at(0));
+        assert!(matches!(b.state(at(0)), BreakerState::Open { .. }));
+    }
+
+    #[test]
+    fn one_probe_after_the_cool_down_decides() {
+        let mut b = breaker();
+        for _ in 0..4 {
+            b.record(true, at(0));
+        }
+        assert!(b.admit(at(30)), "the probe");
+        assert!(!b.admit(at(30)), "only one probe at a time");
+        b.record(true, at(31));
+        assert_eq!(b.state(at(31)), BreakerState::Open { until: at(61) });
+        assert!(b.admit(at(61)));
+        b.record(false, at(62));
+        assert_eq!(b.state(at(62)), BreakerState::Closed);
+        assert!(b.admit(at(62)) && b.admit(at(62)));
+        // Closed again with an empty window: one failure does not reopen it.
+        b.record(true, at(63));
+        assert_eq!(b.state(at(63)), BreakerState::Closed);
+    }
+
+    #[test]
+    fn permanent_failures_show_the_downstream_answers() {
+        let guard = Guard::new(GuardConfig {
+            breaker: Some(BreakerConfig {
+                min_calls: 2,
+                ..BreakerConfig::default()
+            }),
+            rate: None,
+        });
+        for _ in 0..10 {
+            guard.record(&Outcome::permanent("400"), at(0), Duration::from_secs(60));
+        }
+        assert_eq!(guard.breaker(at(0)), Some(BreakerState::Closed));
+        assert_eq!(guard.blocked_until(at(0)), None);
+    }
+
+    #[test]
+    fn a_retry_after_pauses_every_call_until_it_ends() {
+        let guard = Guard::new(GuardConfig {
+            breaker: None,
+            rate: None,
+        });
+        let busy = Outcome::Transient {
+            error: "HTTP 503".into(),
+            retry_after: Some(RetryAfter::Delay(Duration::from_secs(20))),
+        };
+        guard.record(&busy, at(0), Duration::from_secs(3600));
+        assert_eq!(guard.blocked_until(at(5)), Some(at(20)));
+        assert_eq!(guard.blocked_until(at(20)), None);
+        // A later, shorter pause does not shorten it; the ceiling holds.
+        let long = Outcome::Transient {
+            error: "HTTP 429".into(),
+            retry_after: Some(RetryAfter::At(at(100_000))),
+        };
+        guard.record(&long, at(1), Duration::from_secs(60));
+        assert_eq!(guard.blocked_until(at(2)), Some(at(61)));
+    }
+
+    #[tokio::test]
+    async fn admission_defers_while_paused_or_open() {
+        let guard = Guard::new(GuardConfig {
+            breaker: Some(BreakerConfig {
+                min_calls: 1,
+                ..BreakerConfig::default()
+            }),
+            rate: None,
+        });
+        assert_eq!(guard.admit(|| at(0)).await, Admission::Call);
+        guard.record(&Outcome::transient("timeout"), at(0), Duration::ZERO);
+        assert_eq!(
+            guard.admit(|| at(1)).await,
+            Admission::Defer { until: None }
+        );
+        assert_eq!(guard.admit(|| at(30)).await, Admission::Call, "the probe");
+        assert_eq!(
+            guard.admit(|| at(30)).await,
+            Admission::Defer { until: None }
+        );
+    }
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!(
+            "50/s".parse::<Rate>(),
+            Ok(Rate {
+                calls: 50,
+                per: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(
+            "600/m".parse::<Rate>().unwrap().per,
+            Duration::from_secs(60)
+        );
+        assert_eq!("10 / h".parse::<Rate>().unwrap().calls, 10);
+        for bad in ["50", "0/s", "x/s", "5/day", "-1/s"] {
+            let err = bad.parse::<Rate>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}
