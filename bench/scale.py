@@ -52,6 +52,9 @@ class SlowApi(http.server.BaseHTTPRequestHandler):
     """Takes `delay` seconds per call; 30% of calls answer 503 (transient)."""
     delay = 0.0
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without this, Nagle's algorithm and the
+    # client's delayed ACK add 40 ms to every call.
+    disable_nagle_algorithm = True
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -128,7 +131,9 @@ def main():
         processor = ["--transient-rate=0.3"]
         what = "simulate processor (instant calls, 30% transient)"
     else:
-        processor = ["--processor=http", f"--url={start_api(a.call_ms)}", "--timeout=10s"]
+        # The breaker off: its cool-downs would measure random 503 streaks, not scaling.
+        processor = ["--processor=http", f"--url={start_api(a.call_ms)}", "--timeout=10s",
+                     "--breaker=off"]
         what = f"http processor, {a.call_ms:g} ms per call (30% answer 503)"
     processor.append(f"--concurrency={a.concurrency}")
 

@@ -24,10 +24,12 @@ pub struct BreakerConfig {
     /// The share of the last `window` calls that must have failed transiently to open it.
     /// Default value is `0.5`.
     pub failure_rate: f64,
-    /// How many of the latest calls are weighed. Default value is `20`.
+    /// How many of the latest calls are weighed. Default value is `100`.
     pub window: usize,
     /// The fewest calls in the window before it may open (so two failures out of three
-    /// calls do not). Default value is `10`.
+    /// calls do not). Default value is `50`: a downstream that fails 30% of calls at
+    /// random then opens it about once in a hundred thousand calls, one that is down
+    /// after 50 calls plus those in flight.
     pub min_calls: usize,
     /// How long it stays open before one probe call decides. Default value is 30 seconds.
     pub cool_down: Duration,
@@ -37,8 +39,8 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
             failure_rate: 0.5,
-            window: 20,
-            min_calls: 10,
+            window: 100,
+            min_calls: 50,
             cool_down: Duration::from_secs(30),
         }
     }

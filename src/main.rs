@@ -311,10 +311,10 @@ struct GuardArgs {
     #[arg(long, default_value_t = 0.5, value_parser = parse_share)]
     breaker_failure_rate: f64,
     /// How many of the latest calls the breaker weighs.
-    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     breaker_window: usize,
     /// The fewest calls in the window before the breaker may open.
-    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     breaker_min_calls: usize,
     /// How long an open breaker makes no calls before one probe decides.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -121,8 +121,9 @@ pub struct RoundReport {
     /// The circuit breaker's state after the round (`closed`, `open`, `half-open`), `None`
     /// when it is off.
     pub breaker: Option<String>,
-    /// Commits that lost a race with another worker and were tried again (a claim of a
-    /// file another worker claimed first, mostly).
+    /// Commits that lost a race with another worker and were tried again: at the next
+    /// version (appends to the shared tables) or after re-reading (a claim of a file
+    /// another worker claimed first).
     pub conflicts: u64,
     /// Where the round's time went.
     #[serde(rename = "timings_ms")]

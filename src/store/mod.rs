@@ -140,7 +140,8 @@ impl Store {
     }
 
     /// Commits that lost a race with another writer and were tried again, since the
-    /// tables were opened.
+    /// tables were opened: at the next version when they do not conflict (appends), after
+    /// re-reading when they do (two claims of one file).
     pub fn conflicts(&self) -> u64 {
         self.conflicts
     }
@@ -344,6 +345,8 @@ impl Store {
             .await
             .map_err(delta(table))?;
         slot.state = Some(committed.snapshot());
+        // Versions another writer took first, which delta-rs checked and committed past.
+        self.conflicts += committed.metrics.num_retries;
         Ok(())
     }
 }
