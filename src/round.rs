@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::clock::{Clock, ceil_millis, to_micros};
 use crate::error::{Error, Result};
-use crate::guard::{Admission, Guard};
+use crate::guard::{Admission, BreakerState, Guard};
 use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
@@ -209,6 +209,18 @@ pub(crate) async fn run_round(
             ..RoundReport::default()
         });
     }
+    // After a cool-down, one probe call decides: claim one record, not the backlog.
+    let probe;
+    let config = match config.guard.breaker(clock.now()) {
+        Some(BreakerState::HalfOpen { .. }) => {
+            probe = RoundConfig {
+                limit: 1,
+                ..config.clone()
+            };
+            &probe
+        }
+        _ => config,
+    };
     let (found, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
     let Some(claim) = found.claim else {
         return Ok(RoundReport {

@@ -492,14 +492,12 @@ mod tests {
     use super::*;
     use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
 
-    #[tokio::test]
-    async fn racing_claims_of_one_file_conflict_and_only_one_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_str().unwrap();
+    /// `n` fresh records, all due at the returned time.
+    fn due_rows(n: usize) -> (DateTime<Utc>, Vec<QueueRow>) {
         let now = DateTime::parse_from_rfc3339("2025-11-24T14:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let rows: Vec<QueueRow> = (0..10)
+        let rows = (0..n)
             .map(|i| QueueRow {
                 sample_id: format!("S-{i}"),
                 payload: Some("x".into()),
@@ -509,6 +507,14 @@ mod tests {
                 enqueued_at: now,
             })
             .collect();
+        (now, rows)
+    }
+
+    #[tokio::test]
+    async fn racing_claims_of_one_file_conflict_and_only_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let (now, rows) = due_rows(10);
         let mut a = Store::open(root).await.unwrap();
         a.append_queue(
             [QueueRow::to_batch(&rows)],
@@ -568,20 +574,8 @@ mod tests {
     async fn claims_of_different_shards_commit_side_by_side() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
-        let now = DateTime::parse_from_rfc3339("2025-11-24T14:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let (now, rows) = due_rows(40);
         let shards = [Shard::new(0, 2).unwrap(), Shard::new(1, 2).unwrap()];
-        let rows: Vec<QueueRow> = (0..40)
-            .map(|i| QueueRow {
-                sample_id: format!("S-{i}"),
-                payload: Some("x".into()),
-                error_msg: None,
-                retry_count: 0,
-                process_after: now,
-                enqueued_at: now,
-            })
-            .collect();
         // One file per shard, as a split claim or a settle leaves them.
         let files = shards.map(|shard| {
             let of_shard: Vec<QueueRow> = rows

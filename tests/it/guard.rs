@@ -22,24 +22,29 @@ fn enqueue_api(env: &Env, n: usize, now: &str) -> Vec<String> {
     ids
 }
 
+/// One `run --json` of the http processor against `server` at `NOW`, with `extra` flags.
+fn run_api(env: &Env, server: &Server, extra: &[&str]) -> serde_json::Value {
+    let url = server.url();
+    let mut args = vec!["run", "--processor=http", "--url", &url, "--now", NOW];
+    args.extend(extra);
+    env.json(&args)
+}
+
 #[test]
 fn an_outage_opens_the_breaker_and_costs_the_uncalled_records_nothing() {
     let env = Env::new();
     let server = Server::start();
     server.set_api(Api::Down);
     enqueue_api(&env, 200, NOW);
-    let url = server.url();
-    let r = env.json(&[
-        "run",
-        "--processor=http",
-        "--url",
-        &url,
-        "--now",
-        NOW,
-        "--concurrency=4",
-        "--breaker-window=20",
-        "--breaker-min-calls=10",
-    ]);
+    let r = run_api(
+        &env,
+        &server,
+        &[
+            "--concurrency=4",
+            "--breaker-window=20",
+            "--breaker-min-calls=10",
+        ],
+    );
     // The breaker opens after 10 failed calls; at most the 3 others in flight then finish.
     let calls = server.failed_api_calls();
     assert!((10..=13).contains(&calls), "{calls} calls");
@@ -157,16 +162,7 @@ fn with_the_breaker_off_every_due_record_is_called() {
     let server = Server::start();
     server.set_api(Api::Down);
     enqueue_api(&env, 60, NOW);
-    let r = env.json(&[
-        "run",
-        "--processor=http",
-        "--url",
-        &server.url(),
-        "--now",
-        NOW,
-        "--concurrency=4",
-        "--breaker=off",
-    ]);
+    let r = run_api(&env, &server, &["--concurrency=4", "--breaker=off"]);
     assert_eq!(r["processed"], 60);
     assert_eq!(r["deferred"], 0);
     assert!(r["breaker"].is_null());
@@ -178,15 +174,7 @@ fn a_rate_limit_lets_every_record_through() {
     let env = Env::new();
     let server = Server::start();
     enqueue_api(&env, 20, NOW);
-    let r = env.json(&[
-        "run",
-        "--processor=http",
-        "--url",
-        &server.url(),
-        "--now",
-        NOW,
-        "--rate=200/s",
-    ]);
+    let r = run_api(&env, &server, &["--rate=200/s"]);
     assert_eq!(r["succeeded"], 20);
     // The rate itself is measured by bench/rate.py, not asserted here.
 }
