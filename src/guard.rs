@@ -229,6 +229,9 @@ impl GuardConfig {
 pub enum Admission {
     /// Call the processor.
     Call,
+    /// Call the processor: the half-open breaker's one probe. A probe that fails
+    /// transiently says the outage goes on; the record is not charged for it.
+    Probe,
     /// Do not call: the record goes back untouched, its time lock raised to `until` when
     /// the downstream asked for a pause.
     Defer {
@@ -314,10 +317,21 @@ impl Guard {
             return defer;
         }
         let mut inner = self.inner.lock().expect("guard lock");
-        match inner.breaker.as_mut().map(|b| b.admit(now)) {
-            Some(false) => Admission::Defer { until: None },
-            _ => Admission::Call,
+        let Some(breaker) = inner.breaker.as_mut() else {
+            return Admission::Call;
+        };
+        let probe = breaker.state(now) == BreakerState::HalfOpen { probing: false };
+        match (breaker.admit(now), probe) {
+            (false, _) => Admission::Defer { until: None },
+            (true, true) => Admission::Probe,
+            (true, false) => Admission::Call,
         }
+    }
+
+    /// The end of the Retry-After pause in force at `now`, if any.
+    pub fn paused_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let inner = self.inner.lock().expect("guard lock");
+        inner.paused_until.filter(|until| *until > now)
     }
 
     fn refusal(&self, now: DateTime<Utc>) -> Option<Admission> {
@@ -500,7 +514,7 @@ mod tests {
             guard.admit(|| at(1)).await,
             Admission::Defer { until: None }
         );
-        assert_eq!(guard.admit(|| at(30)).await, Admission::Call, "the probe");
+        assert_eq!(guard.admit(|| at(30)).await, Admission::Probe);
         assert_eq!(
             guard.admit(|| at(30)).await,
             Admission::Defer { until: None }

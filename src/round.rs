@@ -347,9 +347,19 @@ pub(crate) async fn run_round(
         retried,
         lease_until,
     };
-    store
-        .commit_round(&rows, &tag, Some(&settle), &mut report.phases)
-        .await?;
+    if rows.is_empty() {
+        // Not a round in the journal's sense: no transaction version, so the next round
+        // takes this number.
+        let tag = CommitTag::operation("release")
+            .with("worker", worker)
+            .with("deferred", deferred_count);
+        store.release(&settle, &tag).await?;
+        report.round = None;
+    } else {
+        store
+            .commit_round(&rows, &tag, Some(&settle), &mut report.phases)
+            .await?;
+    }
     report.next_due = [found.next_due, earliest_retry].into_iter().flatten().min();
     // Freeing a round's rows (a few strings each) takes a while; let another core do it
     // while the next round reads.
@@ -420,7 +430,12 @@ async fn attempt(
 ) -> Tried {
     let empty = row.payload.as_deref().is_none_or(str::is_empty);
     let missing = empty && !config.allow_empty_payload;
-    if !missing && let Admission::Defer { until } = config.guard.admit(|| clock.now()).await {
+    let admission = if missing {
+        Admission::Call
+    } else {
+        config.guard.admit(|| clock.now()).await
+    };
+    if let Admission::Defer { until } = admission {
         return Tried::Deferred(until);
     }
     let started_at = clock.now();
@@ -446,9 +461,14 @@ async fn attempt(
                 )),
             },
         };
-        config
-            .guard
-            .record(&outcome, clock.now(), config.max_retry_after);
+        let now = clock.now();
+        config.guard.record(&outcome, now, config.max_retry_after);
+        if admission == Admission::Probe && matches!(outcome, Outcome::Transient { .. }) {
+            // The outage goes on: a long one must not wear the records' retries down one
+            // probe at a time. The record goes back as it was, its call not journaled.
+            tracing::info!(sample_id = %row.sample_id, "probe call failed; not charged");
+            return Tried::Deferred(config.guard.paused_until(now));
+        }
         outcome
     };
     Tried::Called(Attempt {

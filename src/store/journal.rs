@@ -277,6 +277,29 @@ impl Store {
         Ok(staged)
     }
 
+    /// Ends a round that attempted no record (every call held back, a failed probe): puts
+    /// its records back in one commit on `retry_queue`. Nothing was attempted, so nothing
+    /// is journaled; a crash before this commit leaves them under the lease, which ends.
+    pub(crate) async fn release(&mut self, settle: &Settle, tag: &CommitTag) -> Result<()> {
+        let queue = Table::RetryQueue;
+        let adds = self
+            .write_batches(queue, retried_batches(&settle.retried)?.into_iter().map(Ok))
+            .await?;
+        let mut actions: Vec<Action> = settle.lease.iter().cloned().map(Action::Remove).collect();
+        actions.extend(adds.into_iter().map(Action::Add));
+        match self
+            .commit(queue, actions, settle_operation(settle.lease_until), tag)
+            .await
+        {
+            // Only if the lease ran out and another worker took the records.
+            Err(e) if e.is_conflict() => {
+                tracing::warn!("could not put back the held-back records: {e}");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Brings every table up to `worker`'s last journaled round, re-applying from the
     /// journal each round a crash (or a hand-edited table) left unapplied. Returns the
     /// rounds it re-applied.

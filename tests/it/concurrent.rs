@@ -129,7 +129,17 @@ fn shards_split(env: Env) {
 
 #[test]
 fn the_same_worker_name_twice_refuses_or_serializes() {
-    let env = Env::new();
+    same_worker_name_twice(Env::new());
+}
+
+/// On S3 only the conditional put of each log entry keeps two writers from both taking one
+/// version: the duplicate worker's commits must be refused there too.
+#[test]
+fn the_same_worker_name_twice_refuses_or_serializes_on_s3() {
+    same_worker_name_twice(Env::s3());
+}
+
+fn same_worker_name_twice(env: Env) {
     let (input, ids) = write_samples(&env, "D", 120);
     env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
     // A refused runner's claimed records wait out its lease before anyone retries them.

@@ -109,13 +109,19 @@ fn after_the_outage_a_probe_closes_the_breaker_and_the_backlog_drains() {
         .collect();
     assert!(reports.iter().any(|r| r["breaker"] == "open"));
     assert_eq!(reports.last().unwrap()["breaker"], "closed");
-    // Every record made it, none dead-lettered, and no record was charged more attempts
-    // than the failed calls made to it.
+    // Every record made it, none dead-lettered. Only the calls that opened the breaker
+    // (and those in flight then) were charged, one retry each; the failed probes were not.
     let finals = env.rows::<FinalRow>();
     assert_eq!(finals.len(), ids.len());
     assert!(env.rows::<DeadRow>().is_empty());
     let retries: i64 = finals.iter().map(|f| i64::from(f.attempts) - 1).sum();
-    assert_eq!(retries, failed as i64);
+    assert!((10..=13).contains(&retries), "{retries} retries charged");
+    assert!(finals.iter().all(|f| f.attempts <= 2));
+    let probes = failed as i64 - retries;
+    assert!(
+        probes >= 1,
+        "the outage outlasted a cool-down: at least one probe failed"
+    );
 }
 
 #[test]
