@@ -63,14 +63,13 @@ impl Store {
     /// the environment's.
     pub async fn open_with(root: &str, options: StorageOptions) -> Result<Store> {
         let local = !root.contains("://");
-        if !local {
-            refuse_unsafe_commits(root, &options)?;
-        }
         if local {
             std::fs::create_dir_all(root).map_err(|source| Error::DataDir {
                 path: root.into(),
                 source,
             })?;
+        } else {
+            refuse_unsafe_commits(root, &options)?;
         }
         let tables = futures::future::try_join_all(
             Store::order().map(|table| open_or_create(root, &options, table, local)),
