@@ -326,12 +326,6 @@ pub(crate) async fn run_round(
             "{deferred_count} records not called (the downstream is paused); they wait in retry_queue, no attempt counted"
         );
     }
-    let tag = CommitTag::round("round", worker, round)
-        .with("processed", report.processed)
-        .with("deferred", deferred_count)
-        .with("succeeded", report.succeeded)
-        .with("retried", report.retried)
-        .with("dead_lettered", report.dead_lettered);
     // Past most of the lease another worker may claim these records once it ends: commit
     // nothing rather than risk placing a record twice.
     let elapsed = claimed_at.elapsed();
@@ -356,6 +350,12 @@ pub(crate) async fn run_round(
         store.release(&settle, &tag).await?;
         report.round = None;
     } else {
+        let tag = CommitTag::round("round", worker, round)
+            .with("processed", report.processed)
+            .with("deferred", deferred_count)
+            .with("succeeded", report.succeeded)
+            .with("retried", report.retried)
+            .with("dead_lettered", report.dead_lettered);
         store
             .commit_round(&rows, &tag, Some(&settle), &mut report.phases)
             .await?;

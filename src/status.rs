@@ -80,18 +80,24 @@ pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> 
 
     let dead_groups = {
         let (_ctx, dead) = store.frame(Table::DeadLetterQueue).await?;
-        dead.aggregate(vec![col("error_msg")], vec![count(lit(1)).alias("n")])?
-            .sort(vec![
-                col("n").sort(false, false),
-                col("error_msg").sort(true, true),
-            ])?
-            .collect()
-            .await?
+        let retried = cast_expr(col("retry_count").gt(lit(0)), DataType::Int64);
+        dead.aggregate(
+            vec![col("error_msg")],
+            vec![count(lit(1)).alias("n"), sum(retried).alias("retried")],
+        )?
+        .sort(vec![
+            col("n").sort(false, false),
+            col("error_msg").sort(true, true),
+        ])?
+        .collect()
+        .await?
     };
     let mut dead_by_error = Vec::new();
+    let mut dead_after_retry = 0;
     for batch in &dead_groups {
         let messages = strings(batch.column(0))?;
         for i in 0..batch.num_rows() {
+            dead_after_retry += int_at(batch.column(2), i).unwrap_or(0);
             dead_by_error.push(ErrorCount {
                 error_msg: messages.is_valid(i).then(|| messages.value(i).to_owned()),
                 count: int_at(batch.column(1), i).unwrap_or(0),
@@ -100,8 +106,6 @@ pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> 
     }
     let (final_count, recovered) =
         count_where(store, Table::FinalResults, col("attempts").gt(lit(1))).await?;
-    let (_, dead_after_retry) =
-        count_where(store, Table::DeadLetterQueue, col("retry_count").gt(lit(0))).await?;
     let needed_retry = recovered + dead_after_retry;
     Ok(Status {
         waiting,

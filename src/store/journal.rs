@@ -23,8 +23,6 @@ use crate::clock::to_micros;
 use crate::error::{Error, Result};
 use crate::round::Phases;
 use crate::status::strings;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 /// What a commit records about itself: the operation, and for a round its number, worker
 /// and counts. Stored under `retrylake` in the commit's metadata; a round's number is also
@@ -163,21 +161,6 @@ fn table_order(rows: &[AttemptRow]) -> [Table; 3] {
 
 /// How often a commit that lost a race with a concurrent writer is re-read and retried.
 const CONFLICT_RETRIES: u32 = 12;
-
-/// A jittered pause before retrying after a commit conflict: up to 10 ms * 2^attempt,
-/// capped at 2 s, so contending writers spread out.
-pub(crate) async fn conflict_pause(attempt: u32) {
-    let cap = (10u64 << attempt.min(8)).min(2_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let mut rng = SmallRng::seed_from_u64(u64::from(nanos) ^ u64::from(std::process::id()) << 32);
-    tokio::time::sleep(std::time::Duration::from_millis(
-        rng.random_range(cap / 2..=cap),
-    ))
-    .await;
-}
 
 impl Store {
     /// The last round `worker` journaled (0 before its first).

@@ -21,6 +21,8 @@ use deltalake::kernel::{Action, Add};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 
@@ -149,7 +151,7 @@ impl Store {
     /// moment (longer after each `attempt`) and reloads the table, ready to try again.
     pub(crate) async fn retry_after_conflict(&mut self, table: Table, attempt: u32) -> Result<()> {
         self.conflicts += 1;
-        journal::conflict_pause(attempt).await;
+        conflict_pause(attempt).await;
         self.refresh_table(table).await
     }
 
@@ -348,6 +350,21 @@ impl Store {
         self.conflicts += committed.metrics.num_retries;
         Ok(())
     }
+}
+
+/// A jittered pause before retrying after a commit conflict: up to 10 ms * 2^attempt,
+/// capped at 2 s, so contending writers spread out.
+async fn conflict_pause(attempt: u32) {
+    let cap = (10u64 << attempt.min(8)).min(2_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let mut rng = SmallRng::seed_from_u64(u64::from(nanos) ^ u64::from(std::process::id()) << 32);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        rng.random_range(cap / 2..=cap),
+    ))
+    .await;
 }
 
 /// Collects a DataFrame of a table's rows into typed rows.

@@ -214,3 +214,35 @@ fn the_report_is_one_self_contained_page() {
         "45 records waited after the enqueue: {backlog}"
     );
 }
+
+#[test]
+fn status_counts_the_records_that_recovered_after_a_retry() {
+    let env = Env::new();
+    let (input, _) = write_samples(&env, "R", 100);
+    env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--now",
+        NOW,
+        "--drain",
+        "--transient-rate=0.6",
+        "--max-retries=1",
+    ]);
+    let status = env.json(&["status", "--now", NOW]);
+    let counts = json(
+        &env,
+        &[
+            "query",
+            "SELECT (SELECT COUNT(*) FROM final_results WHERE attempts > 1) AS recovered, \
+             (SELECT COUNT(*) FROM dead_letter_queue WHERE retry_count > 0) AS gave_up",
+        ],
+    );
+    let recovered = counts[0]["recovered"].as_i64().unwrap();
+    let gave_up = counts[0]["gave_up"].as_i64().unwrap();
+    assert!(recovered > 0 && gave_up > 0, "{counts}");
+    assert_eq!(status["recovered"], recovered);
+    assert_eq!(status["needed_retry"], recovered + gave_up);
+    let share = status["recovered_share"].as_f64().unwrap();
+    assert!((share - recovered as f64 / (recovered + gave_up) as f64).abs() < 1e-9);
+}
