@@ -14,7 +14,7 @@ use crate::clock::floor_millis;
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputFormat, Records, read_input, synthetic_id};
 use crate::status::strings;
-use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Store, Table};
+use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Rows, Store, Table};
 
 /// How to read and admit an input file.
 #[derive(Debug, Clone, Default)]
@@ -106,52 +106,86 @@ pub(crate) async fn enqueue(
         .map(|r| r.sample_id)
         .chain(dead.iter().map(|d| d.sample_id.as_str()))
         .collect();
-    let existing = existing_ids(store, &ids).await?;
-    drop(ids);
-
-    let dead: Vec<DeadRow> = dead
-        .into_iter()
-        .filter(|d| !existing.contains(&d.sample_id))
-        .collect();
-    let read = input.records.len() + input.invalid.len();
-    let queued: Vec<usize> = if existing.is_empty() {
-        (0..input.records.len()).collect()
-    } else {
-        (0..input.records.len())
-            .filter(|&i| !existing.contains(input.records.get(i).sample_id))
-            .collect()
+    let tag = CommitTag::operation("enqueue").with("source", path.display().to_string());
+    let mut report = EnqueueReport {
+        read: input.records.len() + input.invalid.len(),
+        ..EnqueueReport::default()
     };
-    let report = EnqueueReport {
-        read,
-        enqueued: queued.len(),
-        skipped_existing: existing.len(),
-        invalid: dead.len(),
-    };
-    let tag = CommitTag::operation("enqueue")
-        .with("source", path.display().to_string())
-        .with("enqueued", report.enqueued)
-        .with("invalid", report.invalid);
-    // Dead letters first: if the process dies between the two commits, enqueueing the
-    // file again skips what landed and adds the rest.
-    if !dead.is_empty() {
-        store.append(&dead, &tag).await?;
-    }
-    if !queued.is_empty() {
-        let records = &input.records;
-        let batches = queued.chunks(FILE_ROWS).map(|chunk| {
-            let chunk: Vec<(&str, Option<&str>)> = chunk
-                .iter()
-                .map(|&i| {
-                    let r = records.get(i);
-                    (r.sample_id, r.payload)
-                })
-                .collect();
-            QueueRow::new_batch(chunk.into_iter(), now)
-        });
-        store.append_queue(batches, &tag).await?;
+    for attempt in 0.. {
+        // The queue first: a round adds a record to `final_results` or the dead letters
+        // before it leaves the queue, so a record moving meanwhile is seen in one of them.
+        for table in [
+            Table::RetryQueue,
+            Table::FinalResults,
+            Table::DeadLetterQueue,
+        ] {
+            store.refresh_table(table).await?;
+        }
+        let existing = existing_ids(store, &ids).await?;
+        let dead: Vec<&DeadRow> = dead
+            .iter()
+            .filter(|d| !existing.contains(&d.sample_id))
+            .collect();
+        let queued: Vec<usize> = if existing.is_empty() {
+            (0..input.records.len()).collect()
+        } else {
+            (0..input.records.len())
+                .filter(|&i| !existing.contains(input.records.get(i).sample_id))
+                .collect()
+        };
+        let tag = tag
+            .clone()
+            .with("enqueued", queued.len())
+            .with("invalid", dead.len());
+        // Dead letters an earlier pass committed are among the ids found now.
+        let committed_before = report.invalid;
+        // Each commit of new ids conflicts with any other since the version it read (an
+        // enqueue racing this one, a redrive): then the ids are checked again. Dead
+        // letters first: if the process dies between the two commits, enqueueing the file
+        // again skips what landed and adds the rest.
+        let committed = async {
+            if !dead.is_empty() {
+                let rows: Vec<DeadRow> = dead.iter().map(|d| (*d).clone()).collect();
+                store
+                    .append_new_ids(Table::DeadLetterQueue, [DeadRow::to_batch(&rows)], &tag)
+                    .await?;
+                report.invalid += dead.len();
+            }
+            if !queued.is_empty() {
+                let records = &input.records;
+                let batches = queued.chunks(FILE_ROWS).map(|chunk| {
+                    let chunk: Vec<(&str, Option<&str>)> = chunk
+                        .iter()
+                        .map(|&i| {
+                            let r = records.get(i);
+                            (r.sample_id, r.payload)
+                        })
+                        .collect();
+                    QueueRow::new_batch(chunk.into_iter(), now)
+                });
+                store.append_queue(batches, &tag).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        match committed {
+            Err(e) if e.is_conflict() && attempt < ENQUEUE_RETRIES => {
+                tracing::debug!(attempt, "enqueue raced another commit of new ids; checking again");
+                store.pause_after_conflict(attempt).await;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {
+                report.enqueued = queued.len();
+                report.skipped_existing = existing.len().saturating_sub(committed_before);
+                break;
+            }
+        }
     }
     Ok(report)
 }
+
+/// How often an enqueue that raced another commit of new ids checks them again.
+const ENQUEUE_RETRIES: u32 = 20;
 
 /// The error for an input that holds the same id more than once, naming the lines.
 fn duplicate_ids(records: &Records) -> String {

@@ -67,25 +67,17 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
 
-    /// Another process is committing rounds under the same worker name.
+    /// Another process ended the round before its journal committed: a worker that
+    /// fenced it after its lease ended (and takes its records), or a second process under
+    /// the same worker name. Nothing of the round was committed.
     #[error(
-        "another retrylake process is running as worker '{worker}' on these tables; give each concurrent runner its own --worker name"
+        "round {round} of worker '{worker}' lost its lease: another worker took its records after the lease ended, or another process runs as '{worker}'; nothing committed, the records are placed once by the other"
     )]
-    WorkerBusy {
-        /// The worker name in use.
+    LeaseLost {
+        /// The worker name.
         worker: String,
-    },
-
-    /// The round took longer than its lease on the records, so another worker may have
-    /// claimed them; nothing was committed and the records come back when the lease ends.
-    #[error(
-        "round took {elapsed:?}, past its {lease:?} lease; nothing committed (raise --lease or lower --limit)"
-    )]
-    LeaseExpired {
-        /// How long the round ran.
-        elapsed: std::time::Duration,
-        /// The lease it held.
-        lease: std::time::Duration,
+        /// The round that lost.
+        round: i64,
     },
 
     /// A table holds data retrylake cannot interpret (a null key, an unknown outcome).
@@ -96,6 +88,34 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+
+    /// A command that only reads found none of the four tables under the data root (a
+    /// mistyped `--data` must not look like an empty queue).
+    #[error(
+        "no retrylake tables under {root}: check --data (or RETRYLAKE_DATA); `retrylake init` creates them"
+    )]
+    NoTables {
+        /// The data root.
+        root: String,
+    },
+
+    /// A command that only reads found some of the four tables under the data root, not all.
+    #[error(
+        "{root} holds only some of retrylake's tables: {} missing; check --data, or run `retrylake init` to create the missing ones",
+        missing.join(", ")
+    )]
+    MissingTables {
+        /// The data root.
+        root: String,
+        /// The tables that are not there.
+        missing: Vec<&'static str>,
+    },
+
+    /// A query that would do more than read the tables (DDL, DML, COPY, SET...).
+    #[error(
+        "query is read-only: it runs SELECT, WITH, EXPLAIN and DESCRIBE over the queue's tables; refused: {0}"
+    )]
+    ReadOnly(String),
 }
 
 impl Error {

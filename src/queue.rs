@@ -86,6 +86,7 @@ impl Queue {
         processor: &dyn Processor,
         config: &RoundConfig,
     ) -> Result<RoundReport> {
+        config.check()?;
         self.store.refresh().await?;
         if self.recovered_all {
             self.store.recover(&self.worker).await?;
@@ -118,5 +119,17 @@ impl Queue {
     pub async fn status(&mut self) -> Result<Status> {
         self.store.refresh().await?;
         status(&self.store, self.clock.now()).await
+    }
+
+    /// Opens the tables under `root` to read them, creating nothing: an error when they are
+    /// not all there (see [`Store::open_existing`]). For status and the like; a queue that
+    /// runs rounds or enqueues opens with [`Queue::open`].
+    pub async fn open_existing(root: &str) -> Result<Queue> {
+        Ok(Queue {
+            store: Store::open_existing(root, Default::default()).await?,
+            clock: Arc::new(SystemClock),
+            worker: DEFAULT_WORKER.to_owned(),
+            recovered_all: false,
+        })
     }
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use deltalake::datafusion::prelude::{col, lit};
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::journal::disposition;
 use crate::store::{AttemptRow, CommitTag, DeadRow, Store, Table, collect_rows};
 
@@ -35,6 +35,26 @@ pub struct RedriveReport {
 }
 
 pub(crate) async fn redrive(
+    store: &mut Store,
+    now: DateTime<Utc>,
+    filter: &RedriveFilter,
+) -> Result<RedriveReport> {
+    for attempt in 0.. {
+        match redrive_once(store, now, filter).await {
+            // Another redrive journaled the same round first: read the dead letters again.
+            Err(Error::LeaseLost { .. }) if attempt < REDRIVE_RETRIES => {
+                store.pause_after_conflict(attempt).await;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// How often a redrive that raced another is tried again.
+const REDRIVE_RETRIES: u32 = 12;
+
+async fn redrive_once(
     store: &mut Store,
     now: DateTime<Utc>,
     filter: &RedriveFilter,

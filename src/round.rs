@@ -17,7 +17,7 @@ use crate::outcome::{Outcome, RetryAfter};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
-use crate::store::due::{ClaimRequest, Found, oldest_first};
+use crate::store::due::{ClaimRequest, Found, LeaseOwner, oldest_first};
 use crate::store::journal::{Settle, disposition};
 use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table};
 
@@ -76,6 +76,30 @@ impl Default for RoundConfig {
     }
 }
 
+impl RoundConfig {
+    /// Refuses settings under which a round cannot work: no record per round, no call in
+    /// flight, or a lease too short for one call and the round's commits (a round starts
+    /// no call once less than `timeout` plus a fifth of the lease is left).
+    pub fn check(&self) -> Result<()> {
+        let invalid = |message: String| Err(Error::InvalidConfig(message));
+        if self.limit == 0 {
+            return invalid("--limit must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return invalid("--concurrency must be at least 1".into());
+        }
+        if self.lease < self.timeout.saturating_mul(2) {
+            return invalid(format!(
+                "--lease ({}) must be at least twice --timeout ({}): a round starts no call once less \
+                 than the timeout plus a fifth of the lease is left, so that it commits before its lease ends",
+                humantime::format_duration(self.lease),
+                humantime::format_duration(self.timeout)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A callback told `(finished, total)` calls as a round runs (a progress bar).
 #[derive(Clone)]
 pub struct Progress(std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
@@ -121,6 +145,10 @@ pub struct RoundReport {
     /// The circuit breaker's state after the round (`closed`, `open`, `half-open`), `None`
     /// when it is off.
     pub breaker: Option<String>,
+    /// Records this round claimed but did not place: its lease ended and another worker
+    /// took them (or another process runs under the same worker name). Nothing of the
+    /// round was committed; the other places them.
+    pub lost: usize,
     /// Commits that lost a race with another worker and were tried again: at the next
     /// version (appends to the shared tables) or after re-reading (a claim of a file
     /// another worker claimed first).
@@ -221,7 +249,8 @@ pub(crate) async fn run_round(
         }
         _ => config,
     };
-    let (found, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
+    let round = store.last_round(worker).await? + 1;
+    let (found, lease_until, claimed_at) = claim(store, clock, worker, round, config).await?;
     let Some(claim) = found.claim else {
         return Ok(RoundReport {
             next_due: found.next_due,
@@ -237,13 +266,17 @@ pub(crate) async fn run_round(
         read: started.elapsed(),
         ..Phases::default()
     };
-    let round = store.last_round(worker).await? + 1;
     tracing::debug!(round, due = due.len(), "round starts");
     let processing = Instant::now();
+    // No call starts once too little of the lease is left for it to end and the round to
+    // commit: the records not called by then go back uncharged.
+    let deadline = claimed_at + call_window(config.lease, config.timeout);
 
     let total = due.len();
     let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
-        .map(|(i, row)| async move { (i, attempt(processor, clock, row, config).await) })
+        .map(|(i, row)| async move {
+            (i, attempt(processor, clock, row, config, deadline).await)
+        })
         .buffer_unordered(config.concurrency.max(1))
         .enumerate()
         .map(|(done, result)| {
@@ -312,6 +345,7 @@ pub(crate) async fn run_round(
         deferred: deferred_count,
         paused_until: config.guard.blocked_until(clock.now()),
         breaker: breaker_state(config, clock),
+        lost: 0,
         conflicts: 0,
         phases,
         outcomes: OutcomeCounts {
@@ -326,29 +360,20 @@ pub(crate) async fn run_round(
             "{deferred_count} records not called (the downstream is paused); they wait in retry_queue, no attempt counted"
         );
     }
-    // Past most of the lease another worker may claim these records once it ends: commit
-    // nothing rather than risk placing a record twice.
-    let elapsed = claimed_at.elapsed();
-    if elapsed > config.lease.mul_f64(0.8) {
-        return Err(Error::LeaseExpired {
-            elapsed,
-            lease: config.lease,
-        });
-    }
     let earliest_retry = retried.iter().map(|r| r.process_after).min();
     let settle = Settle {
         lease: claim.lease,
         retried,
         lease_until,
     };
-    if rows.is_empty() {
+    let placed = if rows.is_empty() {
         // Not a round in the journal's sense: no transaction version, so the next round
         // takes this number.
         let tag = CommitTag::operation("release")
             .with("worker", worker)
             .with("deferred", deferred_count);
-        store.release(&settle, &tag).await?;
         report.round = None;
+        store.release(&settle, &tag).await?
     } else {
         let tag = CommitTag::round("round", worker, round)
             .with("processed", report.processed)
@@ -356,9 +381,29 @@ pub(crate) async fn run_round(
             .with("succeeded", report.succeeded)
             .with("retried", report.retried)
             .with("dead_lettered", report.dead_lettered);
-        store
+        match store
             .commit_round(&rows, &tag, Some(&settle), &mut report.phases)
-            .await?;
+            .await
+        {
+            Err(Error::LeaseLost { .. }) => false,
+            other => other.map(|()| true)?,
+        }
+    };
+    if !placed {
+        tracing::warn!(
+            worker,
+            round,
+            records = total,
+            "round {round} of worker {worker} lost its lease: another worker took its {total} records \
+             after the lease ended (or another process runs as {worker}); nothing committed"
+        );
+        report = RoundReport {
+            lost: total,
+            phases: report.phases,
+            paused_until: report.paused_until,
+            breaker: report.breaker,
+            ..RoundReport::default()
+        };
     }
     report.next_due = [found.next_due, earliest_retry].into_iter().flatten().min();
     // Freeing a round's rows (a few strings each) takes a while; let another core do it
@@ -371,12 +416,14 @@ pub(crate) async fn run_round(
 const CLAIM_RETRIES: u32 = 12;
 
 /// Reads the due records and claims them with a lease (one commit), so a concurrent
-/// worker cannot take them. A claim that loses a race re-reads and tries again. Returns
+/// worker cannot take them. A claim that loses a race re-reads and tries again; one that
+/// meets the files of another round whose lease ended first resolves that round. Returns
 /// what it found, the lease's end and when the claim was made.
 async fn claim(
     store: &mut Store,
     clock: &dyn Clock,
     worker: &str,
+    round: i64,
     config: &RoundConfig,
 ) -> Result<(Found, DateTime<Utc>, Instant)> {
     for attempt in 0.. {
@@ -386,10 +433,23 @@ async fn claim(
             limit: config.limit,
             shard: config.shard,
             lease_until: ceil_millis(add(now, config.lease)),
+            owner: LeaseOwner {
+                worker: worker.to_owned(),
+                round,
+            },
         };
+        let lease_until = request.lease_until;
         let claimed_at = Instant::now();
-        match store.claim_due(request, worker).await {
-            Ok(found) => return Ok((found, request.lease_until, claimed_at)),
+        match store.claim_due(request).await {
+            Ok(found) if found.unresolved.is_empty() => {
+                return Ok((found, lease_until, claimed_at));
+            }
+            Ok(found) if attempt < CLAIM_RETRIES => {
+                for owner in &found.unresolved {
+                    store.resolve_lease(owner, worker).await?;
+                }
+            }
+            Ok(found) => return Ok((Found { claim: None, ..found }, lease_until, claimed_at)),
             Err(e) if e.is_conflict() && attempt < CLAIM_RETRIES => {
                 tracing::debug!(attempt, "claim conflicted with another worker; re-reading")
             }
@@ -400,6 +460,13 @@ async fn claim(
             .await?;
     }
     unreachable!("the loop returns")
+}
+
+/// How long after its claim a round may start calls: its lease, less the longest call and
+/// a fifth of the lease to commit in. [`RoundConfig::check`] keeps it at least 30% of
+/// the lease.
+fn call_window(lease: Duration, timeout: Duration) -> Duration {
+    lease.saturating_sub(timeout).saturating_sub(lease / 5)
 }
 
 /// A timestamp literal matching the tables' timestamp columns.
@@ -427,13 +494,22 @@ async fn attempt(
     clock: &dyn Clock,
     row: &QueueRow,
     config: &RoundConfig,
+    deadline: Instant,
 ) -> Tried {
     let empty = row.payload.as_deref().is_none_or(str::is_empty);
     let missing = empty && !config.allow_empty_payload;
     let admission = if missing {
         Admission::Call
     } else {
-        config.guard.admit(|| clock.now()).await
+        // Too little of the lease is left (or it ran out waiting for the rate limit): the
+        // record goes back as it was. Only the rate limit's wait is cut short.
+        let admit = config.guard.admit(|| clock.now());
+        match tokio::time::timeout_at(deadline.into(), admit).await {
+            Ok(admission) if Instant::now() < deadline => admission,
+            Ok(Admission::Call) => return Tried::Deferred(None),
+            Ok(admission) => admission,
+            Err(_) => return Tried::Deferred(None),
+        }
     };
     if let Admission::Defer { until } = admission {
         return Tried::Deferred(until);

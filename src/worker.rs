@@ -85,12 +85,18 @@ pub async fn run_worker(
         let report = queue.run_round(processor, config).await?;
         on_round(&report);
         if let Some(metrics) = &metrics {
-            let status = queue.status().await?;
-            let now = queue.clock().now();
-            metrics
-                .lock()
-                .expect("metrics lock")
-                .record(&report, &status, now);
+            // The metrics are a view: a failed read (the store briefly unreachable) must
+            // not stop the rounds.
+            match queue.status().await {
+                Ok(status) => {
+                    let now = queue.clock().now();
+                    metrics
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .record(&report, &status, now);
+                }
+                Err(e) => tracing::warn!("could not refresh the metrics: {e}"),
+            }
         }
         let now = queue.clock().now();
         // While calls are paused (breaker open, Retry-After), wait for the pause to end

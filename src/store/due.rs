@@ -10,7 +10,7 @@
 //! due together sit together. Two workers that take rows from the same file both try to
 //! remove it, and Delta's conflict check lets only one of them commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use deltalake::parquet::file::serialized_reader::ReadOptionsBuilder;
 use deltalake::parquet::file::writer::SerializedFileWriter;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 
+use super::journal::{IDS_APP, app_id};
 use super::{CommitTag, QueueRow, Rows, Store, Table, delta};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
@@ -48,6 +49,39 @@ struct QueueFile {
     stats: Option<String>,
     /// `None` when the file carries no statistics (written by another tool): read it.
     earliest: Option<DateTime<Utc>>,
+    /// The round whose lease the file holds (its records under that round's lease), from
+    /// the file's tags; `None` for other files.
+    lease: Option<LeaseOwner>,
+}
+
+/// A round that holds records under its lease: the worker and the round's number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct LeaseOwner {
+    /// The worker that claimed the records.
+    pub worker: String,
+    /// The worker's round that claimed them.
+    pub round: i64,
+}
+
+/// The tags of a lease file's add action, which name the round that holds it.
+const LEASE_WORKER_TAG: &str = "retrylake.lease.worker";
+const LEASE_ROUND_TAG: &str = "retrylake.lease.round";
+
+impl LeaseOwner {
+    fn tags(&self) -> HashMap<String, Option<String>> {
+        HashMap::from([
+            (LEASE_WORKER_TAG.to_owned(), Some(self.worker.clone())),
+            (LEASE_ROUND_TAG.to_owned(), Some(self.round.to_string())),
+        ])
+    }
+
+    fn from_tags(tags: &HashMap<String, Option<String>>) -> Option<LeaseOwner> {
+        let tag = |name: &str| tags.get(name).cloned().flatten();
+        Some(LeaseOwner {
+            worker: tag(LEASE_WORKER_TAG)?,
+            round: tag(LEASE_ROUND_TAG)?.parse().ok()?,
+        })
+    }
 }
 
 /// The records a round claimed, and the files that hold them under its lease.
@@ -67,10 +101,14 @@ pub(crate) struct Found {
     /// The earliest time lock of the rows (of the shard) left unclaimed, as far as the
     /// statistics tell (exact for the files read, a lower bound for the others).
     pub next_due: Option<DateTime<Utc>>,
+    /// Rounds whose lease has ended on files the claim would take rows from, but which
+    /// are not yet known to be over: nothing was claimed, and each must be resolved
+    /// ([`Store::resolve_lease`]) before their records can be taken.
+    pub unresolved: Vec<LeaseOwner>,
 }
 
 /// What the claim of a round asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClaimRequest {
     /// The round's time: rows locked until then or earlier are due.
     pub now: DateTime<Utc>,
@@ -80,6 +118,8 @@ pub(crate) struct ClaimRequest {
     pub shard: Option<Shard>,
     /// The lease's end, written as the claimed rows' `process_after`.
     pub lease_until: DateTime<Utc>,
+    /// The round that claims, named in the lease files' tags.
+    pub owner: LeaseOwner,
 }
 
 impl Store {
@@ -99,10 +139,17 @@ impl Store {
                 });
             }
             let stats = view.stats();
+            #[allow(deprecated)] // the one public way to a file's tags
+            let lease = view
+                .add_action()
+                .tags
+                .as_ref()
+                .and_then(LeaseOwner::from_tags);
             files.push(QueueFile {
                 remove: view.remove_action(true),
                 earliest: stats.as_deref().and_then(earliest_lock),
                 stats,
+                lease,
             });
         }
         files.sort_by_key(|f| f.earliest);
@@ -112,7 +159,15 @@ impl Store {
     /// Reads the files that may hold due rows, earliest first, and claims up to
     /// `request.limit` of the due rows (oldest lock first) in one commit. A commit that
     /// loses a race with another claim of the same files fails with a conflict.
-    pub(crate) async fn claim_due(&mut self, request: ClaimRequest, worker: &str) -> Result<Found> {
+    ///
+    /// The lease invariant: a lease file is removed by exactly one commit, and that commit
+    /// decides where its records go. Either its round settles it (after journaling, which
+    /// decides the outcomes), or, once the lease has ended and the round is known to be
+    /// over without settling it (fenced before it could journal, see
+    /// [`Store::resolve_lease`]), a claim takes its records. A claim never takes rows from
+    /// the file of a round that may still journal: it reports the round as `unresolved`.
+    pub(crate) async fn claim_due(&mut self, request: ClaimRequest) -> Result<Found> {
+        let worker = request.owner.worker.as_str();
         let table = Table::RetryQueue;
         let files = self.queue_files()?;
         let store = self.table(table).log_store().object_store(None);
@@ -161,13 +216,24 @@ impl Store {
         if due.is_empty() {
             // Nothing to claim: leave the files as they are.
             return Ok(Found {
-                claim: None,
                 next_due,
+                ..Found::default()
             });
         }
         // Only the files the claim takes rows from are replaced; their other rows are
         // written again, one file per shard so that each worker finds its own together.
         let touched: HashSet<usize> = due.iter().map(|(i, _)| *i).collect();
+        let unresolved = self
+            .unresolved_leases(touched.iter().map(|&i| &files[i]))
+            .await?;
+        if !unresolved.is_empty() {
+            return Ok(Found {
+                next_due,
+                unresolved,
+                ..Found::default()
+            });
+        }
+        let tags = request.owner.tags();
         // A file claimed whole is leased by copying it with only its time locks rewritten.
         let mut whole = touched.clone();
         let mut rewritten: HashMap<u32, Vec<QueueRow>> = HashMap::new();
@@ -183,7 +249,11 @@ impl Store {
         let mut uncopyable = Vec::new();
         for &i in &whole {
             match leased_copy(&read[&i], files[i].stats.as_deref(), request.lease_until)? {
-                Some((data, stats)) => lease.push(self.put_file(table, data, stats).await?),
+                Some((data, stats)) => {
+                    let mut add = self.put_file(table, data, stats).await?;
+                    add.tags = Some(tags.clone());
+                    lease.push(add);
+                }
                 None => uncopyable.push(i),
             }
         }
@@ -196,7 +266,15 @@ impl Store {
         let leased = encoded
             .chunks(FILE_ROWS)
             .map(|chunk| QueueRow::locked_batch(chunk, Some(request.lease_until)));
-        lease.extend(self.write_batches(table, leased).await?);
+        lease.extend(
+            self.write_batches(table, leased)
+                .await?
+                .into_iter()
+                .map(|add| Add {
+                    tags: Some(tags.clone()),
+                    ..add
+                }),
+        );
         let mut due: Vec<QueueRow> = copied.into_iter().map(|(_, row)| row).collect();
         due.extend(encoded);
         due.sort_by(oldest_first);
@@ -231,7 +309,46 @@ impl Store {
                 lease: lease.iter().map(remove_of).collect(),
             }),
             next_due,
+            unresolved: Vec::new(),
         })
+    }
+
+    /// The rounds among the leases of `files` that may still journal: a lease file may be
+    /// taken only once its round is over without having settled it, which the round's
+    /// application transaction on `retry_queue` tells (every round that ends, settled,
+    /// fenced or recovered, commits it; a settle removes the lease files in that commit).
+    async fn unresolved_leases(
+        &self,
+        files: impl Iterator<Item = &QueueFile>,
+    ) -> Result<Vec<LeaseOwner>> {
+        let owners: BTreeSet<&LeaseOwner> = files.filter_map(|f| f.lease.as_ref()).collect();
+        let mut unresolved = Vec::new();
+        for owner in owners {
+            let done = self
+                .txn_version(Table::RetryQueue, &app_id(&owner.worker))
+                .await?
+                .unwrap_or(0);
+            if done < owner.round {
+                unresolved.push(owner.clone());
+            }
+        }
+        Ok(unresolved)
+    }
+
+    /// The files that hold `owner`'s records under its lease, with their rows.
+    pub(crate) async fn lease_files(
+        &self,
+        owner: &LeaseOwner,
+    ) -> Result<Vec<(Remove, Vec<QueueRow>)>> {
+        let store = self.table(Table::RetryQueue).log_store().object_store(None);
+        let mut found = Vec::new();
+        for file in self.queue_files()? {
+            if file.lease.as_ref() == Some(owner) {
+                let (_, rows) = read_file(store.clone(), &file).await?;
+                found.push((file.remove, rows));
+            }
+        }
+        Ok(found)
     }
 
     /// Appends new records to the queue in one commit, each batch (of at most
@@ -241,10 +358,23 @@ impl Store {
         batches: impl IntoIterator<Item = Result<RecordBatch>>,
         tag: &CommitTag,
     ) -> Result<()> {
-        let table = Table::RetryQueue;
+        self.append_new_ids(Table::RetryQueue, batches, tag).await
+    }
+
+    /// Appends rows whose ids are new to the tables (checked against the loaded versions)
+    /// in one commit that advances `table`'s id sequence ([`IDS_APP`]): it conflicts with
+    /// any other commit of new ids since the loaded version, never with a round's.
+    pub(crate) async fn append_new_ids(
+        &mut self,
+        table: Table,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+        tag: &CommitTag,
+    ) -> Result<()> {
+        let ids = self.txn_version(table, IDS_APP).await?.unwrap_or(0) + 1;
         let adds = self.write_batches(table, batches).await?;
         let actions = adds.into_iter().map(Action::Add).collect();
-        self.commit(table, actions, append(), tag).await
+        self.commit(table, actions, blind_append(), &tag.with_ids(ids))
+            .await
     }
 }
 
@@ -285,6 +415,17 @@ pub(crate) fn append() -> DeltaOperation {
         mode: SaveMode::Append,
         partition_by: None,
         predicate: None,
+    }
+}
+
+/// An append that read nothing of the table: a predicate that matches no file tells Delta's
+/// conflict check so, and a round removing files under it is no conflict (what it depends
+/// on is its application transactions).
+pub(crate) fn blind_append() -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: sql(lit(false)),
     }
 }
 
@@ -524,13 +665,17 @@ mod tests {
         .unwrap();
         // Both read the same version; `a` commits its claim first.
         let mut b = Store::open(root).await.unwrap();
-        let request = ClaimRequest {
+        let request = |worker: &str| ClaimRequest {
             now,
             limit: 100,
             shard: None,
             lease_until: now + chrono::Duration::minutes(15),
+            owner: LeaseOwner {
+                worker: worker.to_owned(),
+                round: 1,
+            },
         };
-        let first = a.claim_due(request, "a").await.unwrap();
+        let first = a.claim_due(request("a")).await.unwrap();
         assert_eq!(first.claim.unwrap().rows.len(), 10);
         // The file was claimed whole, so it was copied with only the time locks rewritten:
         // every other column reads back as it was.
@@ -539,13 +684,13 @@ mod tests {
         let mut expected: Vec<QueueRow> = rows
             .iter()
             .map(|r| QueueRow {
-                process_after: request.lease_until,
+                process_after: request("a").lease_until,
                 ..r.clone()
             })
             .collect();
         expected.sort_by(|x, y| x.sample_id.cmp(&y.sample_id));
         assert_eq!(leased, expected);
-        let err = b.claim_due(request, "b").await.unwrap_err();
+        let err = b.claim_due(request("b")).await.unwrap_err();
         // A real conflict, found by Delta's checker (which parsed the claim's predicate).
         assert!(
             matches!(
@@ -565,9 +710,9 @@ mod tests {
         assert!(err.is_conflict());
         // Re-read, the rows are under `a`'s lease: nothing is due for `b`.
         b.refresh().await.unwrap();
-        let again = b.claim_due(request, "b").await.unwrap();
+        let again = b.claim_due(request("b")).await.unwrap();
         assert!(again.claim.is_none());
-        assert_eq!(again.next_due, Some(request.lease_until));
+        assert_eq!(again.next_due, Some(request("b").lease_until));
     }
 
     #[tokio::test]
@@ -592,18 +737,149 @@ mod tests {
         // Both read the same version, both see due rows; each claims its shard, `b`
         // commits after `a` without re-reading: no conflict.
         let mut b = Store::open(root).await.unwrap();
-        let request = |shard| ClaimRequest {
+        let request = |shard, worker: &str| ClaimRequest {
             now,
             limit: 100,
             shard: Some(shard),
             lease_until: now + chrono::Duration::minutes(15),
+            owner: LeaseOwner {
+                worker: worker.to_owned(),
+                round: 1,
+            },
         };
-        let first = a.claim_due(request(shards[0]), "a").await.unwrap();
-        let second = b.claim_due(request(shards[1]), "b").await.unwrap();
+        let first = a.claim_due(request(shards[0], "a")).await.unwrap();
+        let second = b.claim_due(request(shards[1], "b")).await.unwrap();
         let (first, second) = (first.claim.unwrap().rows, second.claim.unwrap().rows);
         assert!(first.iter().all(|r| shards[0].contains(&r.sample_id)));
         assert!(second.iter().all(|r| shards[1].contains(&r.sample_id)));
         assert_eq!(first.len() + second.len(), 40);
+    }
+
+    /// The claim of `worker`'s round `round`, at `now`, with a 15-minute lease.
+    fn claim_at(now: DateTime<Utc>, worker: &str, round: i64) -> ClaimRequest {
+        ClaimRequest {
+            now,
+            limit: 100,
+            shard: None,
+            lease_until: now + chrono::Duration::minutes(15),
+            owner: LeaseOwner {
+                worker: worker.to_owned(),
+                round,
+            },
+        }
+    }
+
+    /// One successful attempt of each row, journaled as `worker`'s round `round`.
+    fn successes(rows: &[QueueRow], worker: &str, round: i64) -> Vec<super::super::AttemptRow> {
+        rows.iter()
+            .map(|r| super::super::AttemptRow {
+                round,
+                worker: worker.to_owned(),
+                sample_id: r.sample_id.clone(),
+                attempt: 0,
+                outcome: "success".into(),
+                error_msg: None,
+                started_at: r.process_after,
+                finished_at: r.process_after,
+                duration_ms: 0,
+                process_after: None,
+                disposition: "final".into(),
+                reason: None,
+                retry_count: 0,
+                payload: r.payload.clone(),
+                response: None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_lease_names_its_round_and_an_ended_one_is_fenced_before_it_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let (now, rows) = due_rows(10);
+        let mut a = Store::open(root).await.unwrap();
+        a.append_queue(
+            [QueueRow::to_batch(&rows)],
+            &CommitTag::operation("enqueue"),
+        )
+        .await
+        .unwrap();
+        let claimed = a.claim_due(claim_at(now, "a", 1)).await.unwrap();
+        let claimed = claimed.claim.unwrap();
+        // Another process sees whose lease the file is under, also from a checkpoint.
+        deltalake::checkpoints::create_checkpoint(a.table(Table::RetryQueue), None)
+            .await
+            .unwrap();
+        let mut b = Store::open(root).await.unwrap();
+        let owner = LeaseOwner {
+            worker: "a".into(),
+            round: 1,
+        };
+        let files = b.lease_files(&owner).await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1.len(), 10);
+        // Past the lease, `b` may not take the records while `a` could still journal.
+        let later = now + chrono::Duration::minutes(16);
+        let found = b.claim_due(claim_at(later, "b", 1)).await.unwrap();
+        assert!(found.claim.is_none());
+        assert_eq!(found.unresolved, vec![owner.clone()]);
+        // Fenced, the round is over: its records go back as they were, and `b` takes them.
+        b.resolve_lease(&owner, "b").await.unwrap();
+        let taken = b.claim_due(claim_at(later, "b", 1)).await.unwrap();
+        assert_eq!(taken.claim.unwrap().rows.len(), 10);
+        // `a` wakes up: its journal commit loses, and nothing of its round lands.
+        let settle = super::super::journal::Settle {
+            lease: claimed.lease,
+            retried: Vec::new(),
+            lease_until: now + chrono::Duration::minutes(15),
+        };
+        let journal = successes(&claimed.rows, "a", 1);
+        let tag = CommitTag::round("round", "a", 1);
+        let err = a
+            .commit_round(&journal, &tag, Some(&settle), &mut Default::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::LeaseLost { round: 1, .. }), "{err:?}");
+        a.refresh().await.unwrap();
+        assert!(a.read::<super::super::FinalRow>().await.unwrap().is_empty());
+        assert!(
+            a.read::<super::super::AttemptRow>()
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(a.read::<QueueRow>().await.unwrap().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_journaled_round_whose_lease_ended_is_completed_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let (now, rows) = due_rows(10);
+        let mut a = Store::open(root).await.unwrap();
+        a.append_queue(
+            [QueueRow::to_batch(&rows)],
+            &CommitTag::operation("enqueue"),
+        )
+        .await
+        .unwrap();
+        let claimed = a.claim_due(claim_at(now, "a", 1)).await.unwrap().claim.unwrap();
+        // `a` journals, then stalls before applying its round.
+        let journal = successes(&claimed.rows, "a", 1);
+        a.append(&journal, &CommitTag::round("round", "a", 1))
+            .await
+            .unwrap();
+        let mut b = Store::open(root).await.unwrap();
+        let later = now + chrono::Duration::minutes(16);
+        let found = b.claim_due(claim_at(later, "b", 1)).await.unwrap();
+        assert_eq!(found.unresolved.len(), 1);
+        // Resolving completes `a`'s round from its journal: no fence, every record final.
+        b.resolve_lease(&found.unresolved[0], "b").await.unwrap();
+        let again = b.claim_due(claim_at(later, "b", 1)).await.unwrap();
+        assert!(again.claim.is_none() && again.unresolved.is_empty());
+        b.refresh().await.unwrap();
+        assert_eq!(b.read::<super::super::FinalRow>().await.unwrap().len(), 10);
+        assert!(b.read::<QueueRow>().await.unwrap().is_empty());
     }
 
     #[test]

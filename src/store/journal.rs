@@ -2,7 +2,7 @@
 //! implies, each commit tagged with the round as a Delta application transaction; and the
 //! recovery that re-applies a journaled round to any table a crash left behind.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +17,9 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use serde_json::{Value, json};
 
-use super::due::{append, retried_batches, settle_operation};
+use super::due::{
+    LeaseOwner, append, blind_append, oldest_first, retried_batches, settle_operation,
+};
 use super::{AttemptRow, QueueRow, Rows, Staged, Store, Table, collect_rows, delta};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
@@ -31,6 +33,8 @@ use crate::status::strings;
 pub struct CommitTag {
     operation: String,
     round: Option<(String, i64)>,
+    /// The table's id sequence this commit advances to (see [`IDS_APP`]).
+    ids: Option<i64>,
     details: BTreeMap<String, Value>,
 }
 
@@ -48,7 +52,7 @@ impl CommitTag {
         CommitTag {
             operation: operation.to_owned(),
             round: Some((worker.to_owned(), round)),
-            details: BTreeMap::new(),
+            ..CommitTag::default()
         }
     }
 
@@ -66,16 +70,33 @@ impl CommitTag {
             info.insert("worker".into(), json!(worker));
         }
         info.extend(self.details.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let props = CommitProperties::default()
-            .with_metadata([("retrylake".to_owned(), Value::Object(info))]);
-        match &self.round {
-            Some((worker, round)) => {
-                props.with_application_transaction(Transaction::new(app_id(worker), *round))
-            }
-            None => props,
+        let mut txns = Vec::new();
+        if let Some((worker, round)) = &self.round {
+            txns.push(Transaction::new(app_id(worker), *round));
+        }
+        if let Some(ids) = self.ids {
+            txns.push(Transaction::new(IDS_APP, ids));
+        }
+        CommitProperties::default()
+            .with_metadata([("retrylake".to_owned(), Value::Object(info))])
+            .with_application_transactions(txns)
+    }
+
+    /// The same tag, for a commit that advances its table's id sequence to `version`.
+    pub(crate) fn with_ids(&self, version: i64) -> Self {
+        CommitTag {
+            ids: Some(version),
+            ..self.clone()
         }
     }
 }
+
+/// The application id of a table's *id sequence*: every commit that may bring an id new
+/// to the tables (an enqueue's, a redrive's insert into `retry_queue`) advances it by one
+/// from the version it read, so two such commits built on the same version conflict in
+/// Delta's check and the second re-reads the ids before committing again. Commits that
+/// only move known ids (rounds) leave it alone and never conflict with an enqueue.
+pub(crate) const IDS_APP: &str = "retrylake-ids";
 
 /// The application id under which `worker`'s rounds are recorded in every table.
 pub(crate) fn app_id(worker: &str) -> String {
@@ -174,8 +195,14 @@ impl Store {
     /// Commits a round: the journal, then `final_results`, `dead_letter_queue` and
     /// `retry_queue`. `rows` are the round's attempts, all of one round and worker. With a
     /// `settle`, the queue's commit swaps the round's lease files for its retried rows;
-    /// without (or when that conflicts), it is a MERGE by id. Each commit's wall time goes
-    /// into `phases`.
+    /// without (a redrive), it is a MERGE by id. Each commit's wall time goes into
+    /// `phases`.
+    ///
+    /// The journal's commit decides the round: it lands only if no other process ended
+    /// the round first (a worker that fenced it after its lease ended, see
+    /// [`Store::resolve_lease`], or a second process under the same worker name). Then
+    /// the round is lost: [`Error::LeaseLost`], nothing committed, the records placed by
+    /// the other.
     pub(crate) async fn commit_round(
         &mut self,
         rows: &[AttemptRow],
@@ -186,6 +213,10 @@ impl Store {
         let Some(first) = rows.first() else {
             return Ok(());
         };
+        let owner = LeaseOwner {
+            worker: first.worker.clone(),
+            round: first.round,
+        };
         let started = Instant::now();
         // With a settle, every table's files are written at once, each on a task of its
         // own; the commits that make them part of the tables still land one at a time.
@@ -193,6 +224,15 @@ impl Store {
             Some(settle) => self.stage_round(rows, settle)?,
             None => BTreeMap::new(),
         };
+        let lost = || Error::LeaseLost {
+            worker: owner.worker.clone(),
+            round: owner.round,
+        };
+        // A round ended by another process in the version this commit builds on; one that
+        // ends it after that version conflicts (the same application transaction).
+        if self.last_round(&owner.worker).await? >= owner.round {
+            return Err(lost());
+        }
         let journal = match staged.remove(&Table::Attempts) {
             Some(files) => {
                 let (actions, operation) = files.ready().await?;
@@ -201,18 +241,15 @@ impl Store {
             None => self.append(rows, tag).await,
         };
         match journal {
-            Err(e) if e.is_same_app_conflict() => {
-                return Err(Error::WorkerBusy {
-                    worker: first.worker.clone(),
-                });
-            }
+            Err(e) if e.is_same_app_conflict() => return Err(lost()),
             other => other?,
         }
         phases.journal = started.elapsed();
         failpoint("after-journal");
         for table in table_order(rows) {
             let started = Instant::now();
-            self.apply(table, rows, tag, staged.remove(&table)).await?;
+            self.apply(table, &owner, rows, tag, staged.remove(&table))
+                .await?;
             let (phase, point) = match table {
                 Table::FinalResults => (&mut phases.final_results, "after-final"),
                 Table::DeadLetterQueue => (&mut phases.dead_letter, "after-dead-letter"),
@@ -263,24 +300,82 @@ impl Store {
     /// Ends a round that attempted no record (every call held back, a failed probe): puts
     /// its records back in one commit on `retry_queue`. Nothing was attempted, so nothing
     /// is journaled; a crash before this commit leaves them under the lease, which ends.
-    pub(crate) async fn release(&mut self, settle: &Settle, tag: &CommitTag) -> Result<()> {
+    /// Returns `false` when the lease files are gone: the lease ended and another worker
+    /// took the records.
+    pub(crate) async fn release(&mut self, settle: &Settle, tag: &CommitTag) -> Result<bool> {
         let queue = Table::RetryQueue;
         let adds = self
             .write_batches(queue, retried_batches(&settle.retried)?.into_iter().map(Ok))
             .await?;
         let mut actions: Vec<Action> = settle.lease.iter().cloned().map(Action::Remove).collect();
         actions.extend(adds.into_iter().map(Action::Add));
-        match self
-            .commit(queue, actions, settle_operation(settle.lease_until), tag)
-            .await
-        {
-            // Only if the lease ran out and another worker took the records.
-            Err(e) if e.is_conflict() => {
-                tracing::warn!("could not put back the held-back records: {e}");
-                Ok(())
+        for attempt in 0.. {
+            if !self.holds(queue, &settle.lease)? {
+                return Ok(false);
             }
-            other => other,
+            let operation = settle_operation(settle.lease_until);
+            match self.commit(queue, actions.clone(), operation, tag).await {
+                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
+                    self.retry_after_conflict(queue, attempt).await?;
+                }
+                other => return other.map(|()| true),
+            }
         }
+        unreachable!("the loop returns")
+    }
+
+    /// Whether every file of `files` is in `table`'s loaded version.
+    fn holds(&self, table: Table, files: &[Remove]) -> Result<bool> {
+        let snapshot = self.table(table).snapshot().map_err(delta(table))?;
+        let present: HashSet<String> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect();
+        Ok(files.iter().all(|f| present.contains(&f.path)))
+    }
+
+    /// Ends `owner`'s round for good, so that the records it holds under an ended lease
+    /// can be taken: if the round has not journaled, *fences* it with an empty commit of
+    /// its application transaction on `attempts` (its own journal commit then conflicts,
+    /// and it loses); then completes it on every table (a journaled round is settled from
+    /// its journal, a fenced one puts its records back as they were). Which of the two
+    /// happens is decided by Delta's conflict check on `attempts`, not by any clock.
+    pub(crate) async fn resolve_lease(&mut self, owner: &LeaseOwner, by: &str) -> Result<()> {
+        let journal = Table::Attempts;
+        for attempt in 0.. {
+            self.refresh_table(journal).await?;
+            if self.last_round(&owner.worker).await? >= owner.round {
+                break;
+            }
+            let tag = CommitTag::round("fence", &owner.worker, owner.round).with("fenced_by", by);
+            match self.commit(journal, Vec::new(), blind_append(), &tag).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        worker = owner.worker,
+                        round = owner.round,
+                        "the lease of round {} of worker {} ended before it journaled; \
+                         fenced it, its records go back to the queue",
+                        owner.round,
+                        owner.worker
+                    );
+                    break;
+                }
+                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
+                    self.retry_after_conflict(journal, attempt).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for table in [
+            Table::FinalResults,
+            Table::DeadLetterQueue,
+            Table::RetryQueue,
+        ] {
+            self.refresh_table(table).await?;
+        }
+        self.recover(&owner.worker).await?;
+        Ok(())
     }
 
     /// Brings every table up to `worker`'s last journaled round, re-applying from the
@@ -312,17 +407,23 @@ impl Store {
         for row in collect_rows::<AttemptRow>(frame).await? {
             by_round.entry(row.round).or_default().push(row);
         }
+        // The last round without journal rows was fenced: it ends with no attempt.
+        by_round.entry(last).or_default();
         for (round, rows) in &by_round {
             tracing::warn!(
                 round,
                 worker,
                 attempts = rows.len(),
-                "re-applying a journaled round a crash left half-committed"
+                "completing a round a crash or a fence left half-committed"
             );
+            let owner = LeaseOwner {
+                worker: worker.to_owned(),
+                round: *round,
+            };
             let tag = CommitTag::round("recover", worker, *round).with("attempts", rows.len());
             for table in table_order(rows) {
                 if applied[&table] < *round {
-                    self.apply(table, rows, &tag, None).await?;
+                    self.apply(table, &owner, rows, &tag, None).await?;
                 }
             }
         }
@@ -387,24 +488,32 @@ impl Store {
     async fn apply(
         &mut self,
         table: Table,
+        owner: &LeaseOwner,
         rows: &[AttemptRow],
         tag: &CommitTag,
         staged: Option<StagedCommit>,
     ) -> Result<()> {
-        let Some(first) = rows.first() else {
-            return Ok(());
-        };
-        let (app, round) = (app_id(&first.worker), first.round);
-        let mut staged = match staged {
+        let app = app_id(&owner.worker);
+        let staged = match staged {
             Some(s) => Some(s.ready().await?),
             None => None,
         };
         for attempt in 0.. {
-            if self.txn_version(table, &app).await?.unwrap_or(0) >= round {
+            if self.txn_version(table, &app).await?.unwrap_or(0) >= owner.round {
                 return Ok(());
             }
             let result = match (&staged, table) {
                 (Some((actions, operation)), _) => {
+                    let removes: Vec<Remove> = actions
+                        .iter()
+                        .filter_map(|a| match a {
+                            Action::Remove(r) => Some(r.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if !self.holds(table, &removes)? {
+                        return Err(lease_files_gone(owner));
+                    }
                     self.commit(table, actions.clone(), operation.clone(), tag)
                         .await
                 }
@@ -425,16 +534,13 @@ impl Store {
                         self.delete_dead(&redriven, tag).await
                     }
                 }
-                (None, _) => {
+                (None, _) if rows.iter().any(|r| r.disposition == disposition::REDRIVE) => {
                     let source = SessionContext::new().read_batch(merge_source(rows)?)?;
-                    self.merge_queue(source, tag).await
+                    let ids = self.txn_version(table, IDS_APP).await?.unwrap_or(0) + 1;
+                    self.merge_queue(source, &tag.with_ids(ids)).await
                 }
+                (None, _) => self.settle_from_lease(owner, rows, tag).await,
             };
-            if table == Table::RetryQueue && result.as_ref().is_err_and(Error::is_conflict) {
-                // The lease files are gone only if another worker took them after the
-                // lease ended: fall back to the MERGE by id.
-                staged = None;
-            }
             match result {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     tracing::debug!(table = table.name(), attempt, "commit conflict; re-reading");
@@ -444,6 +550,71 @@ impl Store {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Settles `owner`'s round on `retry_queue` from its journal `rows` and the lease files
+    /// it holds (as found now): removes the lease files and adds back the retried records
+    /// with their new count, error and time lock, and the records it never called as they
+    /// were. With no journal rows (a fenced round), every record goes back as it was.
+    async fn settle_from_lease(
+        &mut self,
+        owner: &LeaseOwner,
+        rows: &[AttemptRow],
+        tag: &CommitTag,
+    ) -> Result<()> {
+        let queue = Table::RetryQueue;
+        let files = self.lease_files(owner).await?;
+        if files.is_empty() && !rows.is_empty() {
+            // A round journaled by a retrylake older than lease tags: by id.
+            let source = SessionContext::new().read_batch(merge_source(rows)?)?;
+            return self.merge_queue(source, tag).await;
+        }
+        let by_id: HashMap<&str, &AttemptRow> =
+            rows.iter().map(|r| (r.sample_id.as_str(), r)).collect();
+        let mut retried = Vec::new();
+        let mut actions = Vec::new();
+        let mut lease_until = None;
+        for (remove, leased) in files {
+            actions.push(Action::Remove(remove));
+            for row in leased {
+                lease_until = lease_until.max(Some(row.process_after));
+                match by_id.get(row.sample_id.as_str()) {
+                    None => retried.push(row),
+                    Some(a) if a.disposition == disposition::RETRY => retried.push(QueueRow {
+                        retry_count: a.retry_count,
+                        error_msg: a.error_msg.clone(),
+                        process_after: a.process_after.unwrap_or(a.finished_at),
+                        ..row
+                    }),
+                    Some(_) => {}
+                }
+            }
+        }
+        retried.sort_by(|a, b| {
+            a.retry_count
+                .cmp(&b.retry_count)
+                .then_with(|| oldest_first(a, b))
+        });
+        let adds = self
+            .write_batches(queue, retried_batches(&retried)?.into_iter().map(Ok))
+            .await?;
+        actions.extend(adds.into_iter().map(Action::Add));
+        let operation = lease_until.map_or_else(append, settle_operation);
+        self.commit(queue, actions, operation, tag).await
+    }
+}
+
+/// The error for a journaled round whose lease files another writer removed: only a
+/// tool other than retrylake (a compaction of `retry_queue`) can do that.
+fn lease_files_gone(owner: &LeaseOwner) -> Error {
+    Error::Corrupt {
+        table: Table::RetryQueue.name(),
+        detail: format!(
+            "the files holding round {} of worker {} under its lease were removed by another \
+             writer (a compaction of retry_queue by another tool?); its journaled outcomes \
+             cannot be applied",
+            owner.round, owner.worker
+        ),
     }
 }
 

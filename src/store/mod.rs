@@ -86,6 +86,61 @@ impl Store {
         })
     }
 
+    /// Opens the tables under `root` for reading only, creating nothing, not even the
+    /// folder: a root holding none of the four tables is [`Error::NoTables`] (so a
+    /// mistyped `--data` does not look like an empty queue), one holding some of them
+    /// [`Error::MissingTables`]. With all four there, their schemas are checked as in
+    /// [`Store::open_with`].
+    pub async fn open_existing(root: &str, options: StorageOptions) -> Result<Store> {
+        let local = !root.contains("://");
+        if !local {
+            refuse_unsafe_commits(root, &options)?;
+        }
+        // Whether each table has a Delta log: one listing of its `_delta_log`, nothing read
+        // or written.
+        let present = futures::future::try_join_all(Store::order().map(|table| {
+            let options = options.clone();
+            async move {
+                let location = format!("{}/{}", root.trim_end_matches('/'), table.name());
+                if local {
+                    check_local_folder(Path::new(&location))?;
+                    // ensure_table_uri creates a missing local folder: look first.
+                    if !Path::new(&location).join("_delta_log").is_dir() {
+                        return Ok(false);
+                    }
+                }
+                let url = deltalake::ensure_table_uri(&location).map_err(delta(table))?;
+                let t = deltalake::DeltaTableBuilder::from_url(url)
+                    .and_then(|b| b.with_storage_options(options).build())
+                    .map_err(delta(table))?;
+                t.log_store()
+                    .is_delta_table_location()
+                    .await
+                    .map_err(delta(table))
+            }
+        }))
+        .await?;
+        let missing: Vec<&'static str> = Store::order()
+            .into_iter()
+            .zip(present)
+            .filter(|(_, present)| !present)
+            .map(|(table, _)| table.name())
+            .collect();
+        if missing.len() == Store::order().len() {
+            return Err(Error::NoTables {
+                root: root.to_owned(),
+            });
+        }
+        if !missing.is_empty() {
+            return Err(Error::MissingTables {
+                root: root.to_owned(),
+                missing,
+            });
+        }
+        // All four exist, so this opens them and creates nothing.
+        Store::open_with(root, options).await
+    }
+
     /// Opens the same tables again, independently of this one (to read old versions).
     pub async fn reopen(&self) -> Result<Store> {
         Store::open_with(&self.root, self.options.clone()).await
@@ -150,9 +205,15 @@ impl Store {
     /// Counts a commit on `table` that lost a race with another writer, waits a jittered
     /// moment (longer after each `attempt`) and reloads the table, ready to try again.
     pub(crate) async fn retry_after_conflict(&mut self, table: Table, attempt: u32) -> Result<()> {
+        self.pause_after_conflict(attempt).await;
+        self.refresh_table(table).await
+    }
+
+    /// Counts a commit that lost a race with another writer and waits a jittered moment
+    /// (longer after each `attempt`), ready to re-read and try again.
+    pub(crate) async fn pause_after_conflict(&mut self, attempt: u32) {
         self.conflicts += 1;
         conflict_pause(attempt).await;
-        self.refresh_table(table).await
     }
 
     /// The application-transaction version `app_id` last committed to `table`.
