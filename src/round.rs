@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deltalake::datafusion::scalar::ScalarValue;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
@@ -524,19 +524,29 @@ async fn attempt(
             payload: row.payload.clone(),
             attempt: u32::try_from(row.retry_count).unwrap_or(0),
         };
-        let mut call = std::pin::pin!(processor.process(&record));
+        // A processor that panics on a record fails that record permanently, named in the
+        // log and in its dead letter: coming back after its lease, it would take every
+        // worker down in turn.
+        let mut call = std::pin::pin!(
+            std::panic::AssertUnwindSafe(processor.process(&record)).catch_unwind()
+        );
         // A call that is done at once needs no timer (the simulator; a processor that
         // answers from a cache): registering one per call costs more than the call.
-        let outcome = match futures::poll!(call.as_mut()) {
-            std::task::Poll::Ready(outcome) => outcome,
+        let called = match futures::poll!(call.as_mut()) {
+            std::task::Poll::Ready(called) => called,
             std::task::Poll::Pending => match tokio::time::timeout(config.timeout, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => Outcome::transient(format!(
+                Ok(called) => called,
+                Err(_) => Ok(Outcome::transient(format!(
                     "timeout after {}",
                     humantime::format_duration(config.timeout)
-                )),
+                ))),
             },
         };
+        let outcome = called.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(sample_id = %row.sample_id, "the processor panicked: {message}");
+            Outcome::permanent(format!("processor panicked: {message}"))
+        });
         let now = clock.now();
         config.guard.record(&outcome, now, config.max_retry_after);
         if admission == Admission::Probe && matches!(outcome, Outcome::Transient { .. }) {
@@ -553,6 +563,15 @@ async fn attempt(
         finished_at: clock.now(),
         duration: start.elapsed(),
     })
+}
+
+/// The text a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn breaker_state(config: &RoundConfig, clock: &dyn Clock) -> Option<String> {

@@ -300,7 +300,7 @@ impl Store {
         // own shard's included), so sharded workers would never commit side by side. The
         // time lock is kept in the commit's `due_at` instead.
         let operation = DeltaOperation::Update {
-            predicate: sql(lit(false)),
+            predicate: Some(sql(lit(false))?),
         };
         self.commit(table, actions, operation, &tag).await?;
         Ok(Found {
@@ -373,7 +373,7 @@ impl Store {
         let ids = self.txn_version(table, IDS_APP).await?.unwrap_or(0) + 1;
         let adds = self.write_batches(table, batches).await?;
         let actions = adds.into_iter().map(Action::Add).collect();
-        self.commit(table, actions, blind_append(), &tag.with_ids(ids))
+        self.commit(table, actions, blind_append()?, &tag.with_ids(ids))
             .await
     }
 }
@@ -391,14 +391,14 @@ pub(crate) fn retried_batches(retried: &[QueueRow]) -> Result<Vec<RecordBatch>> 
 
 /// How a round's queue commit is recorded: as the MERGE by id it amounts to (deleting the
 /// placed records, updating the retried ones), reading only the round's own lease files.
-pub(crate) fn settle_operation(lease_until: DateTime<Utc>) -> DeltaOperation {
+pub(crate) fn settle_operation(lease_until: DateTime<Utc>) -> Result<DeltaOperation> {
     let predicate = col("process_after").eq(lit(timestamp(lease_until)));
     let clause = |action: &str, predicate: &str| MergePredicate {
         action_type: action.to_owned(),
         predicate: Some(predicate.to_owned()),
     };
-    DeltaOperation::Merge {
-        predicate: sql(predicate),
+    Ok(DeltaOperation::Merge {
+        predicate: Some(sql(predicate)?),
         merge_predicate: Some("target.sample_id = source.sample_id".to_owned()),
         matched_predicates: vec![
             clause("delete", "source.action = 'delete'"),
@@ -406,7 +406,7 @@ pub(crate) fn settle_operation(lease_until: DateTime<Utc>) -> DeltaOperation {
         ],
         not_matched_predicates: Vec::new(),
         not_matched_by_source_predicates: Vec::new(),
-    }
+    })
 }
 
 /// A blind append.
@@ -421,12 +421,12 @@ pub(crate) fn append() -> DeltaOperation {
 /// An append that read nothing of the table: a predicate that matches no file tells Delta's
 /// conflict check so, and a round removing files under it is no conflict (what it depends
 /// on is its application transactions).
-pub(crate) fn blind_append() -> DeltaOperation {
-    DeltaOperation::Write {
+pub(crate) fn blind_append() -> Result<DeltaOperation> {
+    Ok(DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: None,
-        predicate: sql(lit(false)),
-    }
+        predicate: Some(sql(lit(false))?),
+    })
 }
 
 impl Store {
@@ -494,9 +494,15 @@ fn remove_of(add: &Add) -> Remove {
     }
 }
 
-/// The SQL text of a commit's read predicate, as Delta's conflict check reads it back.
-fn sql(predicate: deltalake::datafusion::prelude::Expr) -> Option<String> {
-    deltalake::delta_datafusion::expr::fmt_expr_to_sql(&predicate).ok()
+/// The SQL text of a commit's read predicate, as Delta's conflict check reads it back. A
+/// predicate that does not render is an error: a commit without one would depend on
+/// every file of the table.
+fn sql(predicate: deltalake::datafusion::prelude::Expr) -> Result<String> {
+    deltalake::delta_datafusion::expr::fmt_expr_to_sql(&predicate).map_err(|e| {
+        delta(Table::RetryQueue)(DeltaTableError::Generic(format!(
+            "the read predicate {predicate} does not render as SQL: {e}"
+        )))
+    })
 }
 
 /// The `minValues.process_after` of a file's statistics (JSON, milliseconds).
@@ -880,6 +886,14 @@ mod tests {
         b.refresh().await.unwrap();
         assert_eq!(b.read::<super::super::FinalRow>().await.unwrap().len(), 10);
         assert!(b.read::<QueueRow>().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn read_predicates_render_at_the_limits_of_time() {
+        for t in [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, Utc::now()] {
+            assert!(settle_operation(t).is_ok(), "{t}");
+        }
+        assert!(blind_append().is_ok());
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Store {
                 table: queue,
                 files: self.stage(queue, retried_batches(&settle.retried)?)?,
                 removes: settle.lease.clone(),
-                operation: settle_operation(settle.lease_until),
+                operation: settle_operation(settle.lease_until)?,
             },
         );
         Ok(staged)
@@ -313,7 +313,7 @@ impl Store {
             if !self.holds(queue, &settle.lease)? {
                 return Ok(false);
             }
-            let operation = settle_operation(settle.lease_until);
+            let operation = settle_operation(settle.lease_until)?;
             match self.commit(queue, actions.clone(), operation, tag).await {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     self.retry_after_conflict(queue, attempt).await?;
@@ -349,7 +349,7 @@ impl Store {
                 break;
             }
             let tag = CommitTag::round("fence", &owner.worker, owner.round).with("fenced_by", by);
-            match self.commit(journal, Vec::new(), blind_append(), &tag).await {
+            match self.commit(journal, Vec::new(), blind_append()?, &tag).await {
                 Ok(()) => {
                     tracing::warn!(
                         worker = owner.worker,
@@ -599,7 +599,10 @@ impl Store {
             .write_batches(queue, retried_batches(&retried)?.into_iter().map(Ok))
             .await?;
         actions.extend(adds.into_iter().map(Action::Add));
-        let operation = lease_until.map_or_else(append, settle_operation);
+        let operation = match lease_until {
+            Some(t) => settle_operation(t)?,
+            None => append(),
+        };
         self.commit(queue, actions, operation, tag).await
     }
 }

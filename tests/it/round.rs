@@ -310,3 +310,40 @@ fn run_goes_on_in_rounds_of_batch_size_while_records_are_due() {
         ids_in[..10].iter().map(String::as_str).collect::<Vec<_>>()
     );
 }
+
+/// A Rust processor that panics on one record: the round goes on, that record is dead-lettered
+/// with the panic named (a record that comes back after its lease would take every worker
+/// down in turn), the others are placed.
+#[tokio::test]
+async fn a_processor_that_panics_fails_its_record_not_the_round() {
+    struct PanicsOnP;
+    #[async_trait::async_trait]
+    impl retrylake::Processor for PanicsOnP {
+        async fn process(&self, record: &retrylake::Record) -> retrylake::Outcome {
+            if record.sample_id == "P" {
+                panic!("cannot handle {}", record.sample_id);
+            }
+            retrylake::Outcome::success("ok")
+        }
+    }
+    let env = Env::new();
+    let input = env.write(
+        "in.jsonl",
+        "{\"sample_id\":\"A\",\"payload\":\"a\"}\n{\"sample_id\":\"P\",\"payload\":\"p\"}\n",
+    );
+    let mut queue = retrylake::Queue::open(&env.data().url).await.unwrap();
+    queue.enqueue(&input, &Default::default()).await.unwrap();
+    let report = queue
+        .run_round(&PanicsOnP, &retrylake::RoundConfig::default())
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.dead_lettered), (1, 1));
+    let dead = queue.store().read::<DeadRow>().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].sample_id, "P");
+    assert_eq!(
+        dead[0].error_msg.as_deref(),
+        Some("processor panicked: cannot handle P")
+    );
+    assert_eq!(queue.store().read::<FinalRow>().await.unwrap().len(), 1);
+}
