@@ -347,3 +347,65 @@ async fn a_processor_that_panics_fails_its_record_not_the_round() {
     );
     assert_eq!(queue.store().read::<FinalRow>().await.unwrap().len(), 1);
 }
+
+/// A round starts no call once less than its timeout plus a fifth of its lease is left: the
+/// records it did not reach go back as they were, uncharged, and the next round takes them.
+#[test]
+fn a_round_stops_calling_before_its_lease_ends_and_gives_back_the_rest() {
+    let env = Env::new();
+    let (input, ids) = super::util::write_samples(&env, "L", 30);
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    // 2 s lease, 500 ms timeout: calls may start for 1.1 s; at 200 ms a call, one at a
+    // time, that is a few of the 30.
+    let out = env.ok(&[
+        "run",
+        "--processor",
+        "command",
+        "--command",
+        "sleep 0.2; echo ok",
+        "--concurrency",
+        "1",
+        "--lease",
+        "2s",
+        "--timeout",
+        "500ms",
+        "--allow-empty-payload",
+        "--json",
+    ]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let (processed, deferred) = (
+        first["processed"].as_u64().unwrap(),
+        first["deferred"].as_u64().unwrap(),
+    );
+    assert!(processed >= 1 && processed < 30, "{first}");
+    assert_eq!(processed + deferred, 30, "{first}");
+    // `run` goes on while records are due: the later rounds took the rest, and the
+    // records not called were not charged: one attempt each, every record final.
+    let attempts = env.rows::<AttemptRow>();
+    assert_eq!(attempts.len(), 30);
+    assert!(attempts.iter().all(|a| a.attempt == 0 && a.outcome == "success"));
+    assert_eq!(env.rows::<FinalRow>().len(), 30);
+    super::util::assert_exactly_once(&env.data(), &ids);
+}
+
+/// A lease too short for one call and the commits is refused before anything is claimed.
+#[test]
+fn a_lease_shorter_than_twice_the_timeout_is_refused() {
+    let env = Env::new();
+    let (input, _) = super::util::write_samples(&env, "T", 3);
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let out = env
+        .cmd()
+        .args(["run", "--processor", "simulate", "--lease", "40s", "--timeout", "30s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--lease (40s) must be at least twice --timeout (30s)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(env.rows::<QueueRow>().len(), 3);
+    assert!(env.rows::<AttemptRow>().is_empty());
+}
