@@ -405,6 +405,8 @@ pub(crate) async fn run_round(
             ..RoundReport::default()
         };
     }
+    // A lost round's retries are not in the queue: the other worker placed its records.
+    let earliest_retry = earliest_retry.filter(|_| placed);
     report.next_due = [found.next_due, earliest_retry].into_iter().flatten().min();
     // Freeing a round's rows (a few strings each) takes a while; let another core do it
     // while the next round reads.
