@@ -88,6 +88,13 @@ impl RoundConfig {
         if self.concurrency == 0 {
             return invalid("--concurrency must be at least 1".into());
         }
+        if self.lease > MAX_LEASE {
+            return invalid(format!(
+                "--lease ({}) is longer than {}: a crashed worker's records would wait that long",
+                humantime::format_duration(self.lease),
+                humantime::format_duration(MAX_LEASE)
+            ));
+        }
         if self.lease < self.timeout.saturating_mul(2) {
             return invalid(format!(
                 "--lease ({}) must be at least twice --timeout ({}): a round starts no call once less \
@@ -99,6 +106,9 @@ impl RoundConfig {
         Ok(())
     }
 }
+
+/// The longest lease a round may hold.
+pub const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A callback told `(finished, total)` calls as a round runs (a progress bar).
 #[derive(Clone)]
@@ -270,7 +280,7 @@ pub(crate) async fn run_round(
     let processing = Instant::now();
     // No call starts once too little of the lease is left for it to end and the round to
     // commit: the records not called by then go back uncharged.
-    let deadline = claimed_at + call_window(config.lease, config.timeout);
+    let deadline = claimed_at + call_window(config.lease, config.timeout).min(MAX_LEASE);
 
     let total = due.len();
     let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())

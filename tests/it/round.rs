@@ -409,3 +409,34 @@ fn a_lease_shorter_than_twice_the_timeout_is_refused() {
     assert_eq!(env.rows::<QueueRow>().len(), 3);
     assert!(env.rows::<AttemptRow>().is_empty());
 }
+
+/// Durations at their limits are refused or saturate; none panics.
+#[test]
+fn huge_durations_are_refused_or_saturate_never_panic() {
+    let env = Env::new();
+    let (input, ids) = super::util::write_samples(&env, "H", 5);
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let out = env
+        .cmd()
+        .args(["run", "--processor", "simulate", "--lease", "500000years"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--lease (500000years) is longer than 30days"), "{stderr}");
+    // The longest lease and backoffs far beyond any date still work.
+    env.ok(&[
+        "run",
+        "--processor",
+        "simulate",
+        "--transient-rate",
+        "1",
+        "--lease",
+        "30days",
+        "--base-backoff",
+        "99years",
+        "--max-backoff",
+        "99years",
+    ]);
+    super::util::assert_exactly_once(&env.data(), &ids);
+}
