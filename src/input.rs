@@ -74,6 +74,35 @@ impl Default for Fields {
     }
 }
 
+/// The longest id, in bytes of UTF-8. Ids are keys: they are matched, hashed and listed,
+/// and one of megabytes is a mistake in the input, not a key.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// Whether `id` can be a record's key: not empty or blank (whitespace only), at most
+/// [`MAX_ID_LEN`] bytes, and free of control characters (C0 such as NUL, tab and newline,
+/// DEL, and C1). `field` names the id field in the message.
+pub fn check_id(id: &str, field: &str) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("empty id field '{field}'"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "id field '{field}' is {} bytes, longer than {MAX_ID_LEN} bytes",
+            id.len()
+        ));
+    }
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "id field '{field}' holds a control character (U+{:04X}) at byte {at}",
+            u32::from(c)
+        ));
+    }
+    if id.trim().is_empty() {
+        return Err(format!("id field '{field}' is blank (only whitespace)"));
+    }
+    Ok(())
+}
+
 /// A valid input record, borrowed from [`Records`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputRecord<'a> {
@@ -364,16 +393,19 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 fn id_from_json(value: Option<&Value>, field: &str) -> std::result::Result<String, String> {
-    match value {
-        None | Some(Value::Null) => Err(format!("missing id field '{field}'")),
-        Some(Value::String(s)) if s.is_empty() => Err(format!("empty id field '{field}'")),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(format!(
-            "id field '{field}' must be a string or a number, found {}",
-            json_kind(other)
-        )),
-    }
+    let id = match value {
+        None | Some(Value::Null) => return Err(format!("missing id field '{field}'")),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            return Err(format!(
+                "id field '{field}' must be a string or a number, found {}",
+                json_kind(other)
+            ));
+        }
+    };
+    check_id(&id, field)?;
+    Ok(id)
 }
 
 /// Parses CSV with a header row naming the id and payload columns. Quoted fields may hold
@@ -463,12 +495,12 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
             });
             continue;
         };
-        if id.is_empty() {
+        if let Err(error) = check_id(id, &fields.id) {
             parsed.invalid.push(InvalidRecord {
                 line,
                 sample_id: None,
                 raw: raw(),
-                error: format!("empty id field '{}'", fields.id),
+                error,
             });
             continue;
         }
@@ -531,12 +563,17 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
         for i in 0..batch.num_rows() {
             row += 1;
             let payload = payloads.is_valid(i).then(|| payloads.value(i));
-            if ids.is_null(i) || ids.value(i).is_empty() {
+            let checked = if ids.is_null(i) {
+                Err(format!("missing id field '{}'", fields.id))
+            } else {
+                check_id(ids.value(i), &fields.id)
+            };
+            if let Err(error) = checked {
                 parsed.invalid.push(InvalidRecord {
                     line: row,
                     sample_id: None,
                     raw: payload.map(str::to_owned),
-                    error: format!("missing id field '{}'", fields.id),
+                    error,
                 });
                 continue;
             }
@@ -618,6 +655,29 @@ mod tests {
         };
         let err = parse_csv(input.as_bytes(), &fields).unwrap_err();
         assert!(err.contains("no column 'id'"), "{err}");
+    }
+
+    #[test]
+    fn ids_are_checked_for_length_control_characters_and_blanks() {
+        let ok = |id: &str| check_id(id, "sample_id").is_ok();
+        assert!(ok("S-1") && ok(" padded ") && ok("émoji-🧪") && ok(&"x".repeat(MAX_ID_LEN)));
+        let err = |id: &str| check_id(id, "sample_id").unwrap_err();
+        assert_eq!(err(""), "empty id field 'sample_id'");
+        assert!(err(&"x".repeat(MAX_ID_LEN + 1)).contains("1025 bytes, longer than 1024"));
+        // A multi-byte character counts its bytes.
+        assert!(err(&"é".repeat(513)).contains("1026 bytes"));
+        for c in [
+            '\0', '\t', '\n', '\r', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}',
+        ] {
+            let message = err(&format!("a{c}b"));
+            assert!(
+                message.contains(&format!("(U+{:04X}) at byte 1", u32::from(c))),
+                "{message}"
+            );
+        }
+        for blank in [" ", "  ", "\u{3000}", "\u{a0} \u{2003}"] {
+            assert!(err(blank).contains("is blank"), "{blank:?}");
+        }
     }
 
     proptest::proptest! {

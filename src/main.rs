@@ -54,7 +54,7 @@ enum Command {
         now: Option<DateTime<Utc>>,
     },
     /// Run a round: process every due record once.
-    Run(Box<RunArgs>),
+    Run(Box<RunCommand>),
     /// Run rounds until SIGINT or SIGTERM, sleeping until the next record is due.
     Worker(Box<WorkerArgs>),
     /// Run SQL over retry_queue, final_results, dead_letter_queue and attempts.
@@ -91,7 +91,7 @@ enum Command {
         #[arg(long = "id")]
         ids: Vec<String>,
         /// At most this many, oldest first.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_count)]
         limit: Option<usize>,
         /// The current time (RFC 3339); the system clock by default.
         #[arg(long, value_parser = parse_time)]
@@ -184,11 +184,30 @@ enum ProcessorKind {
     Http,
 }
 
+/// `run`: the flags it shares with `worker`, and its own.
+#[derive(Args)]
+struct RunCommand {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The current time (RFC 3339); the system clock by default.
+    #[arg(long, value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// Keep running rounds until the queue is empty: with --now the clock jumps to the
+    /// next due record, otherwise it waits for it.
+    #[arg(long)]
+    drain: bool,
+    /// Print one JSON object per round.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The flags `run` and `worker` share.
 #[derive(Args)]
 struct RunArgs {
-    /// What processes each record.
-    #[arg(long, value_enum, default_value = "simulate")]
-    processor: ProcessorKind,
+    /// What processes each record: `run` simulates when not given (and says so); a
+    /// worker must be told.
+    #[arg(long, value_enum)]
+    processor: Option<ProcessorKind>,
     /// The shell command of the command processor.
     #[arg(long, required_if_eq("processor", "command"))]
     command: Option<String>,
@@ -218,14 +237,14 @@ struct RunArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
     /// Longest a call may take before it counts as a transient failure.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     timeout: Duration,
     /// Most records to process: one round of at most N. Without it, `run` goes on with
     /// rounds of --batch-size records while more are due.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     limit: Option<usize>,
     /// Most records per round when --limit is not given; bounds a round's memory.
-    #[arg(long, default_value_t = retrylake::round::ROUND_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = retrylake::round::ROUND_BATCH, value_parser = parse_count)]
     batch_size: usize,
     #[command(flatten)]
     policy: PolicyArgs,
@@ -248,20 +267,10 @@ struct RunArgs {
     input: Option<PathBuf>,
     #[command(flatten)]
     input_args: InputArgs,
-    /// The current time (RFC 3339); the system clock by default.
-    #[arg(long, value_parser = parse_time)]
-    now: Option<DateTime<Utc>>,
-    /// Keep running rounds until the queue is empty: with --now the clock jumps to the
-    /// next due record, otherwise it waits for it.
-    #[arg(long)]
-    drain: bool,
     /// With --drain on the system clock, and for a worker: the longest wait between
     /// rounds, so records enqueued or released by other runners are picked up.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     poll: Duration,
-    /// Print one JSON object per round.
-    #[arg(long)]
-    json: bool,
 }
 
 /// The backoff policy's flags, shared by `run`, `worker` and `report`.
@@ -322,9 +331,20 @@ struct GuardArgs {
 }
 
 impl GuardArgs {
-    fn guard(&self, processor: ProcessorKind) -> Guard {
+    fn guard(&self, processor: ProcessorKind) -> Result<Guard> {
+        // Checked whether or not the breaker is on: settings that cannot work are a mistake
+        // either way.
+        if self.breaker_window < self.breaker_min_calls {
+            bail!(
+                "--breaker-window {} is smaller than --breaker-min-calls {}: the breaker would \
+                 never hold enough calls to open; raise --breaker-window or lower \
+                 --breaker-min-calls",
+                self.breaker_window,
+                self.breaker_min_calls
+            );
+        }
         let breaker = self.breaker.unwrap_or(processor != ProcessorKind::Simulate);
-        Guard::new(GuardConfig {
+        Ok(Guard::new(GuardConfig {
             breaker: breaker.then_some(BreakerConfig {
                 failure_rate: self.breaker_failure_rate,
                 window: self.breaker_window,
@@ -332,7 +352,7 @@ impl GuardArgs {
                 cool_down: self.breaker_cool_down,
             }),
             rate: self.rate,
-        })
+        }))
     }
 }
 
@@ -343,11 +363,45 @@ struct WorkerArgs {
     /// Serve Prometheus metrics on this address (host:port, or a port on 127.0.0.1).
     #[arg(long)]
     metrics_addr: Option<String>,
+    // `run`'s own flags, refused with a message rather than clap's "unexpected argument".
+    #[arg(long, hide = true, value_name = "TS")]
+    now: Option<String>,
+    #[arg(long, hide = true)]
+    drain: bool,
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
+impl WorkerArgs {
+    /// Refuses `run`'s flags that a worker would ignore, and a processor left to chance.
+    fn check(&self) -> Result<ProcessorKind> {
+        let ignored: Vec<&str> = [
+            (self.now.is_some(), "--now"),
+            (self.drain, "--drain"),
+            (self.json, "--json"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if !ignored.is_empty() {
+            bail!(
+                "worker does not take {}: it runs on the system clock until SIGINT or SIGTERM \
+                 and logs one line per round (use `retrylake run` for a virtual clock, \
+                 --drain or --json)",
+                ignored.join(", ")
+            );
+        }
+        self.run.processor.context(
+            "worker needs a processor: choose --processor http|command|simulate \
+             (simulate only pretends to process records)",
+        )
+    }
 }
 
 async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
+    let kind = args.check()?;
     let shutdown = Shutdown::on_signals().context("cannot listen for signals")?;
-    let (mut queue, processor, config, _clock) = prepare(data, &args.run).await?;
+    let (mut queue, processor, config, _clock) = prepare(data, &args.run, kind, None).await?;
     let metrics = match &args.metrics_addr {
         Some(addr) => {
             let metrics = Arc::new(Mutex::new(Metrics::default()));
@@ -414,6 +468,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 2m, 1h)"))
 }
 
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("expected a duration above zero (e.g. 90s, 2m, 1h)".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// A count of records: zero would do nothing and look like success.
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of at least 1".to_owned()),
+    }
+}
+
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -452,12 +521,31 @@ fn parse_share(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     one_malloc_arena();
     // A panic on a dependency's background task (object_store's writer when the disk is
-    // full) is turned into an error by the runtime; keep its trace out of the user's way.
+    // full) is turned into an error by the runtime; keep its trace out of the user's way,
+    // but never out of the log.
     std::panic::set_hook(Box::new(|info| {
         if std::thread::current().name() == Some("main") {
             eprintln!("error: internal error: {info}");
         } else {
-            tracing::debug!(target: "retrylake::panic", "background task panicked: {info}");
+            // delta-kernel's executor thread panics when the tables it serves are dropped
+            // as the process ends: expected, not worth a line. Any other is a fault, logged
+            // as one line (object_store's writer panics on a full disk, say).
+            let payload = info.payload();
+            let text = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)")
+                .replace('\n', " ");
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            if text.contains("TokioMultiThreadExecutor has crashed") {
+                tracing::debug!(target: "retrylake::panic", "background task failed: {text} ({at})");
+            } else {
+                tracing::error!(target: "retrylake::panic", "background task failed: {text} ({at})");
+            }
         }
     }));
     let cli = Cli::parse();
@@ -539,7 +627,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             as_of,
             format,
         } => {
-            let mut store = Store::open(&cli.data).await?;
+            let mut store = Store::open_existing(&cli.data, Default::default()).await?;
             let as_of = match (version, as_of) {
                 (Some(v), _) => AsOf::Version(v),
                 (None, Some(t)) => AsOf::Time(t),
@@ -566,8 +654,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::History { table, json } => {
-            let store = Store::open(&cli.data).await?;
             let tables = tables(table.as_deref())?;
+            let store = Store::open_existing(&cli.data, Default::default()).await?;
             let commits = monitor::history(&store, &tables).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&commits)?)?;
@@ -606,7 +694,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             policy,
             now,
         } => {
-            let store = Store::open(&cli.data).await?;
+            let store = Store::open_existing(&cli.data, Default::default()).await?;
             let html =
                 retrylake::report::report(&store, &policy.policy()?, now.unwrap_or_else(Utc::now))
                     .await?;
@@ -615,7 +703,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             writeln!(out, "report written to {}", file.display())?;
         }
         Command::Status { now, json } => {
-            let mut queue = open(&cli.data, now).await?;
+            let mut queue = Queue::open_existing(&cli.data).await?;
+            if let Some(now) = now {
+                queue = queue.with_clock(Arc::new(FixedClock::new(now)));
+            }
             let status = queue.status().await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string(&status)?)?;
@@ -639,9 +730,12 @@ fn one_malloc_arena() {
 }
 
 /// The queue, processor and round settings `run` and `worker` share; enqueues `--input`.
+/// Every setting is checked before the tables are opened.
 async fn prepare(
     data: &str,
     args: &RunArgs,
+    kind: ProcessorKind,
+    now: Option<DateTime<Utc>>,
 ) -> Result<(
     Queue,
     Box<dyn Processor>,
@@ -649,7 +743,7 @@ async fn prepare(
     Option<Arc<FixedClock>>,
 )> {
     let policy = args.policy.policy()?;
-    let processor = processor(args)?;
+    let processor = processor(args, kind)?;
     let config = RoundConfig {
         policy,
         limit: args.limit.unwrap_or(args.batch_size),
@@ -661,9 +755,9 @@ async fn prepare(
         shard: args.shard,
         lease: args.lease,
         progress: progress_bar(),
-        guard: args.guard.guard(args.processor),
+        guard: args.guard.guard(kind)?,
     };
-    let clock = args.now.map(|now| Arc::new(FixedClock::new(now)));
+    let clock = now.map(|now| Arc::new(FixedClock::new(now)));
     let mut queue = Queue::open(data).await?.with_worker(&args.worker);
     if let Some(clock) = &clock {
         queue = queue.with_clock(clock.clone());
@@ -681,11 +775,26 @@ async fn prepare(
     Ok((queue, processor, config, clock))
 }
 
-async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
-    let (mut queue, processor, config, clock) = prepare(data, &args).await?;
+async fn run(data: &str, command: RunCommand, out: &mut impl Write) -> Result<()> {
+    let RunCommand {
+        run: args,
+        now,
+        drain,
+        json,
+    } = command;
+    let kind = args.processor.unwrap_or(ProcessorKind::Simulate);
+    let (mut queue, processor, config, clock) = prepare(data, &args, kind, now).await?;
+    if args.processor.is_none() {
+        // The quick start relies on the default; a pipeline must not, unawares.
+        eprintln!(
+            "warning: no --processor given: records are only simulated (a share of \
+             --transient-rate fails), nothing is sent anywhere; choose --processor \
+             http|command|simulate"
+        );
+    }
     loop {
         let report = queue.run_round(processor.as_ref(), &config).await?;
-        print_round(out, &report, args.json)?;
+        print_round(out, &report, json)?;
         // A round takes at most ROUND_BATCH records; without --limit, run goes on while
         // more are due.
         let more_due = args.limit.is_none()
@@ -699,11 +808,7 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
         }
         // While calls are paused (breaker open, Retry-After), the next round waits for the
         // pause to end even if records are due.
-        let Some(next) = report
-            .paused_until
-            .max(report.next_due)
-            .filter(|_| args.drain)
-        else {
+        let Some(next) = report.paused_until.max(report.next_due).filter(|_| drain) else {
             return Ok(());
         };
         match &clock {
@@ -730,8 +835,8 @@ async fn run(data: &str, args: RunArgs, out: &mut impl Write) -> Result<()> {
     }
 }
 
-fn processor(args: &RunArgs) -> Result<Box<dyn Processor>> {
-    Ok(match args.processor {
+fn processor(args: &RunArgs, kind: ProcessorKind) -> Result<Box<dyn Processor>> {
+    Ok(match kind {
         ProcessorKind::Simulate => Box::new(SimulateProcessor::new(args.transient_rate, args.seed)),
         ProcessorKind::Command => {
             let command = args
@@ -788,6 +893,11 @@ fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result
         format!("calls paused until {} ({why})", until.to_rfc3339())
     });
     match (report.round, paused) {
+        (None, _) if report.lost > 0 => writeln!(
+            out,
+            "round lost its lease: {} records taken by another worker, nothing committed; {next}",
+            report.lost
+        )?,
         (None, Some(paused)) => writeln!(out, "{paused}; nothing claimed")?,
         (None, None) => writeln!(out, "nothing due; {next}")?,
         (Some(round), paused) => {

@@ -7,13 +7,14 @@ use chrono::{DateTime, Utc};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
-use deltalake::datafusion::prelude::SessionContext;
+use deltalake::datafusion::prelude::{SQLOptions, SessionContext};
 use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{Store, Table, delta};
 
 /// Which version of the tables a query reads.
@@ -65,10 +66,28 @@ pub async fn session(store: &Store) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-/// Runs one SQL statement over the tables.
+/// What [`query`] lets SQL do: read. No DDL (`CREATE EXTERNAL TABLE` would read any file
+/// the user can, `CREATE VIEW`, `DROP`), no DML (`INSERT`, `COPY ... TO` would write any
+/// file), no statements (`SET`, `PREPARE`, transactions). A caller running its own SQL on
+/// a [`session`] should pass these to `SessionContext::sql_with_options`.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Runs one SQL statement over the tables: a query (`SELECT`, `WITH`, `EXPLAIN`,
+/// `DESCRIBE`); anything that would write or read beyond the four tables is
+/// [`Error::ReadOnly`], refused before it runs (see [`read_only`]).
 pub async fn query(store: &Store, sql: &str) -> Result<Vec<RecordBatch>> {
     let ctx = session(store).await?;
-    Ok(ctx.sql(sql).await?.collect().await?)
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan).map_err(|e| match e {
+        DataFusionError::Plan(message) => Error::ReadOnly(message),
+        other => Error::ReadOnly(other.strip_backtrace()),
+    })?;
+    Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
 }
 
 /// One commit of one table, as `history` shows it.

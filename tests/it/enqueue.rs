@@ -151,3 +151,129 @@ fn a_duplicate_id_in_one_input_is_named() {
     assert!(err.contains("'a' on lines 1 and 3"), "{err}");
     assert!(env.rows::<QueueRow>().is_empty());
 }
+
+/// Ids at and past the 1024-byte limit, with control characters, and blank.
+fn bad_ids() -> Vec<(String, &'static str)> {
+    vec![
+        ("y".repeat(2 << 20), "longer than 1024 bytes"),
+        ("z".repeat(1025), "longer than 1024 bytes"),
+        ("a\0b".to_owned(), "control character"),
+        ("  ".to_owned(), "blank"),
+        ("tab\there".to_owned(), "control character"),
+        ("del\u{7f}".to_owned(), "control character"),
+        ("c1\u{85}".to_owned(), "control character"),
+        ("\u{3000} ".to_owned(), "blank"),
+        ("line\nbreak".to_owned(), "control character"),
+    ]
+}
+
+/// Checks the refusal of an input holding [`bad_ids`] from `first_bad` on, in order, then
+/// its `--skip-invalid` treatment: synthetic ids in the dead letters, the good ids queued.
+fn ids_are_checked(env: &Env, input: &std::path::Path, first_bad: usize, good: &[&str]) {
+    let name = input.file_name().unwrap().to_str().unwrap();
+    let input = input.to_str().unwrap();
+    let err = env.fails(&["enqueue", input]);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.len() < 4096,
+        "the bad id is not echoed whole: {} bytes",
+        err.len()
+    );
+    assert!(
+        err.contains(name) && err.contains("9 invalid record(s)"),
+        "{err}"
+    );
+    for (i, (_, what)) in bad_ids().iter().take(5).enumerate() {
+        let line = format!("line {}: ", first_bad + i);
+        let shown = err
+            .split(&line)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{line}: {err}"));
+        assert!(
+            shown.starts_with("id") && shown.split(';').next().unwrap().contains(what),
+            "{line}{what}: {err}"
+        );
+    }
+    assert!(err.contains("and 4 more"), "{err}");
+    assert!(env.rows::<QueueRow>().is_empty());
+    assert!(env.rows::<DeadRow>().is_empty());
+
+    let out = env.ok(&["enqueue", input, "--skip-invalid"]);
+    assert!(out.contains("9 invalid dead-lettered"), "{out}");
+    let mut queued = ids(&env.rows::<QueueRow>(), |r| &r.sample_id);
+    queued.sort();
+    let mut good: Vec<String> = good.iter().map(|g| g.to_string()).collect();
+    good.sort();
+    assert_eq!(queued, good);
+    let dead = env.rows::<DeadRow>();
+    let expected: Vec<String> = (first_bad..first_bad + 9)
+        .map(|line| format!("{name}:{line}"))
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(ids(&dead, |r| &r.sample_id), expected);
+    for d in &dead {
+        assert_eq!(d.reason, "invalid_input");
+        let line = d.sample_id.rsplit(':').next().unwrap();
+        let msg = d.error_msg.as_deref().unwrap();
+        assert!(msg.starts_with(&format!("line {line}: id")), "{msg}");
+    }
+}
+
+#[test]
+fn ids_are_short_printable_and_not_blank_in_jsonl() {
+    let env = Env::new();
+    let limit = "x".repeat(1024);
+    let mut lines = vec![
+        serde_json::json!({"sample_id": "ok", "payload": "p"}).to_string(),
+        serde_json::json!({"sample_id": limit, "payload": "p"}).to_string(),
+    ];
+    for (id, _) in bad_ids() {
+        lines.push(serde_json::json!({"sample_id": id, "payload": "p"}).to_string());
+    }
+    let input = env.write("ids.jsonl", lines.join("\n") + "\n");
+    ids_are_checked(&env, &input, 3, &["ok", &limit]);
+    // The dead letter keeps the line as read.
+    let dead = env.rows::<DeadRow>();
+    let nul = dead.iter().find(|d| d.sample_id == "ids.jsonl:5").unwrap();
+    assert_eq!(nul.payload.as_deref(), Some(lines[4].as_str()));
+}
+
+#[test]
+fn ids_are_short_printable_and_not_blank_in_csv() {
+    let env = Env::new();
+    let limit = "x".repeat(1024);
+    let mut csv = format!("sample_id,payload\nok,p\n{limit},p\n");
+    for (id, _) in bad_ids() {
+        csv.push_str(&format!("\"{id}\",p\n"));
+    }
+    let input = env.write("ids.csv", &csv);
+    // Line 1 is the header; the last id, with a newline, spans lines 12 and 13.
+    ids_are_checked(&env, &input, 4, &["ok", &limit]);
+}
+
+#[test]
+fn ids_are_short_printable_and_not_blank_in_parquet() {
+    let env = Env::new();
+    let limit = "x".repeat(1024);
+    let mut column = vec!["ok".to_owned(), limit.clone()];
+    column.extend(bad_ids().into_iter().map(|(id, _)| id));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("sample_id", DataType::Utf8, false),
+        Field::new("payload", DataType::Utf8, true),
+    ]));
+    let payloads: Vec<Option<&str>> = column.iter().map(|_| Some("p")).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(column.clone())),
+            Arc::new(StringArray::from(payloads)),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(env.path("ids.parquet")).unwrap();
+    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    ids_are_checked(&env, &env.path("ids.parquet"), 3, &["ok", &limit]);
+}

@@ -84,7 +84,16 @@ fn a_table_with_the_wrong_schema() {
             .await
             .unwrap();
     });
+    // A command that only reads names the tables it misses; one that writes refuses the
+    // table it cannot use.
     let err = env.fails(&["status"]);
+    assert!(
+        err.contains(
+            "only some of retrylake's tables: final_results, dead_letter_queue, attempts missing"
+        ),
+        "{err}"
+    );
+    let err = env.fails(&["run"]);
     assert!(
         err.contains("retry_queue has the wrong schema: column 'payload' is missing"),
         "{err}"

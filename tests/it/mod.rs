@@ -11,6 +11,7 @@ mod redrive;
 mod round;
 mod s3;
 mod server;
+mod traps;
 mod util;
 mod worked_example;
 mod worker;

@@ -246,3 +246,78 @@ fn status_counts_the_records_that_recovered_after_a_retry() {
     let share = status["recovered_share"].as_f64().unwrap();
     assert!((share - recovered as f64 / (recovered + gave_up) as f64).abs() < 1e-9);
 }
+
+#[test]
+fn query_only_reads() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let copied = env.path("copied.csv");
+    let secret = env.write("secret.csv", "user,password\nroot,hunter2\n");
+    let (copied_s, secret_s) = (copied.to_str().unwrap(), secret.to_str().unwrap());
+    let versions = |env: &Env| env.ok(&["history", "--json"]);
+    let before = versions(&env);
+    for (sql, what) in [
+        (
+            format!("COPY (SELECT 1 AS one) TO '{copied_s}' STORED AS CSV"),
+            "COPY",
+        ),
+        (
+            format!("COPY retry_queue TO '{copied_s}' STORED AS CSV"),
+            "COPY",
+        ),
+        (
+            format!("EXPLAIN ANALYZE COPY (SELECT 1) TO '{copied_s}' STORED AS CSV"),
+            "COPY",
+        ),
+        (
+            format!("CREATE EXTERNAL TABLE secret STORED AS CSV LOCATION '{secret_s}'"),
+            "CreateExternalTable",
+        ),
+        (
+            "CREATE VIEW v AS SELECT * FROM retry_queue".to_owned(),
+            "CreateView",
+        ),
+        (
+            "CREATE TABLE t AS SELECT * FROM retry_queue".to_owned(),
+            "CreateMemoryTable",
+        ),
+        ("DROP TABLE retry_queue".to_owned(), "DropTable"),
+        (
+            "INSERT INTO final_results VALUES ('X', 'p', now(), 1, 'r')".to_owned(),
+            "Insert",
+        ),
+        (
+            "INSERT INTO final_results SELECT * FROM final_results".to_owned(),
+            "Insert",
+        ),
+        (
+            "SET datafusion.execution.target_partitions = 1".to_owned(),
+            "SetVariable",
+        ),
+        ("PREPARE p AS SELECT 1".to_owned(), "Prepare"),
+    ] {
+        let err = env.fails(&["query", &sql]);
+        assert!(
+            err.contains("read-only") && err.contains(what),
+            "{sql}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{sql}: {err}");
+        assert!(!copied.exists(), "{sql} wrote a file");
+    }
+    // Reading a file by its path is not a table either.
+    let err = env.fails(&["query", &format!("SELECT * FROM '{secret_s}'")]);
+    assert!(!err.contains("hunter2"), "{err}");
+    assert_eq!(versions(&env), before, "no table changed");
+    // Queries still run, EXPLAIN and DESCRIBE included.
+    let rows = json(&env, &["query", "SELECT COUNT(*) AS n FROM final_results"]);
+    assert_eq!(rows[0]["n"], 0);
+    env.ok(&[
+        "query",
+        "EXPLAIN SELECT * FROM retry_queue WHERE retry_count > 1",
+    ]);
+    env.ok(&["query", "DESCRIBE attempts"]);
+    env.ok(&[
+        "query",
+        "WITH d AS (SELECT * FROM dead_letter_queue) SELECT COUNT(*) FROM d",
+    ]);
+}

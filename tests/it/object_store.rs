@@ -68,7 +68,7 @@ fn every_command_works_on_s3() {
     assert_eq!(r["redriven"].as_u64(), Some(dead));
     let mut worker = env
         .process()
-        .args(["worker", "--poll", "200ms"])
+        .args(["worker", "--processor", "simulate", "--poll", "200ms"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

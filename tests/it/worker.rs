@@ -40,6 +40,8 @@ fn a_worker_drains_picks_up_new_records_and_serves_metrics() {
         .process()
         .args([
             "worker",
+            "--processor",
+            "simulate",
             "--poll",
             "300ms",
             "--base-backoff",
