@@ -170,7 +170,10 @@ pub(crate) async fn enqueue(
         .await;
         match committed {
             Err(e) if e.is_conflict() && attempt < ENQUEUE_RETRIES => {
-                tracing::debug!(attempt, "enqueue raced another commit of new ids; checking again");
+                tracing::debug!(
+                    attempt,
+                    "enqueue raced another commit of new ids; checking again"
+                );
                 store.pause_after_conflict(attempt).await;
             }
             Err(e) => return Err(e),

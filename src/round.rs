@@ -284,9 +284,7 @@ pub(crate) async fn run_round(
 
     let total = due.len();
     let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
-        .map(|(i, row)| async move {
-            (i, attempt(processor, clock, row, config, deadline).await)
-        })
+        .map(|(i, row)| async move { (i, attempt(processor, clock, row, config, deadline).await) })
         .buffer_unordered(config.concurrency.max(1))
         .enumerate()
         .map(|(done, result)| {
@@ -461,7 +459,16 @@ async fn claim(
                     store.resolve_lease(owner, worker).await?;
                 }
             }
-            Ok(found) => return Ok((Found { claim: None, ..found }, lease_until, claimed_at)),
+            Ok(found) => {
+                return Ok((
+                    Found {
+                        claim: None,
+                        ..found
+                    },
+                    lease_until,
+                    claimed_at,
+                ));
+            }
             Err(e) if e.is_conflict() && attempt < CLAIM_RETRIES => {
                 tracing::debug!(attempt, "claim conflicted with another worker; re-reading")
             }
@@ -539,9 +546,8 @@ async fn attempt(
         // A processor that panics on a record fails that record permanently, named in the
         // log and in its dead letter: coming back after its lease, it would take every
         // worker down in turn.
-        let mut call = std::pin::pin!(
-            std::panic::AssertUnwindSafe(processor.process(&record)).catch_unwind()
-        );
+        let mut call =
+            std::pin::pin!(std::panic::AssertUnwindSafe(processor.process(&record)).catch_unwind());
         // A call that is done at once needs no timer (the simulator; a processor that
         // answers from a cache): registering one per call costs more than the call.
         let called = match futures::poll!(call.as_mut()) {

@@ -869,7 +869,12 @@ mod tests {
         )
         .await
         .unwrap();
-        let claimed = a.claim_due(claim_at(now, "a", 1)).await.unwrap().claim.unwrap();
+        let claimed = a
+            .claim_due(claim_at(now, "a", 1))
+            .await
+            .unwrap()
+            .claim
+            .unwrap();
         // `a` journals, then stalls before applying its round.
         let journal = successes(&claimed.rows, "a", 1);
         a.append(&journal, &CommitTag::round("round", "a", 1))
@@ -890,7 +895,11 @@ mod tests {
 
     #[test]
     fn read_predicates_render_at_the_limits_of_time() {
-        for t in [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, Utc::now()] {
+        for t in [
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            Utc::now(),
+        ] {
             assert!(settle_operation(t).is_ok(), "{t}");
         }
         assert!(blind_append().is_ok());

@@ -349,7 +349,10 @@ impl Store {
                 break;
             }
             let tag = CommitTag::round("fence", &owner.worker, owner.round).with("fenced_by", by);
-            match self.commit(journal, Vec::new(), blind_append()?, &tag).await {
+            match self
+                .commit(journal, Vec::new(), blind_append()?, &tag)
+                .await
+            {
                 Ok(()) => {
                     tracing::warn!(
                         worker = owner.worker,

@@ -377,13 +377,17 @@ fn a_round_stops_calling_before_its_lease_ends_and_gives_back_the_rest() {
         first["processed"].as_u64().unwrap(),
         first["deferred"].as_u64().unwrap(),
     );
-    assert!(processed >= 1 && processed < 30, "{first}");
+    assert!((1..30).contains(&processed), "{first}");
     assert_eq!(processed + deferred, 30, "{first}");
     // `run` goes on while records are due: the later rounds took the rest, and the
     // records not called were not charged: one attempt each, every record final.
     let attempts = env.rows::<AttemptRow>();
     assert_eq!(attempts.len(), 30);
-    assert!(attempts.iter().all(|a| a.attempt == 0 && a.outcome == "success"));
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.attempt == 0 && a.outcome == "success")
+    );
     assert_eq!(env.rows::<FinalRow>().len(), 30);
     super::util::assert_exactly_once(&env.data(), &ids);
 }
@@ -396,7 +400,15 @@ fn a_lease_shorter_than_twice_the_timeout_is_refused() {
     env.ok(&["enqueue", input.to_str().unwrap()]);
     let out = env
         .cmd()
-        .args(["run", "--processor", "simulate", "--lease", "40s", "--timeout", "30s"])
+        .args([
+            "run",
+            "--processor",
+            "simulate",
+            "--lease",
+            "40s",
+            "--timeout",
+            "30s",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -423,7 +435,10 @@ fn huge_durations_are_refused_or_saturate_never_panic() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--lease (500000years) is longer than 30days"), "{stderr}");
+    assert!(
+        stderr.contains("--lease (500000years) is longer than 30days"),
+        "{stderr}"
+    );
     // The longest lease and backoffs far beyond any date still work.
     env.ok(&[
         "run",
