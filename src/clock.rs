@@ -1,8 +1,9 @@
 //! Where "now" comes from: the system clock, or a clock that tests and backfills set.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 /// A source of the current time. Every time-lock decision in a round reads one.
 pub trait Clock: Send + Sync {
@@ -49,18 +50,37 @@ pub fn to_micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-/// The inverse of [`to_micros`].
+/// The inverse of [`to_micros`]. A count of microseconds past either end of the times a
+/// [`DateTime`] holds (about 262,000 years either side of 1970) gives that end.
 pub fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    DateTime::from_timestamp_micros(us).unwrap_or(if us < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// `t + d`, or the last time a [`DateTime`] holds when that is past it. Never panics,
+/// whatever a flag or a downstream asked for: time arithmetic on durations that come from
+/// outside goes through here, never through `+`.
+pub(crate) fn add_saturating(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Rounds a time up to whole milliseconds, the resolution of Delta's file statistics, so
-/// a time lock read back from the statistics is exact.
+/// a time lock read back from the statistics is exact. Past the last whole millisecond a
+/// [`DateTime`] holds, that millisecond.
 pub fn ceil_millis(t: DateTime<Utc>) -> DateTime<Utc> {
     let us = to_micros(t);
     match us.rem_euclid(1000) {
         0 => t,
-        r => from_micros(us - r + 1000),
+        r => us
+            .checked_add(1000 - r)
+            .and_then(DateTime::from_timestamp_micros)
+            .unwrap_or_else(|| floor_millis(DateTime::<Utc>::MAX_UTC)),
     }
 }
 
@@ -71,8 +91,9 @@ pub fn floor_millis(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn rounds_to_milliseconds() {
@@ -82,5 +103,70 @@ mod tests {
         let whole = from_micros(1_700_000_000_123_000);
         assert_eq!(ceil_millis(whole), whole);
         assert_eq!(floor_millis(whole), whole);
+    }
+
+    #[test]
+    fn the_ends_of_time_saturate() {
+        let (min, max) = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+        assert_eq!(from_micros(i64::MAX), max);
+        assert_eq!(from_micros(i64::MIN), min);
+        assert_eq!(from_micros(to_micros(min)), min);
+        assert_eq!(add_saturating(max, Duration::from_nanos(1)), max);
+        assert_eq!(add_saturating(min, Duration::MAX), max);
+        let last = ceil_millis(max);
+        assert!(last <= max && max - last < TimeDelta::milliseconds(1));
+        assert_eq!(to_micros(last).rem_euclid(1000), 0);
+        assert_eq!(floor_millis(min), min);
+    }
+
+    /// Any time a `DateTime` holds, the ends and their neighbours most often.
+    pub(crate) fn any_time() -> impl Strategy<Value = DateTime<Utc>> {
+        let (min, max) = (
+            to_micros(DateTime::<Utc>::MIN_UTC),
+            to_micros(DateTime::<Utc>::MAX_UTC),
+        );
+        prop_oneof![
+            (min..=max).prop_map(from_micros),
+            (0i64..10_000_000).prop_map(move |d| from_micros(max - d)),
+            (0i64..10_000_000).prop_map(move |d| from_micros(min + d)),
+            Just(DateTime::<Utc>::MAX_UTC),
+            Just(DateTime::<Utc>::MIN_UTC),
+            (0i64..4_000_000_000_000_000).prop_map(from_micros),
+        ]
+    }
+
+    /// Any duration, from zero to `Duration::MAX`, the extremes most often.
+    pub(crate) fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            Just(Duration::from_secs(u64::MAX)),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (0u64..100 * 365 * 86_400).prop_map(Duration::from_secs),
+            (0u64..1_000_000_000).prop_map(Duration::from_nanos),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn adding_never_panics_and_never_goes_back(t in any_time(), d in any_duration()) {
+            let sum = add_saturating(t, d);
+            prop_assert!(sum >= t);
+            if sum < DateTime::<Utc>::MAX_UTC {
+                prop_assert_eq!(sum - t, TimeDelta::from_std(d).unwrap());
+            }
+            let rounded = ceil_millis(sum);
+            prop_assert_eq!(to_micros(rounded).rem_euclid(1000), 0);
+            prop_assert!(rounded <= DateTime::<Utc>::MAX_UTC);
+            let floored = floor_millis(sum);
+            prop_assert!(floored <= sum);
+        }
+
+        #[test]
+        fn micros_round_trip(t in any_time()) {
+            let back = from_micros(to_micros(t));
+            prop_assert!(back <= t && t - back < TimeDelta::microseconds(1));
+            prop_assert!(ceil_millis(t) >= floor_millis(t));
+        }
     }
 }

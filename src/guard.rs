@@ -16,7 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::outcome::{Outcome, RetryAfter};
+use crate::clock::add_saturating;
+use crate::outcome::Outcome;
 
 /// When the circuit breaker opens, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,7 +89,8 @@ impl Breaker {
         Breaker {
             config,
             state: BreakerState::Closed,
-            recent: std::collections::VecDeque::with_capacity(config.window),
+            // Grows to the window as calls come; a window of usize::MAX allocates nothing.
+            recent: std::collections::VecDeque::with_capacity(config.window.min(1024)),
         }
     }
 
@@ -142,8 +144,7 @@ impl Breaker {
     }
 
     fn open(&mut self, now: DateTime<Utc>) {
-        let until = now
-            + chrono::Duration::from_std(self.config.cool_down).unwrap_or(chrono::Duration::MAX);
+        let until = add_saturating(now, self.config.cool_down);
         self.recent.clear();
         self.change(BreakerState::Open { until });
     }
@@ -197,7 +198,10 @@ impl Rate {
     /// A token bucket of one call, refilled every `per / calls`: calls are spaced evenly,
     /// so no burst exceeds the rate over any window.
     fn quota(&self) -> Quota {
-        let interval = (self.per / self.calls).max(Duration::from_nanos(1));
+        // governor counts in u64 nanoseconds (it panics past 584 years), and a rate of
+        // zero calls cannot be spaced: keep the interval between 1 ns and 100 years.
+        const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let interval = (self.per / self.calls.max(1)).clamp(Duration::from_nanos(1), LONGEST);
         Quota::with_period(interval)
             .expect("a non-zero period")
             .allow_burst(NonZeroU32::MIN)
@@ -230,7 +234,8 @@ pub enum Admission {
     /// Call the processor.
     Call,
     /// Call the processor: the half-open breaker's one probe. A probe that fails
-    /// transiently says the outage goes on; the record is not charged for it.
+    /// transiently says the outage goes on; the record is not charged for it, unless its
+    /// probe also failed the time before ([`Guard::charge_failed_probe`]).
     Probe,
     /// Do not call: the record goes back untouched, its time lock raised to `until` when
     /// the downstream asked for a pause.
@@ -252,6 +257,8 @@ struct Inner {
     breaker: Option<Breaker>,
     /// Calls paused until then, as a downstream asked (Retry-After on a transient failure).
     paused_until: Option<DateTime<Utc>>,
+    /// The record whose probe call failed last, until a call shows the downstream answers.
+    failed_probe: Option<String>,
 }
 
 impl fmt::Debug for Guard {
@@ -260,6 +267,7 @@ impl fmt::Debug for Guard {
         f.debug_struct("Guard")
             .field("breaker", &inner.breaker)
             .field("paused_until", &inner.paused_until)
+            .field("failed_probe", &inner.failed_probe)
             .field("rate_limited", &self.limiter.is_some())
             .finish()
     }
@@ -278,6 +286,7 @@ impl Guard {
             inner: Arc::new(Mutex::new(Inner {
                 breaker: config.breaker.map(Breaker::new),
                 paused_until: None,
+                failed_probe: None,
             })),
             limiter: config
                 .rate
@@ -347,6 +356,26 @@ impl Guard {
         }
     }
 
+    /// Whether the probe call of `sample_id`, which just failed transiently, is charged to
+    /// its record: `true` when the same record's probe also failed the time before (so the
+    /// failure may well be the record's own doing: it is charged as any transient failure,
+    /// with its backoff, and the next probe falls on another record), `false` otherwise
+    /// (the outage goes on: the record goes back uncharged). Call it after
+    /// [`record`](Guard::record) for a probe ([`Admission::Probe`]) that failed transiently.
+    ///
+    /// The guard remembers the last failed probe's record (clones share it); a call that
+    /// shows the downstream answers (a success, a permanent failure) forgets it. So a
+    /// record whose own content makes the downstream fail cannot hold the breaker open
+    /// forever: its second probe in a row is charged, until its retries run out.
+    pub fn charge_failed_probe(&self, sample_id: &str) -> bool {
+        let mut inner = self.inner.lock().expect("guard lock");
+        let again = inner.failed_probe.as_deref() == Some(sample_id);
+        if !again {
+            inner.failed_probe = Some(sample_id.to_owned());
+        }
+        again
+    }
+
     /// Weighs a finished call that ended at `now`. A transient failure that carries a
     /// Retry-After pauses every call until then (at most `max_pause` from `now`).
     pub fn record(&self, outcome: &Outcome, now: DateTime<Utc>, max_pause: Duration) {
@@ -355,19 +384,15 @@ impl Guard {
         if let Some(breaker) = &mut inner.breaker {
             breaker.record(failed, now);
         }
+        if !failed {
+            inner.failed_probe = None;
+        }
         if let Outcome::Transient {
             retry_after: Some(asked),
             ..
         } = outcome
         {
-            let cap = now + chrono::Duration::from_std(max_pause).unwrap_or(chrono::Duration::MAX);
-            let until = match *asked {
-                RetryAfter::Delay(d) => {
-                    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-                }
-                RetryAfter::At(at) => at,
-            }
-            .min(cap);
+            let until = asked.until(now, max_pause);
             if until > now && inner.paused_until.is_none_or(|p| p < until) {
                 tracing::warn!(
                     "the downstream asked for a pause (Retry-After): no calls until {until}"
@@ -380,7 +405,11 @@ impl Guard {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::clock::tests::{any_duration, any_time};
+    use crate::outcome::RetryAfter;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
@@ -519,6 +548,284 @@ mod tests {
             guard.admit(|| at(30)).await,
             Admission::Defer { until: None }
         );
+    }
+
+    #[test]
+    fn a_huge_retry_after_or_cool_down_saturates_at_the_end_of_time() {
+        let max = DateTime::<Utc>::MAX_UTC;
+        let guard = Guard::new(GuardConfig {
+            breaker: Some(BreakerConfig {
+                min_calls: 1,
+                window: 1,
+                cool_down: Duration::MAX,
+                ..BreakerConfig::default()
+            }),
+            rate: None,
+        });
+        let hostile = Outcome::Transient {
+            error: "HTTP 503".into(),
+            retry_after: Some(RetryAfter::Delay(Duration::from_secs(u64::MAX))),
+        };
+        // The README's default ceiling: a day after the call.
+        guard.record(&hostile, at(0), Duration::from_secs(86_400));
+        assert_eq!(guard.paused_until(at(1)), Some(at(86_400)));
+        assert_eq!(
+            guard.breaker(at(1)),
+            Some(BreakerState::Open { until: max })
+        );
+        assert_eq!(guard.blocked_until(at(1)), Some(max));
+        // No ceiling, at the very end of time: the end of time.
+        let late = max - chrono::TimeDelta::microseconds(1);
+        guard.record(&hostile, late, Duration::MAX);
+        assert_eq!(guard.paused_until(late), Some(max));
+        assert_eq!(guard.paused_until(max), None);
+        let min = DateTime::<Utc>::MIN_UTC;
+        let down = Guard::new(GuardConfig::standard());
+        down.record(&hostile, min, Duration::MAX);
+        assert_eq!(down.paused_until(min), Some(max));
+    }
+
+    #[test]
+    fn absurd_settings_build_a_guard() {
+        for rate in [
+            Rate {
+                calls: 1,
+                per: Duration::MAX,
+            },
+            Rate {
+                calls: 0,
+                per: Duration::ZERO,
+            },
+            Rate {
+                calls: u32::MAX,
+                per: Duration::from_nanos(1),
+            },
+        ] {
+            let guard = Guard::new(GuardConfig {
+                breaker: Some(BreakerConfig {
+                    window: usize::MAX,
+                    min_calls: usize::MAX,
+                    failure_rate: f64::NAN,
+                    cool_down: Duration::MAX,
+                }),
+                rate: Some(rate),
+            });
+            let admitted = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(guard.admit(|| at(0)));
+            assert_eq!(admitted, Admission::Call, "{rate:?}");
+            guard.record(&Outcome::transient("timeout"), at(0), Duration::MAX);
+            assert_eq!(guard.breaker(at(0)), Some(BreakerState::Closed));
+        }
+    }
+
+    fn probing_guard() -> Guard {
+        Guard::new(GuardConfig {
+            breaker: Some(BreakerConfig {
+                min_calls: 1,
+                window: 1,
+                ..BreakerConfig::default()
+            }),
+            rate: None,
+        })
+    }
+
+    #[test]
+    fn a_failed_probe_is_charged_when_its_record_failed_the_probe_before() {
+        let guard = probing_guard();
+        assert!(
+            !guard.charge_failed_probe("a"),
+            "a first failed probe is free"
+        );
+        assert!(
+            guard.charge_failed_probe("a"),
+            "the same record again is charged"
+        );
+        assert!(
+            guard.charge_failed_probe("a"),
+            "and again, while it keeps failing"
+        );
+        assert!(
+            !guard.charge_failed_probe("b"),
+            "another record starts afresh"
+        );
+        assert!(
+            !guard.charge_failed_probe("a"),
+            "not the record of the probe before"
+        );
+        assert!(guard.charge_failed_probe("a"));
+        // A call that shows the downstream answers forgets the failed probe.
+        for answer in [Outcome::success("ok"), Outcome::permanent("HTTP 400")] {
+            assert!(guard.charge_failed_probe("a"), "remembered");
+            guard.record(&answer, at(0), Duration::ZERO);
+            assert!(!guard.charge_failed_probe("a"), "{answer:?}");
+        }
+        // A transient failure does not.
+        guard.record(&Outcome::transient("timeout"), at(0), Duration::ZERO);
+        assert!(guard.charge_failed_probe("a"));
+    }
+
+    #[test]
+    fn clones_share_the_failed_probe() {
+        let guard = probing_guard();
+        let clone = guard.clone();
+        assert!(!guard.charge_failed_probe("poison"));
+        assert!(clone.charge_failed_probe("poison"));
+        clone.record(&Outcome::success("ok"), at(0), Duration::ZERO);
+        assert!(!guard.charge_failed_probe("poison"));
+    }
+
+    #[tokio::test]
+    async fn a_poison_record_does_not_hold_the_breaker_open() {
+        let guard = probing_guard();
+        assert_eq!(guard.admit(|| at(0)).await, Admission::Call);
+        guard.record(&Outcome::transient("HTTP 503"), at(0), Duration::ZERO);
+        // Each cool-down, one probe: it falls on the poison record (the oldest) twice.
+        let mut charged = vec![];
+        let mut t = 0;
+        for _ in 0..2 {
+            t += 30;
+            assert_eq!(guard.admit(|| at(t)).await, Admission::Probe);
+            guard.record(&Outcome::transient("HTTP 503"), at(t), Duration::ZERO);
+            charged.push(guard.charge_failed_probe("poison"));
+        }
+        assert_eq!(
+            charged,
+            [false, true],
+            "the second is charged: it moves aside"
+        );
+        // The next probe takes another record, which succeeds: the breaker closes and the
+        // poison record starts afresh.
+        t += 30;
+        assert_eq!(guard.admit(|| at(t)).await, Admission::Probe);
+        guard.record(&Outcome::success("ok"), at(t), Duration::ZERO);
+        assert_eq!(guard.breaker(at(t)), Some(BreakerState::Closed));
+        assert!(!guard.charge_failed_probe("poison"));
+    }
+
+    fn any_outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            Just(Outcome::success("ok")),
+            Just(Outcome::permanent("HTTP 400")),
+            Just(Outcome::transient("timeout")),
+            prop_oneof![
+                any_duration().prop_map(RetryAfter::Delay),
+                any_time().prop_map(RetryAfter::At),
+            ]
+            .prop_map(|asked| Outcome::Transient {
+                error: "HTTP 503".into(),
+                retry_after: Some(asked),
+            }),
+        ]
+    }
+
+    fn any_breaker() -> impl Strategy<Value = Option<BreakerConfig>> {
+        let size = || prop_oneof![Just(0usize), Just(1), Just(usize::MAX), 0usize..8];
+        prop::option::of(
+            (
+                prop_oneof![Just(0.0), Just(1.0), Just(f64::NAN), 0.0f64..=1.0],
+                size(),
+                size(),
+                any_duration(),
+            )
+                .prop_map(|(failure_rate, window, min_calls, cool_down)| {
+                    BreakerConfig {
+                        failure_rate,
+                        window,
+                        min_calls,
+                        cool_down,
+                    }
+                }),
+        )
+    }
+
+    /// Steps of a guard's life: each a call's outcome, the time it ended and the ceiling
+    /// on its pause. Times jump anywhere (a clock may go back), or creep towards the end
+    /// of time.
+    fn any_steps() -> impl Strategy<Value = Vec<(Outcome, DateTime<Utc>, Duration)>> {
+        let creeping =
+            (any_time(), prop::collection::vec(any_duration(), 1..40)).prop_map(|(start, gaps)| {
+                gaps.into_iter()
+                    .scan(start, |t, gap| {
+                        *t = add_saturating(*t, gap.min(Duration::from_secs(3600)));
+                        Some(*t)
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let jumping = prop::collection::vec(any_time(), 1..40);
+        (
+            prop_oneof![creeping, jumping],
+            prop::collection::vec((any_outcome(), any_duration()), 40),
+        )
+            .prop_map(|(times, calls)| {
+                times
+                    .into_iter()
+                    .zip(calls)
+                    .map(|(t, (outcome, ceiling))| (outcome, t, ceiling))
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_guard_never_panics_and_keeps_its_bounds(
+            breaker in any_breaker(),
+            steps in any_steps(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let guard = Guard::new(GuardConfig { breaker, rate: None });
+            // The latest a recorded pause may end, and the times calls ended.
+            let mut ceiling: Option<DateTime<Utc>> = None;
+            let mut ended = vec![];
+            for (i, (outcome, now, max_pause)) in steps.into_iter().enumerate() {
+                match rt.block_on(guard.admit(|| now)) {
+                    Admission::Defer { until: Some(until) } => prop_assert!(until > now),
+                    Admission::Probe => {
+                        prop_assert!(breaker.is_some());
+                        prop_assert_eq!(
+                            guard.breaker(now),
+                            Some(BreakerState::HalfOpen { probing: true })
+                        );
+                    }
+                    Admission::Call | Admission::Defer { until: None } => {}
+                }
+                guard.record(&outcome, now, max_pause);
+                ended.push(now);
+                if let Outcome::Transient { retry_after: Some(_), .. } = outcome {
+                    ceiling = ceiling.max(Some(add_saturating(now, max_pause)));
+                }
+                if let Some(until) = guard.paused_until(now) {
+                    prop_assert!(until > now);
+                    prop_assert!(Some(until) <= ceiling, "{until} past {ceiling:?}");
+                }
+                match guard.breaker(now) {
+                    None => prop_assert!(breaker.is_none()),
+                    Some(BreakerState::Open { until }) => {
+                        let cool_down = breaker.unwrap().cool_down;
+                        prop_assert!(until > now);
+                        prop_assert!(ended.iter().any(|t| add_saturating(*t, cool_down) == until));
+                    }
+                    Some(_) => {}
+                }
+                if let Some(until) = guard.blocked_until(now) {
+                    prop_assert!(until > now);
+                }
+                let id = format!("record-{}", i % 3);
+                let _ = guard.charge_failed_probe(&id);
+                let _ = format!("{guard:?}");
+            }
+        }
+
+        #[test]
+        fn any_rate_builds_a_limiter(calls in any::<u32>(), per in any_duration()) {
+            let rate = Rate { calls, per };
+            let guard = Guard::new(GuardConfig { breaker: None, rate: Some(rate) });
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            // A bucket of one: the first call never waits.
+            prop_assert_eq!(rt.block_on(guard.admit(|| at(0))), Admission::Call);
+        }
     }
 
     #[test]

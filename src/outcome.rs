@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::clock::add_saturating;
+
 /// When a downstream asked to be called again (HTTP `Retry-After`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryAfter {
@@ -11,6 +13,21 @@ pub enum RetryAfter {
     Delay(Duration),
     /// Not before this time (an HTTP date).
     At(DateTime<Utc>),
+}
+
+impl RetryAfter {
+    /// The time a call that ended at `end` may be followed by another: `end` plus the
+    /// delay, or the date, but never more than `ceiling` after `end` (and never panicking,
+    /// however large the delay or the ceiling: past the last time a timestamp holds, that
+    /// time). A date before `end` asks for no wait and gives that date.
+    pub fn until(self, end: DateTime<Utc>, ceiling: Duration) -> DateTime<Utc> {
+        let cap = add_saturating(end, ceiling);
+        match self {
+            RetryAfter::Delay(d) => add_saturating(end, d),
+            RetryAfter::At(at) => at,
+        }
+        .min(cap)
+    }
 }
 
 /// How one call to a processor ended.
@@ -87,6 +104,54 @@ impl OutcomeKind {
             OutcomeKind::Success => "success",
             OutcomeKind::Transient => "transient",
             OutcomeKind::Permanent => "permanent",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::tests::{any_duration, any_time};
+    use proptest::prelude::*;
+
+    fn any_retry_after() -> impl Strategy<Value = RetryAfter> {
+        prop_oneof![
+            any_duration().prop_map(RetryAfter::Delay),
+            any_time().prop_map(RetryAfter::At),
+        ]
+    }
+
+    #[test]
+    fn the_ceiling_holds_at_the_end_of_time() {
+        let max = DateTime::<Utc>::MAX_UTC;
+        let huge = RetryAfter::Delay(Duration::from_secs(u64::MAX));
+        assert_eq!(huge.until(max, Duration::MAX), max);
+        let end = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(huge.until(end, day), add_saturating(end, day));
+        assert_eq!(
+            RetryAfter::At(max).until(end, day),
+            add_saturating(end, day)
+        );
+        assert_eq!(huge.until(end, Duration::MAX), max);
+    }
+
+    proptest! {
+        #[test]
+        fn until_is_bounded_by_the_ceiling(
+            asked in any_retry_after(),
+            end in any_time(),
+            ceiling in any_duration(),
+        ) {
+            let until = asked.until(end, ceiling);
+            prop_assert!(until <= add_saturating(end, ceiling));
+            match asked {
+                RetryAfter::Delay(d) => {
+                    prop_assert!(until >= end);
+                    prop_assert!(until <= add_saturating(end, d));
+                }
+                RetryAfter::At(at) => prop_assert!(until <= at),
+            }
         }
     }
 }

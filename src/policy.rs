@@ -183,7 +183,8 @@ impl RetryPolicy {
 }
 
 fn random_between<R: Rng + ?Sized>(rng: &mut R, low: Duration, high: Duration) -> Duration {
-    let (low, high) = (low.as_micros() as u64, high.as_micros() as u64);
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let (low, high) = (micros(low), micros(high));
     if high <= low {
         return Duration::from_micros(low);
     }
@@ -314,6 +315,9 @@ mod tests {
         assert!("sometimes".parse::<Jitter>().is_err());
     }
 
+    /// The longest backoff the builder accepts, in microseconds.
+    const LONGEST_US: u64 = 100 * 365 * 24 * 3600 * 1_000_000;
+
     fn any_jitter() -> impl Strategy<Value = Jitter> {
         prop_oneof![
             Just(Jitter::None),
@@ -360,6 +364,37 @@ mod tests {
                 .max_backoff(Duration::from_secs(86_400 * 365))
                 .build().unwrap();
             prop_assert!(policy.base_delay(n) <= policy.base_delay(n + 1));
+        }
+
+        #[test]
+        fn extreme_settings_never_panic(
+            base_us in prop_oneof![Just(1u64), Just(LONGEST_US), 1u64..=LONGEST_US],
+            cap_us in prop_oneof![Just(LONGEST_US), 1u64..=LONGEST_US],
+            multiplier in prop_oneof![Just(1.0f64), Just(f64::MAX), 1.0f64..f64::MAX],
+            max_retries in prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()],
+            retry_count in prop_oneof![Just(0u32), Just(u32::MAX), Just(u32::MAX - 1), any::<u32>()],
+            jitter in any_jitter(),
+            seed in any::<u64>(),
+        ) {
+            let (base, cap) = (Duration::from_micros(base_us), Duration::from_micros(cap_us));
+            let built = RetryPolicy::builder()
+                .base(base).multiplier(multiplier).max_backoff(cap)
+                .max_retries(max_retries).jitter(jitter)
+                .build();
+            let Ok(policy) = built else {
+                prop_assert!(cap < base);
+                return Ok(());
+            };
+            let mut rng = SmallRng::seed_from_u64(seed);
+            match policy.decide(retry_count, &mut rng) {
+                RetryDecision::Retry { retry_count: n, delay } => {
+                    prop_assert_eq!(n, retry_count + 1);
+                    prop_assert!(delay <= cap);
+                }
+                RetryDecision::Exhausted => prop_assert!(retry_count >= max_retries),
+            }
+            prop_assert!(policy.delay(u32::MAX, &mut rng) <= cap);
+            prop_assert!(policy.base_delay(u32::MAX) <= cap);
         }
 
         #[test]

@@ -10,10 +10,10 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
-use crate::clock::{Clock, ceil_millis, to_micros};
+use crate::clock::{Clock, add_saturating, ceil_millis, to_micros};
 use crate::error::{Error, Result};
 use crate::guard::{Admission, BreakerState, Guard};
-use crate::outcome::{Outcome, RetryAfter};
+use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
@@ -442,7 +442,7 @@ async fn claim(
             now,
             limit: config.limit,
             shard: config.shard,
-            lease_until: ceil_millis(add(now, config.lease)),
+            lease_until: ceil_millis(add_saturating(now, config.lease)),
             owner: LeaseOwner {
                 worker: worker.to_owned(),
                 round,
@@ -567,11 +567,18 @@ async fn attempt(
         });
         let now = clock.now();
         config.guard.record(&outcome, now, config.max_retry_after);
-        if admission == Admission::Probe && matches!(outcome, Outcome::Transient { .. }) {
+        if admission == Admission::Probe
+            && matches!(outcome, Outcome::Transient { .. })
+            && !config.guard.charge_failed_probe(&row.sample_id)
+        {
             // The outage goes on: a long one must not wear the records' retries down one
-            // probe at a time. The record goes back as it was, its call not journaled.
+            // probe at a time. The record goes back uncharged, its call not journaled, its
+            // time lock raised to the end of the new cool-down so that the next probe falls
+            // on another record. Its second failed probe in a row is charged as any
+            // transient failure: a record whose own content makes the downstream fail
+            // cannot hold the breaker open.
             tracing::info!(sample_id = %row.sample_id, "probe call failed; not charged");
-            return Tried::Deferred(config.guard.paused_until(now));
+            return Tried::Deferred(config.guard.blocked_until(now));
         }
         outcome
     };
@@ -594,13 +601,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 fn breaker_state(config: &RoundConfig, clock: &dyn Clock) -> Option<String> {
     config.guard.breaker(clock.now()).map(|s| s.to_string())
-}
-
-fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| t.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides where a record goes after an attempt, as the journal row that records it.
@@ -645,12 +645,9 @@ fn journal_row(
                 RetryDecision::Exhausted => journal.reason = Some("retries_exhausted".into()),
                 RetryDecision::Retry { retry_count, delay } => {
                     let end = attempt.finished_at;
-                    let backoff = add(end, delay);
-                    let asked = match retry_after {
-                        Some(RetryAfter::Delay(d)) => add(end, d.min(config.max_retry_after)),
-                        Some(RetryAfter::At(at)) => at.min(add(end, config.max_retry_after)),
-                        None => backoff,
-                    };
+                    let backoff = add_saturating(end, delay);
+                    let asked =
+                        retry_after.map_or(backoff, |r| r.until(end, config.max_retry_after));
                     journal.disposition = disposition::RETRY.to_owned();
                     journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
                     journal.process_after = Some(ceil_millis(backoff.max(asked)));

@@ -70,7 +70,10 @@ impl Processor for CommandProcessor {
             Ok(child) => child,
             Err(e) => return Outcome::transient(format!("could not start sh: {e}")),
         };
-        let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+        // A process id always fits an i32 (pid_max is at most 2^22); one that did not would
+        // name no group to kill.
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        let mut guard = GroupGuard(pgid.map(Pid::from_raw));
 
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();

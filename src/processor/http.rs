@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::error::Error as _;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, Response, Url};
 
@@ -160,16 +160,34 @@ fn root_cause(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP date.
+/// Parses `Retry-After` (RFC 9110, section 10.2.3): delta-seconds or an HTTP date, in the
+/// preferred IMF-fixdate form or the obsolete RFC 850 and asctime forms a recipient must
+/// accept. Never panics: delta-seconds past `u64::MAX` are `u64::MAX` seconds (the round's
+/// `--max-retry-after` then applies), and anything else (a negative or fractional number, a
+/// date no calendar holds, garbage) is no Retry-After at all.
 pub fn parse_retry_after(value: &str) -> Option<RetryAfter> {
     let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits: the only way to fail is to overflow.
         let secs = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(RetryAfter::Delay(std::time::Duration::from_secs(secs)));
     }
-    DateTime::parse_from_rfc2822(value)
-        .ok()
-        .map(|t| RetryAfter::At(t.with_timezone(&Utc)))
+    http_date(value).map(RetryAfter::At)
+}
+
+/// An HTTP date: `Sun, 06 Nov 1994 08:49:37 GMT` (and what else RFC 2822 allows),
+/// `Sunday, 06-Nov-94 08:49:37 GMT` or `Sun Nov  6 08:49:37 1994`.
+fn http_date(value: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc2822(value) {
+        return Some(t.with_timezone(&Utc));
+    }
+    ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(value, format).ok())
+        .map(|t| t.and_utc())
 }
 
 /// Builds an [`HttpProcessor`], checking the URL and headers.
@@ -270,25 +288,154 @@ fn is_secret_name(name: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn at(rfc3339: &str) -> Option<RetryAfter> {
+        Some(RetryAfter::At(rfc3339.parse::<DateTime<Utc>>().unwrap()))
+    }
+
+    fn secs(s: u64) -> Option<RetryAfter> {
+        Some(RetryAfter::Delay(Duration::from_secs(s)))
+    }
 
     #[test]
     fn retry_after_both_forms() {
+        assert_eq!(parse_retry_after(" 120 "), secs(120));
+        assert_eq!(parse_retry_after("\t0\t"), secs(0));
         assert_eq!(
-            parse_retry_after(" 120 "),
-            Some(RetryAfter::Delay(std::time::Duration::from_secs(120)))
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            at("2015-10-21T07:28:00Z")
         );
-        let at = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        // The obsolete forms RFC 9110 still asks a recipient to read.
         assert_eq!(
-            at,
-            RetryAfter::At("2015-10-21T07:28:00Z".parse::<DateTime<Utc>>().unwrap())
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT"),
+            at("1994-11-06T08:49:37Z")
         );
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_retry_after("-5"), None);
-        assert!(matches!(
-            parse_retry_after("99999999999999999999999"),
-            Some(RetryAfter::Delay(_))
-        ));
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:37 1994"),
+            at("1994-11-06T08:49:37Z")
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"),
+            at("9999-12-31T23:59:59Z")
+        );
+    }
+
+    #[test]
+    fn hostile_retry_afters_are_clamped_or_ignored() {
+        for huge in [
+            "99999999999999999999",
+            "18446744073709551616",
+            "000000000000000000000000000000018446744073709551615",
+        ] {
+            assert_eq!(parse_retry_after(huge), secs(u64::MAX), "{huge}");
+        }
+        assert_eq!(parse_retry_after("0000120"), secs(120));
+        // A date past 9999 is a date (the round's ceiling applies to it).
+        assert_eq!(
+            parse_retry_after("Sat, 01 Jan 10000 00:00:00 GMT"),
+            at("+10000-01-01T00:00:00Z")
+        );
+        for junk in [
+            "",
+            "   ",
+            "soon",
+            "-5",
+            "+5",
+            "-99999999999999999999",
+            "1.5",
+            "0.0",
+            "1e9",
+            "NaN",
+            "12 34",
+            "120s",
+            "Sat, 01 Jan 99999999999999999999 00:00:00 GMT",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+            "Wed, 21 Oct 2015 25:28:00 GMT",
+            "Wed, 21 Oct 2015 07:28:00 +99999",
+            "Mon, 01 Jan -2015 00:00:00 GMT",
+            "Sun Nov 99 08:49:37 1994",
+            "\u{0}",
+            "١٢٣",
+        ] {
+            assert_eq!(parse_retry_after(junk), None, "{junk:?}");
+        }
+    }
+
+    /// An HTTP date's fields, valid or not.
+    fn any_date_text() -> impl Strategy<Value = String> {
+        let weekday = prop::sample::select(vec!["Mon", "Sun", "Sunday", "Xyz", ""]);
+        let month = prop::sample::select(vec!["Jan", "Feb", "Dec", "Foo", ""]);
+        let number = prop_oneof![
+            0i128..100,
+            any::<i64>().prop_map(i128::from),
+            any::<u64>().prop_map(i128::from),
+            Just(i128::MAX),
+            Just(-1),
+        ];
+        let zone = prop::sample::select(vec!["GMT", "UT", "+0000", "-2359", "+9999", "Z", ""]);
+        (
+            weekday,
+            number.clone(),
+            month,
+            number.clone(),
+            (number.clone(), number.clone(), number),
+            zone,
+            0..4usize,
+        )
+            .prop_map(|(w, d, mo, y, (h, mi, s), z, form)| match form {
+                0 => format!("{w}, {d:02} {mo} {y} {h:02}:{mi:02}:{s:02} {z}"),
+                1 => format!("{w}, {d:02}-{mo}-{y} {h:02}:{mi:02}:{s:02} {z}"),
+                2 => format!("{w} {mo} {d:>2} {h:02}:{mi:02}:{s:02} {y}"),
+                _ => format!("{y}"),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_without_panic(value in any::<String>()) {
+            match parse_retry_after(&value) {
+                Some(RetryAfter::Delay(_)) => prop_assert!(
+                    value.trim().bytes().all(|b| b.is_ascii_digit())
+                ),
+                Some(RetryAfter::At(_)) | None => {}
+            }
+        }
+
+        #[test]
+        fn any_date_like_text_parses_without_panic(value in any_date_text()) {
+            let _ = parse_retry_after(&value);
+        }
+
+        #[test]
+        fn delta_seconds_saturate(
+            digits in "[0-9]{1,60}",
+            before in "[ \t]{0,3}",
+            after in "[ \t]{0,3}",
+        ) {
+            let expected = digits.parse::<u64>().unwrap_or(u64::MAX);
+            let parsed = parse_retry_after(&format!("{before}{digits}{after}"));
+            prop_assert_eq!(parsed, secs(expected));
+        }
+
+        #[test]
+        fn http_dates_round_trip(secs in -2_208_988_800i64..253_402_300_800) {
+            // 1900-01-01 to 9999-12-31, in all three forms (RFC 850's two-digit year only
+            // where it names one year: chrono reads 70-99 as 19xx and 00-69 as 20xx).
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            let fixdate = t.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            prop_assert_eq!(parse_retry_after(&fixdate), Some(RetryAfter::At(t)));
+            let asctime = t.format("%a %b %e %H:%M:%S %Y").to_string();
+            prop_assert_eq!(parse_retry_after(&asctime), Some(RetryAfter::At(t)));
+            if (0..3_155_760_000).contains(&secs) {
+                let rfc850 = t.format("%A, %d-%b-%y %H:%M:%S GMT").to_string();
+                prop_assert_eq!(parse_retry_after(&rfc850), Some(RetryAfter::At(t)));
+            }
+        }
     }
 
     #[test]

@@ -179,10 +179,23 @@ fn with_the_breaker_off_every_due_record_is_called() {
 fn a_rate_limit_lets_every_record_through() {
     let env = Env::new();
     let server = Server::start();
-    enqueue_api(&env, 20, NOW);
-    let r = run_api(&env, &server, &["--rate=200/s"]);
-    assert_eq!(r["succeeded"], 20);
-    // The rate itself is measured by bench/rate.py, not asserted here.
+    let (n, per_second) = (30, 50.0);
+    enqueue_api(&env, n, NOW);
+    let r = run_api(&env, &server, &["--rate=50/s"]);
+    assert_eq!(r["succeeded"], n);
+    // A bucket of one (a burst of 1): however many calls are in flight, they reach the
+    // server at least 1/rate apart, so the first and the last at least (n - 1)/rate apart
+    // (less 5% for the loopback's jitter). Unlimited, they would all arrive at once.
+    // bench/rate.py measures how close to the rate it gets.
+    let mut arrivals: Vec<std::time::Instant> = server.seen().iter().map(|s| s.at).collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), n, "one call per record");
+    let spread = arrivals[n - 1] - arrivals[0];
+    let least = Duration::from_secs_f64((n - 1) as f64 / per_second);
+    assert!(
+        spread >= least.mul_f64(0.95),
+        "{n} calls at --rate=50/s arrived within {spread:?}; the rate allows no less than {least:?}"
+    );
 }
 
 #[test]
@@ -197,4 +210,143 @@ fn bad_guard_settings_are_refused() {
         let stderr = env.fails(&["run", arg]);
         assert!(stderr.contains(says), "{arg}: {stderr}");
     }
+}
+
+/// A record whose own content makes the downstream fail must not hold the breaker open:
+/// when the half-open probe keeps falling on it, its second failed probe in a row is
+/// charged (it moves aside with its backoff), so the next probe takes another record.
+#[test]
+fn a_poison_record_does_not_stall_the_queue_behind_a_failing_probe() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use super::limits::Loopback;
+
+    // The poison record always gets a 503; the others get a 503 for the first three
+    // calls (an outage), then a 200.
+    let (api_calls, poison_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let server = {
+        let (api_calls, poison_calls) = (api_calls.clone(), poison_calls.clone());
+        Loopback::start(move |id| {
+            if id.starts_with("poison") {
+                poison_calls.fetch_add(1, Ordering::SeqCst);
+                return (503, None);
+            }
+            match api_calls.fetch_add(1, Ordering::SeqCst) {
+                0..3 => (503, None),
+                _ => (200, None),
+            }
+        })
+    };
+    let env = Env::new();
+    // The poison record is the oldest: of the four calls that open the breaker it ends
+    // first, so its time lock is the earliest and every probe falls on it.
+    let poison = env.write(
+        "poison.jsonl",
+        "{\"sample_id\":\"poison\",\"payload\":\"p\"}\n",
+    );
+    env.ok(&[
+        "enqueue",
+        poison.to_str().unwrap(),
+        "--now",
+        "2019-01-01T00:00:00Z",
+    ]);
+    let ids = enqueue_api(&env, 3, "2020-01-01T00:00:00Z");
+    let mut run = env
+        .process()
+        .args([
+            "run",
+            "--processor=http",
+            "--url",
+            &server.url,
+            "--now",
+            NOW,
+        ])
+        .args(["--drain", "--json", "--concurrency=1", "--max-retries=2"])
+        .args(["--breaker-min-calls=4", "--breaker-window=4"])
+        .args(["--breaker-failure-rate=0.9", "--breaker-cool-down=10m"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    // With the clock fixed, the drain jumps from one cool-down to the next at once: a
+    // stalled queue spins, probing the poison record again and again.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            run.kill().unwrap();
+            run.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let probes = poison_calls.load(Ordering::SeqCst);
+    let status = status.unwrap_or_else(|| {
+        panic!("the drain stalled: {probes} calls to the poison record, the queue never empties")
+    });
+    let stderr = std::fs::read_to_string(env.path("stderr")).unwrap();
+    assert!(status.success(), "{stderr}");
+    // The others went through; the poison record was charged until its retries ran out:
+    // its first call, one free probe, then a charged probe or call per retry.
+    let finals = env.rows::<FinalRow>();
+    let mut done: Vec<&str> = finals.iter().map(|f| f.sample_id.as_str()).collect();
+    done.sort();
+    assert_eq!(done, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let dead = env.rows::<DeadRow>();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0].sample_id.as_str(), dead[0].reason.as_str()),
+        ("poison", "retries_exhausted")
+    );
+    assert!(env.rows::<QueueRow>().is_empty());
+    assert!(
+        (3..=5).contains(&probes),
+        "{probes} calls to the poison record"
+    );
+}
+
+/// However long an outage lasts, its failed probes cost the records nothing while other
+/// records wait: each probe falls on a record no probe has failed on before.
+#[test]
+fn a_long_outage_charges_no_failed_probe_while_other_records_wait() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::limits::Loopback;
+
+    // Down for the first eight calls: the two that open the breaker, then six probes.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let calls = calls.clone();
+        Loopback::start(move |_| match calls.fetch_add(1, Ordering::SeqCst) {
+            0..8 => (503, None),
+            _ => (200, None),
+        })
+    };
+    let env = Env::new();
+    let ids = enqueue_api(&env, 10, "2020-01-01T00:00:00Z");
+    let url = server.url.clone();
+    env.ok(&[
+        "run",
+        "--processor=http",
+        "--url",
+        &url,
+        "--now",
+        NOW,
+        "--drain",
+        "--concurrency=1",
+        "--breaker-min-calls=2",
+        "--breaker-window=2",
+        "--breaker-cool-down=10m",
+    ]);
+    assert_eq!(calls.load(Ordering::SeqCst), 8 + ids.len());
+    let finals = env.rows::<FinalRow>();
+    assert_eq!(finals.len(), ids.len());
+    // Only the two calls that opened the breaker were charged.
+    let retries: i64 = finals.iter().map(|f| i64::from(f.attempts) - 1).sum();
+    assert_eq!(retries, 2, "{finals:?}");
 }
