@@ -137,33 +137,37 @@ pub(crate) async fn enqueue(
             .clone()
             .with("enqueued", queued.len())
             .with("invalid", dead.len());
-        // Dead letters an earlier pass committed are among the ids found now.
-        let committed_before = report.invalid;
+        // What an earlier pass committed is among the ids found now.
+        let committed_before = report.enqueued + report.invalid;
         // Each commit of new ids conflicts with any other since the version it read (an
-        // enqueue racing this one, a redrive): then the ids are checked again. Dead
-        // letters first: if the process dies between the two commits, enqueueing the file
-        // again skips what landed and adds the rest.
+        // enqueue racing this one, a redrive): then the ids are checked again. The queue's
+        // commit comes first and is made even with no record for it, so that its id
+        // sequence orders this enqueue against a redrive's insert. If the process dies
+        // between the two commits, enqueueing the file again skips what landed and adds
+        // the rest.
         let committed = async {
+            if queued.is_empty() && dead.is_empty() {
+                return Ok(());
+            }
+            let records = &input.records;
+            let batches = queued.chunks(FILE_ROWS).map(|chunk| {
+                let chunk: Vec<(&str, Option<&str>)> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let r = records.get(i);
+                        (r.sample_id, r.payload)
+                    })
+                    .collect();
+                QueueRow::new_batch(chunk.into_iter(), now)
+            });
+            store.append_queue(batches, &tag).await?;
+            report.enqueued += queued.len();
             if !dead.is_empty() {
                 let rows: Vec<DeadRow> = dead.iter().map(|d| (*d).clone()).collect();
                 store
                     .append_new_ids(Table::DeadLetterQueue, [DeadRow::to_batch(&rows)], &tag)
                     .await?;
                 report.invalid += dead.len();
-            }
-            if !queued.is_empty() {
-                let records = &input.records;
-                let batches = queued.chunks(FILE_ROWS).map(|chunk| {
-                    let chunk: Vec<(&str, Option<&str>)> = chunk
-                        .iter()
-                        .map(|&i| {
-                            let r = records.get(i);
-                            (r.sample_id, r.payload)
-                        })
-                        .collect();
-                    QueueRow::new_batch(chunk.into_iter(), now)
-                });
-                store.append_queue(batches, &tag).await?;
             }
             Ok::<_, Error>(())
         }
@@ -178,7 +182,6 @@ pub(crate) async fn enqueue(
             }
             Err(e) => return Err(e),
             Ok(()) => {
-                report.enqueued = queued.len();
                 report.skipped_existing = existing.len().saturating_sub(committed_before);
                 break;
             }

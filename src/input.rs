@@ -78,12 +78,24 @@ impl Default for Fields {
 /// and one of megabytes is a mistake in the input, not a key.
 pub const MAX_ID_LEN: usize = 1024;
 
+/// The prefix of the ids given to invalid records (`invalid:<file>:<line>`), which no
+/// input's id may start with: an invalid record dead-lettered by one enqueue and a valid
+/// record of another, enqueued at the same moment, could otherwise share an id and land in
+/// two tables (their commits go to different tables, which Delta does not order).
+pub const INVALID_ID_PREFIX: &str = "invalid:";
+
 /// Whether `id` can be a record's key: not empty or blank (whitespace only), at most
-/// [`MAX_ID_LEN`] bytes, and free of control characters (C0 such as NUL, tab and newline,
-/// DEL, and C1). `field` names the id field in the message.
+/// [`MAX_ID_LEN`] bytes, free of control characters (C0 such as NUL, tab and newline,
+/// DEL, and C1), and not starting with [`INVALID_ID_PREFIX`]. `field` names the id field in
+/// the message.
 pub fn check_id(id: &str, field: &str) -> std::result::Result<(), String> {
     if id.is_empty() {
         return Err(format!("empty id field '{field}'"));
+    }
+    if id.starts_with(INVALID_ID_PREFIX) {
+        return Err(format!(
+            "id field '{field}' starts with '{INVALID_ID_PREFIX}', which is kept for the ids of invalid records"
+        ));
     }
     if id.len() > MAX_ID_LEN {
         return Err(format!(
@@ -596,7 +608,7 @@ pub(crate) fn synthetic_id(path: &Path, line: usize) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| PathBuf::from(path).display().to_string());
-    format!("{name}:{line}")
+    format!("{INVALID_ID_PREFIX}{name}:{line}")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
 use crate::error::Result;
 use crate::processor::Processor;
-use crate::redrive::{RedriveFilter, RedriveReport, redrive};
+use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
 use crate::round::{RoundConfig, RoundReport, run_round};
 use crate::status::{Status, status};
 use crate::store::Store;
@@ -90,6 +90,8 @@ impl Queue {
         self.store.refresh().await?;
         if self.recovered_all {
             self.store.recover(&self.worker).await?;
+            // A redrive has no lease that would bring a half-applied one to a claim.
+            self.store.recover(REDRIVE_WORKER).await?;
         } else {
             // Once per process: complete the half-applied rounds of any worker, so one that
             // crashed and never came back cannot leave a record in two tables.

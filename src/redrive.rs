@@ -94,7 +94,9 @@ async fn redrive_once(
             attempt: d.retry_count,
             outcome: "redrive".to_owned(),
             error_msg: d.error_msg,
-            started_at: now,
+            // The dead letter it moves: recovery deletes exactly that one, never a newer
+            // dead letter of the same record.
+            started_at: d.failed_at,
             finished_at: now,
             duration_ms: 0,
             process_after: Some(now),

@@ -259,8 +259,7 @@ pub(crate) async fn run_round(
         }
         _ => config,
     };
-    let round = store.last_round(worker).await? + 1;
-    let (found, lease_until, claimed_at) = claim(store, clock, worker, round, config).await?;
+    let (found, round, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
     let Some(claim) = found.claim else {
         return Ok(RoundReport {
             next_due: found.next_due,
@@ -413,8 +412,13 @@ pub(crate) async fn run_round(
             ..RoundReport::default()
         };
     }
-    // A lost round's retries are not in the queue: the other worker placed its records.
-    let earliest_retry = earliest_retry.filter(|_| placed);
+    // A lost round's retries are not in the queue: another worker placed its records, or
+    // holds them until at most the end of this round's lease.
+    let earliest_retry = if placed {
+        earliest_retry
+    } else {
+        Some(lease_until)
+    };
     report.next_due = [found.next_due, earliest_retry].into_iter().flatten().min();
     // Freeing a round's rows (a few strings each) takes a while; let another core do it
     // while the next round reads.
@@ -433,10 +437,12 @@ async fn claim(
     store: &mut Store,
     clock: &dyn Clock,
     worker: &str,
-    round: i64,
     config: &RoundConfig,
-) -> Result<(Found, DateTime<Utc>, Instant)> {
+) -> Result<(Found, i64, DateTime<Utc>, Instant)> {
     for attempt in 0.. {
+        // Read again after resolving: a round of this worker left by a crashed process
+        // may have been fenced, and its number is then taken.
+        let round = store.last_round(worker).await? + 1;
         let now = clock.now();
         let request = ClaimRequest {
             now,
@@ -452,7 +458,7 @@ async fn claim(
         let claimed_at = Instant::now();
         match store.claim_due(request).await {
             Ok(found) if found.unresolved.is_empty() => {
-                return Ok((found, lease_until, claimed_at));
+                return Ok((found, round, lease_until, claimed_at));
             }
             Ok(found) if attempt < CLAIM_RETRIES => {
                 for owner in &found.unresolved {
@@ -460,14 +466,11 @@ async fn claim(
                 }
             }
             Ok(found) => {
-                return Ok((
-                    Found {
-                        claim: None,
-                        ..found
-                    },
-                    lease_until,
-                    claimed_at,
-                ));
+                let found = Found {
+                    claim: None,
+                    ..found
+                };
+                return Ok((found, round, lease_until, claimed_at));
             }
             Err(e) if e.is_conflict() && attempt < CLAIM_RETRIES => {
                 tracing::debug!(attempt, "claim conflicted with another worker; re-reading")

@@ -525,16 +525,15 @@ impl Store {
                     self.append_batch(table, batch, tag).await
                 }
                 (None, Table::DeadLetterQueue) => {
-                    let redriven: Vec<&str> = rows
+                    let redriven: Vec<&AttemptRow> = rows
                         .iter()
                         .filter(|r| r.disposition == disposition::REDRIVE)
-                        .map(|r| r.sample_id.as_str())
                         .collect();
                     if redriven.is_empty() {
                         let batch = AttemptRow::dead_batch(rows)?;
                         self.append_batch(table, batch, tag).await
                     } else {
-                        self.delete_dead(&redriven, tag).await
+                        self.delete_dead(redriven_letters(&redriven)?, tag).await
                     }
                 }
                 (None, _) if rows.iter().any(|r| r.disposition == disposition::REDRIVE) => {
@@ -622,6 +621,30 @@ fn lease_files_gone(owner: &LeaseOwner) -> Error {
             owner.round, owner.worker
         ),
     }
+}
+
+/// The dead letters a redrive moved, as `sample_id` and `failed_at` (journaled as the
+/// redrive's `started_at`).
+fn redriven_letters(rows: &[&AttemptRow]) -> Result<RecordBatch> {
+    let ids: StringArray = rows.iter().map(|r| Some(r.sample_id.as_str())).collect();
+    let failed = TimestampMicrosecondArray::from(
+        rows.iter()
+            .map(|r| to_micros(r.started_at))
+            .collect::<Vec<_>>(),
+    )
+    .with_timezone("UTC");
+    let schema = Schema::new(vec![
+        Field::new("sample_id", DataType::Utf8, false),
+        Field::new(
+            "failed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(ids), Arc::new(failed)],
+    )?)
 }
 
 /// A batch in two files written side by side: the journal is a round's largest write.

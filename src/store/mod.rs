@@ -15,7 +15,7 @@ use std::path::Path;
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::dataframe::DataFrame;
-use deltalake::datafusion::prelude::{SessionContext, col, lit};
+use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Add};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -287,16 +287,27 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the dead letters with these ids (they were redriven) in one commit.
-    pub(crate) async fn delete_dead(&mut self, ids: &[&str], tag: &CommitTag) -> Result<()> {
+    /// Deletes these dead letters (they were redriven) in one commit, each matched by its
+    /// id and the time it failed, so a newer dead letter of the same record stays.
+    /// `letters` has the columns `sample_id` and `failed_at`.
+    pub(crate) async fn delete_dead(
+        &mut self,
+        letters: RecordBatch,
+        tag: &CommitTag,
+    ) -> Result<()> {
         let table = Table::DeadLetterQueue;
+        let source = SessionContext::new().read_batch(letters)?;
         let slot = &mut self.tables[Store::index(table)];
         let (updated, _metrics) = slot
             .clone()
-            .delete()
-            .with_predicate(
-                col("sample_id").in_list(ids.iter().map(|id| lit(*id)).collect(), false),
+            .merge(
+                source,
+                "target.sample_id = source.sample_id AND target.failed_at = source.failed_at",
             )
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .when_matched_delete(|d| d)
+            .map_err(delta(table))?
             .with_commit_properties(tag.properties())
             .await
             .map_err(delta(table))?;

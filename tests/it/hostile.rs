@@ -1,6 +1,7 @@
 //! Hostile input and hostile state: stored faithfully or refused by name, never a panic,
 //! never a half-written table.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, Int32Array, ListArray, RecordBatch, StringArray};
@@ -17,26 +18,51 @@ fn sh(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A small tmpfs under the env (for full and read-only filesystems), or `None` (the test
-/// is skipped) where mounting is not allowed.
-fn mount_tmpfs(env: &Env, name: &str, size: &str) -> Option<std::path::PathBuf> {
-    let mount = env.path(name);
+/// A small tmpfs mounted under the env (for full and read-only filesystems), unmounted when
+/// dropped, even by a failing test.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        sh(&["umount", self.0.to_str().unwrap()]);
+    }
+}
+
+/// Mounts a tmpfs of `size` for `test`, or returns `None` where mounting is not allowed
+/// (not root, a container without CAP_SYS_ADMIN): the test is then skipped, and says so on
+/// stderr (`SKIPPED: ...`). With `CI` or `RETRYLAKE_TEST_REQUIRE_MOUNT` set the tests must
+/// run, so a failed mount fails the test instead of skipping it.
+fn mount_tmpfs(env: &Env, test: &str, size: &str) -> Option<Tmpfs> {
+    let mount = env.path(test);
     std::fs::create_dir_all(&mount).unwrap();
     let options = format!("size={size}");
-    if sh(&[
-        "mount",
-        "-t",
-        "tmpfs",
-        "-o",
-        &options,
-        "tmpfs",
-        mount.to_str().unwrap(),
-    ]) {
-        Some(mount)
-    } else {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        None
-    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+        .arg(&mount)
+        .output();
+    let why = match out {
+        Ok(out) if out.status.success() => return Some(Tmpfs(mount)),
+        Ok(out) => format!(
+            "mount -t tmpfs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run mount: {e}"),
+    };
+    let required = ["CI", "RETRYLAKE_TEST_REQUIRE_MOUNT"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    assert!(
+        !required,
+        "{test} needs a tmpfs and CI requires it to run: {why}"
+    );
+    // Straight to the process's stderr: the test harness captures `eprintln!` of a test
+    // that passes, and a skip must show.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: needs to mount a tmpfs (root with CAP_SYS_ADMIN): {why}"
+    );
+    None
 }
 
 fn enqueue_file(env: &Env, name: &str, contents: impl AsRef<[u8]>) -> std::process::Output {
@@ -80,7 +106,7 @@ fn empty_and_blank_files_enqueue_nothing() {
 fn bom_crlf_and_odd_ids_are_stored_faithfully() {
     let env = Env::new();
     let input = "\u{feff}{\"sample_id\":\"quote\\\"d\",\"payload\":\"a\"}\r\n\
-                 {\"sample_id\":\"new\\nline\",\"payload\":\"b\"}\r\n\
+                 {\"sample_id\":\"line\u{2028}sep\",\"payload\":\"b\"}\r\n\
                  {\"sample_id\":\"émoji-🧪\",\"payload\":\"c 🧬\"}\r\n\
                  {\"sample_id\":\"nested\",\"payload\":{\"a\":[1,{\"b\":null}],\"c\":\"ü\"}}\r\n";
     let out = enqueue_file(&env, "odd.jsonl", input);
@@ -91,7 +117,7 @@ fn bom_crlf_and_odd_ids_are_stored_faithfully() {
     );
     assert_eq!(
         ids(&env.rows::<QueueRow>(), |r| &r.sample_id),
-        ["nested", "new\nline", "quote\"d", "émoji-🧪"]
+        ["line\u{2028}sep", "nested", "quote\"d", "émoji-🧪"]
     );
     assert_eq!(payload_of(&env, "émoji-🧪").as_deref(), Some("c 🧬"));
     assert_eq!(
@@ -102,7 +128,7 @@ fn bom_crlf_and_odd_ids_are_stored_faithfully() {
     env.ok(&["run", "--transient-rate", "0"]);
     assert_eq!(
         ids(&env.rows::<FinalRow>(), |r| &r.sample_id),
-        ["nested", "new\nline", "quote\"d", "émoji-🧪"]
+        ["line\u{2028}sep", "nested", "quote\"d", "émoji-🧪"]
     );
 }
 
@@ -136,7 +162,7 @@ fn non_utf8_and_non_objects_are_refused_by_line() {
     assert_eq!(dead.len(), 4);
     let line2 = dead
         .iter()
-        .find(|d| d.sample_id == "hostile.jsonl:2")
+        .find(|d| d.sample_id == "invalid:hostile.jsonl:2")
         .unwrap();
     assert!(
         line2.payload.as_deref().unwrap().contains('\u{fffd}'),
@@ -282,13 +308,13 @@ fn a_journal_several_rounds_ahead_is_caught_up() {
 
 #[test]
 fn a_full_disk_fails_cleanly() {
-    // Needs a small filesystem: mount a 6 MB tmpfs when we may (root in a sandbox); skip
-    // quietly where mounting is not allowed.
+    // Needs a small filesystem: a 6 MB tmpfs (the test says SKIPPED where it cannot mount
+    // one).
     let env = Env::new();
-    let Some(mount) = mount_tmpfs(&env, "small", "6m") else {
+    let Some(tmpfs) = mount_tmpfs(&env, "a_full_disk_fails_cleanly", "6m") else {
         return;
     };
-    let data = mount.join("data");
+    let data = tmpfs.0.join("data");
     // Incompressible payloads, 2 x 4 MB, so Parquet cannot squeeze them under 6 MB.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut noise = || {
@@ -312,7 +338,7 @@ fn a_full_disk_fails_cleanly() {
         ])
         .output()
         .unwrap();
-    sh(&["umount", mount.to_str().unwrap()]);
+    drop(tmpfs);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -324,13 +350,17 @@ fn a_full_disk_fails_cleanly() {
 
 #[test]
 fn a_read_only_data_directory_fails_cleanly_and_stays_readable() {
-    // Root ignores file modes, so make the filesystem itself read-only (skipped where
-    // mounting is not allowed).
+    // Root ignores file modes, so make the filesystem itself read-only (the test says
+    // SKIPPED where it cannot mount one).
     let env = Env::new();
-    let Some(mount) = mount_tmpfs(&env, "ro", "64m") else {
+    let Some(tmpfs) = mount_tmpfs(
+        &env,
+        "a_read_only_data_directory_fails_cleanly_and_stays_readable",
+        "64m",
+    ) else {
         return;
     };
-    let data = mount.join("data");
+    let data = tmpfs.0.join("data");
     let data = data.to_str().unwrap();
     let (input, _) = write_samples(&env, "RO", 10);
     let ok = bare_cmd()
@@ -338,7 +368,12 @@ fn a_read_only_data_directory_fails_cleanly_and_stays_readable() {
         .output()
         .unwrap();
     assert!(ok.status.success());
-    assert!(sh(&["mount", "-o", "remount,ro", mount.to_str().unwrap()]));
+    assert!(sh(&[
+        "mount",
+        "-o",
+        "remount,ro",
+        tmpfs.0.to_str().unwrap()
+    ]));
     let run = bare_cmd()
         .args(["--data", data, "run", "--transient-rate", "0"])
         .output()
@@ -347,7 +382,7 @@ fn a_read_only_data_directory_fails_cleanly_and_stays_readable() {
         .args(["--data", data, "status", "--json"])
         .output()
         .unwrap();
-    sh(&["umount", mount.to_str().unwrap()]);
+    drop(tmpfs);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(

@@ -8,6 +8,7 @@ mod http;
 mod limits;
 mod monitor;
 mod object_store;
+mod races;
 mod redrive;
 mod round;
 mod s3;
