@@ -657,18 +657,25 @@ mod tests {
         (now, rows)
     }
 
+    /// Tables in a temp dir holding ten records due now, in one file.
+    async fn queue_of_ten() -> (tempfile::TempDir, DateTime<Utc>, Vec<QueueRow>, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, rows) = due_rows(10);
+        let mut store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        store
+            .append_queue(
+                [QueueRow::to_batch(&rows)],
+                &CommitTag::operation("enqueue"),
+            )
+            .await
+            .unwrap();
+        (dir, now, rows, store)
+    }
+
     #[tokio::test]
     async fn racing_claims_of_one_file_conflict_and_only_one_commits() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, now, rows, mut a) = queue_of_ten().await;
         let root = dir.path().to_str().unwrap();
-        let (now, rows) = due_rows(10);
-        let mut a = Store::open(root).await.unwrap();
-        a.append_queue(
-            [QueueRow::to_batch(&rows)],
-            &CommitTag::operation("enqueue"),
-        )
-        .await
-        .unwrap();
         // Both read the same version; `a` commits its claim first.
         let mut b = Store::open(root).await.unwrap();
         let request = |worker: &str| ClaimRequest {
@@ -800,16 +807,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lease_names_its_round_and_an_ended_one_is_fenced_before_it_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, now, _, mut a) = queue_of_ten().await;
         let root = dir.path().to_str().unwrap();
-        let (now, rows) = due_rows(10);
-        let mut a = Store::open(root).await.unwrap();
-        a.append_queue(
-            [QueueRow::to_batch(&rows)],
-            &CommitTag::operation("enqueue"),
-        )
-        .await
-        .unwrap();
         let claimed = a.claim_due(claim_at(now, "a", 1)).await.unwrap();
         let claimed = claimed.claim.unwrap();
         // Another process sees whose lease the file is under, also from a checkpoint.
@@ -859,16 +858,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_journaled_round_whose_lease_ended_is_completed_not_taken() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, now, _, mut a) = queue_of_ten().await;
         let root = dir.path().to_str().unwrap();
-        let (now, rows) = due_rows(10);
-        let mut a = Store::open(root).await.unwrap();
-        a.append_queue(
-            [QueueRow::to_batch(&rows)],
-            &CommitTag::operation("enqueue"),
-        )
-        .await
-        .unwrap();
         let claimed = a
             .claim_due(claim_at(now, "a", 1))
             .await

@@ -18,7 +18,8 @@ const FAST: [&str; 7] = [
     "--drain",
     "--poll=200ms",
     "--transient-rate=0.3",
-    "--timeout=1m",
+    // Well inside the lease: a round must be able to call and commit before it ends.
+    "--timeout=5s",
     "--lease=1m",
 ];
 
@@ -148,6 +149,7 @@ fn same_worker_name_twice(env: Env) {
         "--limit=30",
         "--transient-rate=0.3",
         "--lease=5s",
+        "--timeout=1s",
         "--base-backoff=20ms",
         "--max-backoff=200ms",
     ]);

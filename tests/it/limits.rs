@@ -1,7 +1,6 @@
 //! Nothing a downstream or a flag sends panics the process: hostile Retry-After values and
 //! absurd durations, through the binary against a real HTTP server on 127.0.0.1.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -37,21 +36,10 @@ impl Loopback {
             answer: Box::new(decide),
             calls: AtomicUsize::new(0),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = shared.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = Router::new().route("/", post(answer)).with_state(state);
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
+        let app = Router::new()
+            .route("/", post(answer))
+            .with_state(shared.clone());
+        let addr = super::server::serve(app);
         Loopback {
             url: format!("http://{addr}/"),
             shared,

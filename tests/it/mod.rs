@@ -5,6 +5,7 @@ mod errors;
 mod guard;
 mod hostile;
 mod http;
+mod lease;
 mod limits;
 mod monitor;
 mod object_store;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use retrylake::store::{DeadRow, FinalRow, QueueRow, Store};
-use retrylake::{Clock, FixedClock, Outcome, Queue, Record, RoundConfig};
+use retrylake::{FixedClock, Outcome, Queue, Record, RoundConfig};
 
 use super::util::Env;
 

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -23,6 +24,8 @@ pub struct Seen {
     pub idempotency_key: String,
     pub content_type: String,
     pub authorization: Option<String>,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
 /// How `api-*` records are answered: the whole endpoint up or down.
@@ -44,6 +47,28 @@ struct Shared {
     api: Mutex<Api>,
     /// Calls to `api-*` answered while it was not up.
     failed_api_calls: Mutex<usize>,
+    /// Calls to `held-*` that have arrived (answered or still held).
+    held_calls: AtomicUsize,
+    /// Whether `held-*` calls are answered (200) rather than held.
+    held_released: AtomicBool,
+}
+
+/// Serves `app` on a free loopback port, on a thread of its own until the test ends.
+pub fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
 }
 
 /// The server, running on its own thread until the test ends.
@@ -55,21 +80,11 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let shared = Arc::new(Shared::default());
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = shared.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = Router::new().route("/", post(answer)).with_state(state);
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
+        let addr = serve(
+            Router::new()
+                .route("/", post(answer))
+                .with_state(shared.clone()),
+        );
         Server { addr, shared }
     }
 
@@ -90,6 +105,16 @@ impl Server {
     pub fn failed_api_calls(&self) -> usize {
         *self.shared.failed_api_calls.lock().unwrap()
     }
+
+    /// Calls to `held-*` received so far, whether still held or answered.
+    pub fn held_calls(&self) -> usize {
+        self.shared.held_calls.load(Ordering::SeqCst)
+    }
+
+    /// Answers the `held-*` calls held so far, and every later one, with 200.
+    pub fn release_held(&self) {
+        self.shared.held_released.store(true, Ordering::SeqCst);
+    }
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
@@ -107,6 +132,7 @@ async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         idempotency_key: header("idempotency-key").unwrap_or_default(),
         content_type: header("content-type").unwrap_or_default(),
         authorization: header("authorization"),
+        at: Instant::now(),
     });
     let call = {
         let mut calls = shared.calls.lock().unwrap();
@@ -132,6 +158,15 @@ async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         };
     }
     match kind {
+        // Held (no answer) until the test releases them, then 200: a downstream that hangs
+        // while a test does something to the caller.
+        "held" => {
+            shared.held_calls.fetch_add(1, Ordering::SeqCst);
+            while !shared.held_released.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (StatusCode::OK, format!("released {id}")).into_response()
+        }
         "ok" => (StatusCode::OK, format!("accepted {id}")).into_response(),
         "created" => (StatusCode::CREATED, "").into_response(),
         "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "maintenance window").into_response(),
@@ -142,6 +177,8 @@ async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         )
             .into_response(),
         "conflict" => StatusCode::CONFLICT.into_response(),
+        // 500 on every call: with the default statuses a transient failure, so a record
+        // whose own content breaks the downstream (a poison record) is retried.
         "internal" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         "ratelimited" => (
             StatusCode::TOO_MANY_REQUESTS,

@@ -219,3 +219,189 @@ pub fn data_files(data: &Root, table: Table) -> Vec<String> {
         files
     })
 }
+
+/// A `retrylake` process running in the background (a worker, a round the test stops or
+/// lets stall), its stdout and stderr in files of the env's temp dir so it never blocks on
+/// a full pipe.
+pub struct Background {
+    pub name: String,
+    child: std::process::Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// What a background process left when it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Background {
+    /// Starts `retrylake --data <env> args...` with the extra environment `envs`.
+    pub fn spawn(env: &Env, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Background {
+        let stdout = env.path(&format!("{name}.stdout"));
+        let stderr = env.path(&format!("{name}.stderr"));
+        let child = env
+            .process()
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn retrylake");
+        Background {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal)
+            .unwrap_or_else(|e| panic!("{}: {signal}: {e}", self.name));
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Waits for it to end on its own; kills it and fails the test after `timeout`.
+    pub fn wait(mut self, timeout: std::time::Duration) -> Finished {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Finished {
+                    status,
+                    stdout: self.stdout(),
+                    stderr: self.stderr(),
+                };
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not finish within {timeout:?} (killed); stderr: {}",
+                    self.name,
+                    tail(&self.stderr())
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Asks it to stop (SIGTERM, a worker finishes its round) and waits for it.
+    pub fn stop(self, timeout: std::time::Duration) -> Finished {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(timeout)
+    }
+}
+
+impl Drop for Background {
+    /// A test that fails leaves no process behind (a stopped one is woken to die).
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.child.kill();
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last 4,000 characters of a process's output, for assertion messages.
+pub fn tail(text: &str) -> &str {
+    let start = text.len().saturating_sub(4000);
+    let start = (start..=text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    &text[start..]
+}
+
+/// Audits the tables and asserts every id of `expected` is in exactly one table, and no
+/// other id anywhere, with short messages (counts and a few examples) fit for thousands
+/// of records. Also asserts the journal agrees with the tables.
+pub fn assert_each_once(data: &Root, expected: &[String]) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let audit = rt.block_on(async {
+        let store = data.open().await;
+        retrylake::audit::audit(&store).await.expect("audit")
+    });
+    // How many, and the first few.
+    let few = |v: Vec<String>| -> String {
+        let n = v.len();
+        let shown: Vec<String> = v.into_iter().take(5).collect();
+        format!("{n}, e.g. {}", shown.join("; "))
+    };
+    assert!(
+        audit.doubled.is_empty(),
+        "records in more than one place (of {}): {}",
+        expected.len(),
+        few(audit
+            .doubled
+            .iter()
+            .map(|(id, places)| format!("{id} in {}", places.join(" + ")))
+            .collect())
+    );
+    let expected_set: std::collections::BTreeSet<&String> = expected.iter().collect();
+    let lost: Vec<String> = expected
+        .iter()
+        .filter(|id| !audit.ids.contains(*id))
+        .cloned()
+        .collect();
+    assert!(lost.is_empty(), "records lost: {}", few(lost));
+    let invented: Vec<String> = audit
+        .ids
+        .iter()
+        .filter(|id| !expected_set.contains(id))
+        .cloned()
+        .collect();
+    assert!(invented.is_empty(), "records invented: {}", few(invented));
+    assert!(
+        audit.unjournaled_finals.is_empty(),
+        "final without a journaled success: {}",
+        few(audit.unjournaled_finals)
+    );
+    assert!(
+        audit.count_mismatches.is_empty(),
+        "retry counts off the journal: {}",
+        few(audit.count_mismatches)
+    );
+}
+
+/// The ids found more than once in `ids` (each once, sorted).
+pub fn repeated(ids: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// An RFC 3339 time `secs` seconds from now (negative: in the past).
+pub fn from_now(secs: f64) -> String {
+    let t = chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
