@@ -104,11 +104,20 @@ pub(crate) fn app_id(worker: &str) -> String {
 }
 
 /// Aborts the process at a named step when `RETRYLAKE_FAILPOINT` names it: how the crash
-/// tests kill a round between two commits. Costs one environment lookup otherwise.
+/// tests kill a round between two commits. `<name>:stop` stops it there instead (SIGSTOP,
+/// until a SIGCONT), as a process frozen between two commits. Costs one environment
+/// lookup otherwise.
 pub(crate) fn failpoint(name: &str) {
-    if std::env::var_os("RETRYLAKE_FAILPOINT").is_some_and(|v| v == name) {
+    let Some(point) = std::env::var_os("RETRYLAKE_FAILPOINT") else {
+        return;
+    };
+    if point == name {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
+    }
+    if point.to_str().and_then(|p| p.strip_suffix(":stop")) == Some(name) {
+        eprintln!("failpoint {name}: stopping");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
 }
 

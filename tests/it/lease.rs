@@ -469,11 +469,12 @@ fn enqueues_while_workers_run(shards: &[Option<&str>], records: usize, drain: bo
                 input.to_str().unwrap().to_owned()
             })
             .collect();
+        let names = [format!("enqueue-{pair}a"), format!("enqueue-{pair}b")];
         let outs = all_at_once(
             &env,
             &[
-                ("enqueue", vec!["enqueue", files[0].as_str()]),
-                ("enqueue", vec!["enqueue", files[1].as_str()]),
+                (names[0].as_str(), vec!["enqueue", files[0].as_str()]),
+                (names[1].as_str(), vec!["enqueue", files[1].as_str()]),
             ],
         );
         for ((_, out), file) in outs.iter().zip(&files) {
@@ -595,4 +596,69 @@ fn a_poison_record_under_a_half_open_breaker_is_charged_and_the_drain_ends() {
     assert_eq!(finals.len(), 10);
     assert!(env.rows::<QueueRow>().is_empty());
     assert_each_once(&env.data(), &ids);
+}
+
+// A round frozen between two of its commits, past its lease.
+
+#[test]
+fn a_round_frozen_after_its_journal_is_completed_once() {
+    frozen_between_commits("after-journal");
+}
+
+#[test]
+fn a_round_frozen_after_its_final_commit_is_completed_once() {
+    frozen_between_commits("after-final");
+}
+
+#[test]
+fn a_round_frozen_after_its_dead_letter_commit_is_completed_once() {
+    frozen_between_commits("after-dead-letter");
+}
+
+/// w1 stops itself (SIGSTOP, `RETRYLAKE_FAILPOINT=<point>:stop`) between two commits of a
+/// journaled round and stays frozen past its lease. w2 finds the round's lease files due,
+/// sees the round journaled and completes it from the journal. Then w1 wakes up mid-round:
+/// its remaining commits find the round applied and add nothing. Every record is placed
+/// once, each attempt journaled once, all by w1.
+fn frozen_between_commits(point: &str) {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "F", 40);
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let simulate = ["--processor=simulate", "--transient-rate=0.3", LEASE, TIMEOUT];
+    let mut w1_args = vec!["run", "--worker=w1"];
+    w1_args.extend(simulate);
+    let stop = format!("{point}:stop");
+    let w1 = Background::spawn(&env, "w1", &w1_args, &[("RETRYLAKE_FAILPOINT", &stop)]);
+    let deadline = Instant::now() + WAIT;
+    while !is_stopped(w1.pid()) {
+        assert!(Instant::now() < deadline, "w1 never reached {point}: {}", w1.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sleep(LEASE_SECS + 1.0);
+
+    let mut w2_args = vec!["run", "--worker=w2"];
+    w2_args.extend(simulate);
+    env.ok(&w2_args);
+    assert_each_once(&env.data(), &ids);
+
+    w1.signal(Signal::SIGCONT);
+    let w1 = w1.wait(WAIT);
+    assert_clean_exit("w1", &w1);
+    assert!(!w1.stderr.contains("lost its lease"), "{}", w1.stderr);
+    assert_each_once(&env.data(), &ids);
+    assert_each_attempt_journaled_once(&env);
+    let attempts = env.rows::<AttemptRow>();
+    assert_eq!(attempts.len(), ids.len());
+    assert!(attempts.iter().all(|a| a.worker == "w1"));
+}
+
+/// Whether the process is stopped (state `T` in `/proc/<pid>/stat`).
+fn is_stopped(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state == 'T')
+        })
+        .unwrap_or(false)
 }
