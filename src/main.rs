@@ -497,11 +497,15 @@ fn parse_worker(s: &str) -> Result<String, String> {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+    if !ok {
+        return Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned());
     }
+    if s == retrylake::redrive::REDRIVE_WORKER {
+        return Err(format!(
+            "'{s}' is the name redrives are journaled under; choose another"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

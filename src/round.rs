@@ -524,11 +524,10 @@ async fn attempt(
         Admission::Call
     } else {
         // Too little of the lease is left (or it ran out waiting for the rate limit): the
-        // record goes back as it was. Only the rate limit's wait is cut short.
+        // record goes back as it was. A probe admitted is still made: the breaker waits on it.
         let admit = config.guard.admit(|| clock.now());
         match tokio::time::timeout_at(deadline.into(), admit).await {
-            Ok(admission) if Instant::now() < deadline => admission,
-            Ok(Admission::Call) => return Tried::Deferred(None),
+            Ok(Admission::Call) if Instant::now() >= deadline => return Tried::Deferred(None),
             Ok(admission) => admission,
             Err(_) => return Tried::Deferred(None),
         }

@@ -129,9 +129,15 @@ fn an_invalid_line_refuses_the_whole_file() {
     env.ok(&["enqueue", input.to_str().unwrap(), "--skip-invalid"]);
     assert_eq!(ids(&env.rows::<QueueRow>(), |r| &r.sample_id), ["a"]);
     let dead = env.rows::<DeadRow>();
-    assert_eq!(ids(&dead, |r| &r.sample_id), ["invalid:bad.jsonl:2", "invalid:bad.jsonl:3"]);
+    assert_eq!(
+        ids(&dead, |r| &r.sample_id),
+        ["invalid:bad.jsonl:2", "invalid:bad.jsonl:3"]
+    );
     assert!(dead.iter().all(|d| d.reason == "invalid_input"));
-    let line2 = dead.iter().find(|d| d.sample_id == "invalid:bad.jsonl:2").unwrap();
+    let line2 = dead
+        .iter()
+        .find(|d| d.sample_id == "invalid:bad.jsonl:2")
+        .unwrap();
     assert_eq!(line2.payload.as_deref(), Some("{broken"));
 
     // Again: nothing doubles.
@@ -235,7 +241,10 @@ fn ids_are_short_printable_and_not_blank_in_jsonl() {
     ids_are_checked(&env, &input, 3, &["ok", &limit]);
     // The dead letter keeps the line as read.
     let dead = env.rows::<DeadRow>();
-    let nul = dead.iter().find(|d| d.sample_id == "invalid:ids.jsonl:5").unwrap();
+    let nul = dead
+        .iter()
+        .find(|d| d.sample_id == "invalid:ids.jsonl:5")
+        .unwrap();
     assert_eq!(nul.payload.as_deref(), Some(lines[4].as_str()));
 }
 

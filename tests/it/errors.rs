@@ -22,6 +22,9 @@ fn bad_flags_and_values() {
     assert!(err.contains("--command"), "{err}");
     let err = env.fails(&["run", "--transient-rate", "2"]);
     assert!(err.contains("between 0 and 1"), "{err}");
+    // Redrives are journaled under this name: a worker sharing it would fence them.
+    let err = env.fails(&["run", "--worker", "redrive"]);
+    assert!(err.contains("redrives are journaled under"), "{err}");
 }
 
 #[test]

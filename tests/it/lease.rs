@@ -624,14 +624,23 @@ fn frozen_between_commits(point: &str) {
     let env = Env::new();
     let (input, ids) = write_samples(&env, "F", 40);
     env.ok(&["enqueue", input.to_str().unwrap()]);
-    let simulate = ["--processor=simulate", "--transient-rate=0.3", LEASE, TIMEOUT];
+    let simulate = [
+        "--processor=simulate",
+        "--transient-rate=0.3",
+        LEASE,
+        TIMEOUT,
+    ];
     let mut w1_args = vec!["run", "--worker=w1"];
     w1_args.extend(simulate);
     let stop = format!("{point}:stop");
     let w1 = Background::spawn(&env, "w1", &w1_args, &[("RETRYLAKE_FAILPOINT", &stop)]);
     let deadline = Instant::now() + WAIT;
     while !is_stopped(w1.pid()) {
-        assert!(Instant::now() < deadline, "w1 never reached {point}: {}", w1.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "w1 never reached {point}: {}",
+            w1.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     sleep(LEASE_SECS + 1.0);
