@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::clock::{Clock, add_saturating, ceil_millis, to_micros};
 use crate::error::{Error, Result};
 use crate::guard::{Admission, BreakerState, Guard};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
@@ -230,7 +230,7 @@ impl Serialize for Phases {
 pub const ROUND_BATCH: usize = crate::store::FILE_ROWS;
 
 /// Runs one round for `worker` at `clock`'s time, on tables the caller has just refreshed
-/// and recovered.
+/// and recovered: the steps of "How a round works" in the README, each a function below.
 pub(crate) async fn run_round(
     store: &mut Store,
     clock: &dyn Clock,
@@ -239,26 +239,11 @@ pub(crate) async fn run_round(
     config: &RoundConfig,
 ) -> Result<RoundReport> {
     let started = Instant::now();
-    // While the downstream is known to be down, claim nothing: the records wait, untouched.
-    if let Some(until) = config.guard.blocked_until(clock.now()) {
-        return Ok(RoundReport {
-            paused_until: Some(until),
-            breaker: breaker_state(config, clock),
-            ..RoundReport::default()
-        });
-    }
-    // After a cool-down, one probe call decides: claim one record, not the backlog.
-    let probe;
-    let config = match config.guard.breaker(clock.now()) {
-        Some(BreakerState::HalfOpen { .. }) => {
-            probe = RoundConfig {
-                limit: 1,
-                ..config.clone()
-            };
-            &probe
-        }
-        _ => config,
+    let config = match admit(config, clock) {
+        Admit::Paused(report) => return Ok(report),
+        Admit::Run(config) => config,
     };
+    let config = config.as_ref();
     let (found, round, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
     let Some(claim) = found.claim else {
         return Ok(RoundReport {
@@ -270,131 +255,39 @@ pub(crate) async fn run_round(
             ..RoundReport::default()
         });
     };
-    let due = claim.rows;
     let mut phases = Phases {
         read: started.elapsed(),
         ..Phases::default()
     };
-    tracing::debug!(round, due = due.len(), "round starts");
+    tracing::debug!(round, due = claim.rows.len(), "round starts");
     let processing = Instant::now();
-    // No call starts once too little of the lease is left for it to end and the round to
-    // commit: the records not called by then go back uncharged.
-    let deadline = claimed_at + call_window(config.lease, config.timeout).min(MAX_LEASE);
-
-    let total = due.len();
-    let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
-        .map(|(i, row)| async move { (i, attempt(processor, clock, row, config, deadline).await) })
-        .buffer_unordered(config.concurrency.max(1))
-        .enumerate()
-        .map(|(done, result)| {
-            if let Some(progress) = &config.progress {
-                progress.report(done + 1, total);
-            }
-            result
-        })
-        .collect()
-        .await;
+    let tried = call(processor, clock, &claim.rows, config, claimed_at).await;
     phases.process = processing.elapsed();
-    // Decide in queue order so that jitter draws do not depend on completion order.
-    results.sort_by_key(|(i, _)| *i);
-    let mut rng =
-        SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    // Records the guard held back go back as they were (after a Retry-After, locked until
-    // the pause ends).
-    let mut called = Vec::with_capacity(due.len());
-    let mut deferred = Vec::new();
-    for ((_, tried), mut row) in results.into_iter().zip(due) {
-        match tried {
-            Tried::Called(a) => called.push((row, a)),
-            Tried::Deferred(until) => {
-                if let Some(until) = until {
-                    row.process_after = row.process_after.max(ceil_millis(until));
-                }
-                deferred.push(row);
-            }
-        }
-    }
-    let enqueued: Vec<DateTime<Utc>> = called.iter().map(|(q, _)| q.enqueued_at).collect();
-    let rows: Vec<AttemptRow> = called
-        .into_iter()
-        .map(|(row, a)| journal_row(row, a, round, worker, config, &mut rng))
-        .collect();
-    let deferred_count = deferred.len();
-    let mut retried: Vec<QueueRow> = rows
-        .iter()
-        .zip(enqueued)
-        .filter(|(r, _)| r.disposition == disposition::RETRY)
-        .map(|(r, enqueued_at)| QueueRow {
-            sample_id: r.sample_id.clone(),
-            payload: r.payload.clone(),
-            error_msg: r.error_msg.clone(),
-            retry_count: r.retry_count,
-            process_after: r.process_after.unwrap_or(r.finished_at),
-            enqueued_at,
-        })
-        .chain(deferred)
-        .collect();
-    // By retry count, so each count's records go to a file of their own.
-    retried.sort_by(|a, b| {
-        a.retry_count
-            .cmp(&b.retry_count)
-            .then_with(|| oldest_first(a, b))
-    });
-
-    let count = |d: &str| rows.iter().filter(|r| r.disposition == d).count();
-    let mut report = RoundReport {
-        round: Some(round),
-        processed: rows.len(),
-        succeeded: count(disposition::FINAL),
-        retried: count(disposition::RETRY),
-        dead_lettered: count(disposition::DEAD),
-        next_due: None,
-        deferred: deferred_count,
-        paused_until: config.guard.blocked_until(clock.now()),
-        breaker: breaker_state(config, clock),
-        lost: 0,
-        conflicts: 0,
-        phases,
-        outcomes: OutcomeCounts {
-            success: rows.iter().filter(|r| r.outcome == "success").count(),
-            transient: rows.iter().filter(|r| r.outcome == "transient").count(),
-            permanent: rows.iter().filter(|r| r.outcome == "permanent").count(),
-        },
-    };
-    if deferred_count > 0 {
+    let total = claim.rows.len();
+    let decision = decide(claim.rows, tried, round, worker, config);
+    let mut report = decision.report(round, phases);
+    report.paused_until = config.guard.blocked_until(clock.now());
+    report.breaker = breaker_state(config, clock);
+    if decision.deferred > 0 {
         tracing::warn!(
-            deferred = deferred_count,
-            "{deferred_count} records not called (the downstream is paused); they wait in retry_queue, no attempt counted"
+            deferred = decision.deferred,
+            "{} records not called (the downstream is paused, or the lease is running out); \
+             they wait in retry_queue, no attempt counted",
+            decision.deferred
         );
     }
-    let earliest_retry = retried.iter().map(|r| r.process_after).min();
+    let earliest_retry = decision.retried.iter().map(|r| r.process_after).min();
+    let Decision { rows, retried, .. } = decision;
     let settle = Settle {
         lease: claim.lease,
         retried,
         lease_until,
     };
     let placed = if rows.is_empty() {
-        // Not a round in the journal's sense: no transaction version, so the next round
-        // takes this number.
-        let tag = CommitTag::operation("release")
-            .with("worker", worker)
-            .with("deferred", deferred_count);
         report.round = None;
-        store.release(&settle, &tag).await?
+        release(store, worker, &settle, report.deferred).await?
     } else {
-        let tag = CommitTag::round("round", worker, round)
-            .with("processed", report.processed)
-            .with("deferred", deferred_count)
-            .with("succeeded", report.succeeded)
-            .with("retried", report.retried)
-            .with("dead_lettered", report.dead_lettered);
-        match store
-            .commit_round(&rows, &tag, Some(&settle), &mut report.phases)
-            .await
-        {
-            Err(Error::LeaseLost { .. }) => false,
-            other => other.map(|()| true)?,
-        }
+        journal_and_settle(store, worker, round, &rows, &settle, &mut report).await?
     };
     if !placed {
         tracing::warn!(
@@ -424,6 +317,191 @@ pub(crate) async fn run_round(
     // while the next round reads.
     tokio::task::spawn_blocking(move || drop((rows, settle)));
     Ok(report)
+}
+
+/// Whether a round may claim: not while the downstream is known to be down.
+enum Admit<'a> {
+    /// Calls are paused (an open breaker, a Retry-After): claim nothing, report this.
+    Paused(RoundReport),
+    /// Claim with this config: one record for the probe after a cool-down, else as given.
+    Run(std::borrow::Cow<'a, RoundConfig>),
+}
+
+/// Step 0, *admit*: while the downstream is known to be down, claim nothing (the records
+/// wait, untouched); after a cool-down, one probe call decides: claim one record, not the
+/// backlog.
+fn admit<'a>(config: &'a RoundConfig, clock: &dyn Clock) -> Admit<'a> {
+    if let Some(until) = config.guard.blocked_until(clock.now()) {
+        return Admit::Paused(RoundReport {
+            paused_until: Some(until),
+            breaker: breaker_state(config, clock),
+            ..RoundReport::default()
+        });
+    }
+    match config.guard.breaker(clock.now()) {
+        Some(BreakerState::HalfOpen { .. }) => Admit::Run(std::borrow::Cow::Owned(RoundConfig {
+            limit: 1,
+            ..config.clone()
+        })),
+        _ => Admit::Run(std::borrow::Cow::Borrowed(config)),
+    }
+}
+
+/// Step 4, *call*: the processor on every claimed record, at most `concurrency` at once,
+/// none started once too little of the lease is left for it to end and the round to
+/// commit. Returns what became of each record, in the order of `due`.
+async fn call(
+    processor: &dyn Processor,
+    clock: &dyn Clock,
+    due: &[QueueRow],
+    config: &RoundConfig,
+    claimed_at: Instant,
+) -> Vec<Tried> {
+    let deadline = claimed_at + call_window(config.lease, config.timeout).min(MAX_LEASE);
+    let total = due.len();
+    let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
+        .map(|(i, row)| async move { (i, attempt(processor, clock, row, config, deadline).await) })
+        .buffer_unordered(config.concurrency.max(1))
+        .enumerate()
+        .map(|(done, result)| {
+            if let Some(progress) = &config.progress {
+                progress.report(done + 1, total);
+            }
+            result
+        })
+        .collect()
+        .await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, tried)| tried).collect()
+}
+
+/// Where a round's records go, decided from their calls.
+#[derive(Debug, Default, PartialEq)]
+struct Decision {
+    /// One journal row per attempted record: its outcome and where it goes.
+    rows: Vec<AttemptRow>,
+    /// The records that stay in `retry_queue`: retried (with their new count, error and
+    /// time lock) and held back uncharged, sorted by retry count, then oldest first, so
+    /// each count's records go to a file of their own.
+    retried: Vec<QueueRow>,
+    /// How many of `retried` were held back, not called.
+    deferred: usize,
+}
+
+impl Decision {
+    /// The round's report of what it decided.
+    fn report(&self, round: i64, phases: Phases) -> RoundReport {
+        let placed = |d: &str| self.rows.iter().filter(|r| r.disposition == d).count();
+        let outcomes =
+            |o: OutcomeKind| self.rows.iter().filter(|r| r.outcome == o.as_str()).count();
+        RoundReport {
+            round: Some(round),
+            processed: self.rows.len(),
+            succeeded: placed(disposition::FINAL),
+            retried: placed(disposition::RETRY),
+            dead_lettered: placed(disposition::DEAD),
+            deferred: self.deferred,
+            phases,
+            outcomes: OutcomeCounts {
+                success: outcomes(OutcomeKind::Success),
+                transient: outcomes(OutcomeKind::Transient),
+                permanent: outcomes(OutcomeKind::Permanent),
+            },
+            ..RoundReport::default()
+        }
+    }
+}
+
+/// Step 5, *decide*, a pure function: for each record of `due` and what became of it
+/// (`tried`, in the same order), the table it goes to, with which count and time lock. A
+/// success is final; a permanent failure, or a transient one past the retry budget, is
+/// dead; any other transient failure is retried after its backoff (or its Retry-After,
+/// at most `max_retry_after` on), one more retry counted. A record held back keeps its
+/// count and its time lock, raised to the end of the pause that held it. The jitter's
+/// draws are seeded by `config.seed` and the round, taken in queue order.
+fn decide(
+    due: Vec<QueueRow>,
+    tried: Vec<Tried>,
+    round: i64,
+    worker: &str,
+    config: &RoundConfig,
+) -> Decision {
+    let mut rng =
+        SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut decision = Decision::default();
+    for (mut row, tried) in due.into_iter().zip(tried) {
+        match tried {
+            Tried::Called(attempt) => {
+                let enqueued_at = row.enqueued_at;
+                let journal = journal_row(row, attempt, round, worker, config, &mut rng);
+                if journal.disposition == disposition::RETRY {
+                    decision.retried.push(QueueRow {
+                        sample_id: journal.sample_id.clone(),
+                        payload: journal.payload.clone(),
+                        error_msg: journal.error_msg.clone(),
+                        retry_count: journal.retry_count,
+                        process_after: journal.process_after.unwrap_or(journal.finished_at),
+                        enqueued_at,
+                    });
+                }
+                decision.rows.push(journal);
+            }
+            Tried::Deferred(until) => {
+                if let Some(until) = until {
+                    row.process_after = row.process_after.max(ceil_millis(until));
+                }
+                decision.deferred += 1;
+                decision.retried.push(row);
+            }
+        }
+    }
+    decision.retried.sort_by(|a, b| {
+        a.retry_count
+            .cmp(&b.retry_count)
+            .then_with(|| oldest_first(a, b))
+    });
+    decision
+}
+
+/// Step 6, *release*: a round that attempted nothing puts its records back in one commit.
+/// Returns `false` when its lease ended and another worker took them.
+async fn release(
+    store: &mut Store,
+    worker: &str,
+    settle: &Settle,
+    deferred: usize,
+) -> Result<bool> {
+    // Not a round in the journal's sense: no transaction version, so the next round
+    // takes this number.
+    let tag = CommitTag::operation("release")
+        .with("worker", worker)
+        .with("deferred", deferred);
+    store.release(settle, &tag).await
+}
+
+/// Step 6, *journal and settle*: the journal's commit decides the round, then the final,
+/// dead-letter and queue commits apply it. Returns `false` when the round lost its lease.
+async fn journal_and_settle(
+    store: &mut Store,
+    worker: &str,
+    round: i64,
+    rows: &[AttemptRow],
+    settle: &Settle,
+    report: &mut RoundReport,
+) -> Result<bool> {
+    let tag = CommitTag::round("round", worker, round)
+        .with("processed", report.processed)
+        .with("deferred", report.deferred)
+        .with("succeeded", report.succeeded)
+        .with("retried", report.retried)
+        .with("dead_lettered", report.dead_lettered);
+    match store
+        .commit_round(rows, &tag, Some(settle), &mut report.phases)
+        .await
+    {
+        Err(Error::LeaseLost { .. }) => Ok(false),
+        other => other.map(|()| true),
+    }
 }
 
 /// How often a claim that lost a race with another worker is retried.
@@ -658,4 +736,172 @@ fn journal_row(
         }
     }
     journal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::RetryAfter;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2025-11-24T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + chrono::Duration::minutes(minutes)
+    }
+
+    /// A record due at 14:00 with `retry_count` failures behind it.
+    fn due(id: &str, retry_count: i32) -> QueueRow {
+        QueueRow {
+            sample_id: id.to_owned(),
+            payload: Some("p".into()),
+            error_msg: None,
+            retry_count,
+            process_after: at(0),
+            enqueued_at: at(-60),
+        }
+    }
+
+    /// A call that ended at 14:01 with `outcome`.
+    fn called(outcome: Outcome) -> Tried {
+        Tried::Called(Attempt {
+            outcome,
+            started_at: at(1),
+            finished_at: at(1),
+            duration: Duration::ZERO,
+        })
+    }
+
+    fn one(row: QueueRow, tried: Tried) -> Decision {
+        decide(vec![row], vec![tried], 7, "w", &RoundConfig::default())
+    }
+
+    #[test]
+    fn a_success_is_final_with_its_response() {
+        let d = one(due("A", 2), called(Outcome::success("ok")));
+        assert!(d.retried.is_empty());
+        let row = &d.rows[0];
+        assert_eq!(
+            (row.disposition.as_str(), row.outcome.as_str(), row.attempt),
+            (disposition::FINAL, "success", 2)
+        );
+        assert_eq!((row.round, row.worker.as_str()), (7, "w"));
+        assert_eq!(row.response.as_deref(), Some("ok"));
+        assert_eq!(d.report(7, Phases::default()).succeeded, 1);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_dead_at_once() {
+        let d = one(due("A", 0), called(Outcome::permanent("bad record")));
+        let row = &d.rows[0];
+        assert_eq!(row.disposition, disposition::DEAD);
+        assert_eq!(row.reason.as_deref(), Some("permanent"));
+        assert_eq!(row.error_msg.as_deref(), Some("bad record"));
+        assert_eq!(row.retry_count, 0);
+        assert!(d.retried.is_empty());
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_after_its_backoff_one_retry_counted() {
+        // The third failure (two behind it) waits 2^3 = 8 minutes from the call's end.
+        let d = one(due("A", 2), called(Outcome::transient("503")));
+        let row = &d.rows[0];
+        assert_eq!(row.disposition, disposition::RETRY);
+        assert_eq!((row.attempt, row.retry_count), (2, 3));
+        assert_eq!(row.process_after, Some(at(1 + 8)));
+        assert_eq!(
+            d.retried,
+            vec![QueueRow {
+                error_msg: Some("503".into()),
+                retry_count: 3,
+                process_after: at(9),
+                ..due("A", 2)
+            }]
+        );
+        assert_eq!(d.report(7, Phases::default()).retried, 1);
+    }
+
+    #[test]
+    fn a_transient_failure_past_the_budget_is_dead_as_retries_exhausted() {
+        let d = one(due("A", 5), called(Outcome::transient("503")));
+        let row = &d.rows[0];
+        assert_eq!(row.disposition, disposition::DEAD);
+        assert_eq!(row.reason.as_deref(), Some("retries_exhausted"));
+        assert_eq!(row.retry_count, 5);
+        assert!(d.retried.is_empty());
+    }
+
+    #[test]
+    fn a_retry_after_later_than_the_backoff_wins_up_to_its_ceiling() {
+        let asked = |retry_after| Outcome::Transient {
+            error: "429".into(),
+            retry_after: Some(retry_after),
+        };
+        // Ten minutes asked, two of backoff: ten.
+        let d = one(
+            due("A", 0),
+            called(asked(RetryAfter::Delay(Duration::from_secs(600)))),
+        );
+        assert_eq!(d.rows[0].process_after, Some(at(11)));
+        // A year asked: the ceiling, a day after the call.
+        let d = one(
+            due("A", 0),
+            called(asked(RetryAfter::At(at(365 * 24 * 60)))),
+        );
+        assert_eq!(d.rows[0].process_after, Some(at(1 + 24 * 60)));
+        // Sooner than the backoff: the backoff.
+        let d = one(
+            due("A", 0),
+            called(asked(RetryAfter::Delay(Duration::from_secs(1)))),
+        );
+        assert_eq!(d.rows[0].process_after, Some(at(1 + 2)));
+    }
+
+    #[test]
+    fn a_record_held_back_keeps_its_count_and_waits_out_the_pause() {
+        let d = one(due("A", 3), Tried::Deferred(Some(at(5))));
+        assert!(d.rows.is_empty());
+        assert_eq!(d.deferred, 1);
+        assert_eq!(
+            d.retried,
+            vec![QueueRow {
+                process_after: at(5),
+                ..due("A", 3)
+            }]
+        );
+        // Without a pause (breaker open, the lease running out), its lock is unchanged.
+        let d = one(due("A", 3), Tried::Deferred(None));
+        assert_eq!(d.retried, vec![due("A", 3)]);
+        let report = d.report(7, Phases::default());
+        assert_eq!((report.processed, report.deferred), (0, 1));
+    }
+
+    #[test]
+    fn the_queue_keeps_each_retry_count_together_and_decisions_are_reproducible() {
+        let rows = vec![due("A", 1), due("B", 0), due("C", 1), due("D", 0)];
+        let tried = || {
+            vec![
+                called(Outcome::transient("x")),
+                called(Outcome::transient("x")),
+                Tried::Deferred(None),
+                called(Outcome::success("ok")),
+            ]
+        };
+        let config = RoundConfig {
+            policy: RetryPolicy::builder()
+                .jitter(crate::policy::Jitter::Full)
+                .build()
+                .unwrap(),
+            ..RoundConfig::default()
+        };
+        let d = decide(rows.clone(), tried(), 3, "w", &config);
+        let counts: Vec<(&str, i32)> = d
+            .retried
+            .iter()
+            .map(|r| (r.sample_id.as_str(), r.retry_count))
+            .collect();
+        // C, held back, keeps its earlier lock: first among the count of 1.
+        assert_eq!(counts, [("C", 1), ("B", 1), ("A", 2)]);
+        assert_eq!(decide(rows, tried(), 3, "w", &config), d);
+    }
 }
