@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::error::Result;
-use crate::store::{AttemptRow, DeadRow, FinalRow, QueueRow, Store, Table};
+use crate::store::{AttemptKind, AttemptRow, DeadRow, FinalRow, QueueRow, Store, Table};
 
 /// What an audit found. A healthy queue has every list empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,15 +65,15 @@ pub async fn audit(store: &Store) -> Result<Audit> {
 
     // Per id: transient failures since its last redrive, and whether it ever succeeded.
     let mut ordered: Vec<&AttemptRow> = attempts.iter().collect();
-    ordered.sort_by_key(|a| (a.started_at, a.attempt, a.outcome == "redrive"));
+    ordered.sort_by_key(|a| (a.started_at, a.attempt, a.outcome == AttemptKind::Redrive));
     let mut journaled: HashMap<&str, (usize, bool)> = HashMap::new();
     for a in ordered {
         let entry = journaled.entry(a.sample_id.as_str()).or_default();
-        match a.outcome.as_str() {
-            "redrive" => entry.0 = 0,
-            "transient" => entry.0 += 1,
-            "success" => entry.1 = true,
-            _ => {}
+        match a.outcome {
+            AttemptKind::Redrive => entry.0 = 0,
+            AttemptKind::Transient => entry.0 += 1,
+            AttemptKind::Success => entry.1 = true,
+            AttemptKind::Permanent => {}
         }
     }
     audit.unjournaled_finals = finals

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::clock::floor_millis;
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputFormat, Records, read_input, synthetic_id};
-use crate::status::strings;
+use crate::store::columns::strings;
 use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Rows, Store, Table};
 
 /// How to read and admit an input file.

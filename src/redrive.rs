@@ -6,8 +6,9 @@ use deltalake::datafusion::prelude::{col, lit};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::store::journal::disposition;
-use crate::store::{AttemptRow, CommitTag, DeadRow, Store, Table, collect_rows};
+use crate::store::{
+    AttemptKind, AttemptRow, CommitTag, DeadRow, Disposition, Store, Table, collect_rows,
+};
 
 /// The worker name under which redrives are journaled.
 pub const REDRIVE_WORKER: &str = "redrive";
@@ -92,7 +93,7 @@ async fn redrive_once(
             worker: REDRIVE_WORKER.to_owned(),
             sample_id: d.sample_id,
             attempt: d.retry_count,
-            outcome: "redrive".to_owned(),
+            outcome: AttemptKind::Redrive,
             error_msg: d.error_msg,
             // The dead letter it moves: recovery deletes exactly that one, never a newer
             // dead letter of the same record.
@@ -100,7 +101,7 @@ async fn redrive_once(
             finished_at: now,
             duration_ms: 0,
             process_after: Some(now),
-            disposition: disposition::REDRIVE.to_owned(),
+            disposition: Disposition::Redrive,
             reason: Some(d.reason),
             retry_count: 0,
             payload: d.payload,
@@ -108,9 +109,7 @@ async fn redrive_once(
         })
         .collect();
     let tag = CommitTag::round("redrive", REDRIVE_WORKER, round).with("redriven", rows.len());
-    store
-        .commit_round(&rows, &tag, None, &mut Default::default())
-        .await?;
+    store.commit_round(&rows, &tag, None).await?;
     Ok(RedriveReport {
         round: Some(round),
         redriven: rows.len(),

@@ -10,7 +10,7 @@ use deltalake::arrow::array::RecordBatch;
 use crate::error::Result;
 use crate::monitor::{AsOf, query};
 use crate::policy::RetryPolicy;
-use crate::status::{int_at, time_at};
+use crate::store::columns::{int_at, string_at, time_at};
 use crate::store::{Store, Table};
 
 /// Most table versions sampled for the backlog chart.
@@ -105,7 +105,7 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
     let mut rounds = Vec::new();
     for b in &per_round {
         for i in 0..b.num_rows() {
-            let worker = crate::status::string_at(b.column(0), i).unwrap_or_default();
+            let worker = string_at(b.column(0), i).unwrap_or_default();
             let label = format!("{worker} #{}", int_at(b.column(1), i).unwrap_or(0));
             let at = time_at(b.column(2), i)
                 .map(|t| t.format("%H:%M").to_string())
@@ -126,8 +126,8 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
             let _ = write!(
                 html,
                 "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
-                escape(&crate::status::string_at(b.column(0), i).unwrap_or_default()),
-                escape(&crate::status::string_at(b.column(1), i).unwrap_or_default()),
+                escape(&string_at(b.column(0), i).unwrap_or_default()),
+                escape(&string_at(b.column(1), i).unwrap_or_default()),
                 int_at(b.column(2), i).unwrap_or(0)
             );
         }

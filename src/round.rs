@@ -4,22 +4,21 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use deltalake::datafusion::scalar::ScalarValue;
 use futures::{FutureExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
-use crate::clock::{Clock, add_saturating, ceil_millis, to_micros};
+use crate::clock::{Clock, add_saturating, ceil_millis};
 use crate::error::{Error, Result};
 use crate::guard::{Admission, BreakerState, Guard};
-use crate::outcome::{Outcome, OutcomeKind};
+use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
 use crate::store::due::{ClaimRequest, Found, LeaseOwner, oldest_first};
-use crate::store::journal::{Settle, disposition};
-use crate::store::{AttemptRow, CommitTag, QueueRow, Store, Table};
+use crate::store::journal::Settle;
+use crate::store::{AttemptKind, AttemptRow, CommitTag, Disposition, QueueRow, Store, Table};
 
 /// The error message of a record with a missing or empty payload (the seed's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
@@ -391,21 +390,20 @@ struct Decision {
 impl Decision {
     /// The round's report of what it decided.
     fn report(&self, round: i64, phases: Phases) -> RoundReport {
-        let placed = |d: &str| self.rows.iter().filter(|r| r.disposition == d).count();
-        let outcomes =
-            |o: OutcomeKind| self.rows.iter().filter(|r| r.outcome == o.as_str()).count();
+        let placed = |d: Disposition| self.rows.iter().filter(|r| r.disposition == d).count();
+        let outcomes = |o: AttemptKind| self.rows.iter().filter(|r| r.outcome == o).count();
         RoundReport {
             round: Some(round),
             processed: self.rows.len(),
-            succeeded: placed(disposition::FINAL),
-            retried: placed(disposition::RETRY),
-            dead_lettered: placed(disposition::DEAD),
+            succeeded: placed(Disposition::Final),
+            retried: placed(Disposition::Retry),
+            dead_lettered: placed(Disposition::Dead),
             deferred: self.deferred,
             phases,
             outcomes: OutcomeCounts {
-                success: outcomes(OutcomeKind::Success),
-                transient: outcomes(OutcomeKind::Transient),
-                permanent: outcomes(OutcomeKind::Permanent),
+                success: outcomes(AttemptKind::Success),
+                transient: outcomes(AttemptKind::Transient),
+                permanent: outcomes(AttemptKind::Permanent),
             },
             ..RoundReport::default()
         }
@@ -434,7 +432,7 @@ fn decide(
             Tried::Called(attempt) => {
                 let enqueued_at = row.enqueued_at;
                 let journal = journal_row(row, attempt, round, worker, config, &mut rng);
-                if journal.disposition == disposition::RETRY {
+                if journal.disposition == Disposition::Retry {
                     decision.retried.push(QueueRow {
                         sample_id: journal.sample_id.clone(),
                         payload: journal.payload.clone(),
@@ -495,12 +493,17 @@ async fn journal_and_settle(
         .with("succeeded", report.succeeded)
         .with("retried", report.retried)
         .with("dead_lettered", report.dead_lettered);
-    match store
-        .commit_round(rows, &tag, Some(settle), &mut report.phases)
-        .await
-    {
+    match store.commit_round(rows, &tag, Some(settle)).await {
         Err(Error::LeaseLost { .. }) => Ok(false),
-        other => other.map(|()| true),
+        Err(e) => Err(e),
+        Ok(times) => {
+            let phases = &mut report.phases;
+            phases.journal = times.journal;
+            phases.final_results = times.final_results;
+            phases.dead_letter = times.dead_letter;
+            phases.queue = times.queue;
+            Ok(true)
+        }
     }
 }
 
@@ -567,11 +570,6 @@ async fn claim(
 /// the lease.
 fn call_window(lease: Duration, timeout: Duration) -> Duration {
     lease.saturating_sub(timeout).saturating_sub(lease / 5)
-}
-
-/// A timestamp literal matching the tables' timestamp columns.
-pub(crate) fn timestamp(t: DateTime<Utc>) -> ScalarValue {
-    ScalarValue::TimestampMicrosecond(Some(to_micros(t)), Some("UTC".into()))
 }
 
 /// One call's result and timing.
@@ -697,13 +695,13 @@ fn journal_row(
         worker: worker.to_owned(),
         sample_id: row.sample_id,
         attempt: row.retry_count,
-        outcome: attempt.outcome.kind().as_str().to_owned(),
+        outcome: attempt.outcome.kind().into(),
         error_msg: None,
         started_at: attempt.started_at,
         finished_at: attempt.finished_at,
         duration_ms: i64::try_from(attempt.duration.as_millis()).unwrap_or(i64::MAX),
         process_after: None,
-        disposition: disposition::DEAD.to_owned(),
+        disposition: Disposition::Dead,
         reason: None,
         retry_count: row.retry_count,
         payload: row.payload,
@@ -711,7 +709,7 @@ fn journal_row(
     };
     match attempt.outcome {
         Outcome::Success { response } => {
-            journal.disposition = disposition::FINAL.to_owned();
+            journal.disposition = Disposition::Final;
             journal.response = response;
         }
         Outcome::Permanent { error } => {
@@ -728,7 +726,7 @@ fn journal_row(
                     let backoff = add_saturating(end, delay);
                     let asked =
                         retry_after.map_or(backoff, |r| r.until(end, config.max_retry_after));
-                    journal.disposition = disposition::RETRY.to_owned();
+                    journal.disposition = Disposition::Retry;
                     journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
                     journal.process_after = Some(ceil_millis(backoff.max(asked)));
                 }
@@ -782,8 +780,8 @@ mod tests {
         assert!(d.retried.is_empty());
         let row = &d.rows[0];
         assert_eq!(
-            (row.disposition.as_str(), row.outcome.as_str(), row.attempt),
-            (disposition::FINAL, "success", 2)
+            (row.disposition, row.outcome, row.attempt),
+            (Disposition::Final, AttemptKind::Success, 2)
         );
         assert_eq!((row.round, row.worker.as_str()), (7, "w"));
         assert_eq!(row.response.as_deref(), Some("ok"));
@@ -794,7 +792,7 @@ mod tests {
     fn a_permanent_failure_is_dead_at_once() {
         let d = one(due("A", 0), called(Outcome::permanent("bad record")));
         let row = &d.rows[0];
-        assert_eq!(row.disposition, disposition::DEAD);
+        assert_eq!(row.disposition, Disposition::Dead);
         assert_eq!(row.reason.as_deref(), Some("permanent"));
         assert_eq!(row.error_msg.as_deref(), Some("bad record"));
         assert_eq!(row.retry_count, 0);
@@ -806,7 +804,7 @@ mod tests {
         // The third failure (two behind it) waits 2^3 = 8 minutes from the call's end.
         let d = one(due("A", 2), called(Outcome::transient("503")));
         let row = &d.rows[0];
-        assert_eq!(row.disposition, disposition::RETRY);
+        assert_eq!(row.disposition, Disposition::Retry);
         assert_eq!((row.attempt, row.retry_count), (2, 3));
         assert_eq!(row.process_after, Some(at(1 + 8)));
         assert_eq!(
@@ -825,7 +823,7 @@ mod tests {
     fn a_transient_failure_past_the_budget_is_dead_as_retries_exhausted() {
         let d = one(due("A", 5), called(Outcome::transient("503")));
         let row = &d.rows[0];
-        assert_eq!(row.disposition, disposition::DEAD);
+        assert_eq!(row.disposition, Disposition::Dead);
         assert_eq!(row.reason.as_deref(), Some("retries_exhausted"));
         assert_eq!(row.retry_count, 5);
         assert!(d.retried.is_empty());

@@ -1,19 +1,15 @@
 //! The seed's monitoring questions, answered: backlog, due now, retries, dead letters.
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{
-    Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
-};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use deltalake::arrow::array::Array;
+use deltalake::arrow::datatypes::DataType;
 use deltalake::datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
 use deltalake::datafusion::logical_expr::cast as cast_expr;
 use deltalake::datafusion::prelude::{Expr, col, lit};
 use serde::Serialize;
 
-use crate::clock::from_micros;
 use crate::error::Result;
-use crate::round::timestamp;
+use crate::store::columns::{float_at, int_at, strings, time_at, timestamp};
 use crate::store::{Store, Table};
 
 /// Dead letters sharing one error message.
@@ -135,42 +131,4 @@ async fn count_where(store: &Store, table: Table, predicate: Expr) -> Result<(i6
         int_at(b.column(0), 0).unwrap_or(0),
         int_at(b.column(1), 0).unwrap_or(0),
     ))
-}
-
-/// Any string-like column (Utf8, views, dictionary) as a plain string array.
-pub(crate) fn strings(a: &ArrayRef) -> Result<StringArray> {
-    let utf8 = cast(a, &DataType::Utf8)?;
-    Ok(utf8
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("Utf8")
-        .clone())
-}
-
-/// Row `i` of a string column, `None` when null.
-pub(crate) fn string_at(a: &ArrayRef, i: usize) -> Option<String> {
-    let a = strings(a).ok()?;
-    a.is_valid(i).then(|| a.value(i).to_owned())
-}
-
-/// Row `i` of an integer column, `None` when null.
-pub(crate) fn int_at(a: &ArrayRef, i: usize) -> Option<i64> {
-    let a = cast(a, &DataType::Int64).ok()?;
-    let a = a.as_any().downcast_ref::<Int64Array>()?;
-    a.is_valid(i).then(|| a.value(i))
-}
-
-/// Row `i` of a numeric column as a float, `None` when null.
-pub(crate) fn float_at(a: &ArrayRef, i: usize) -> Option<f64> {
-    let a = cast(a, &DataType::Float64).ok()?;
-    let a = a.as_any().downcast_ref::<Float64Array>()?;
-    a.is_valid(i).then(|| a.value(i))
-}
-
-/// Row `i` of a timestamp column, `None` when null.
-pub(crate) fn time_at(a: &ArrayRef, i: usize) -> Option<DateTime<Utc>> {
-    let ty = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let a = cast(a, &ty).ok()?;
-    let a = a.as_any().downcast_ref::<TimestampMicrosecondArray>()?;
-    a.is_valid(i).then(|| from_micros(a.value(i)))
 }

@@ -31,11 +31,11 @@ use deltalake::parquet::file::serialized_reader::ReadOptionsBuilder;
 use deltalake::parquet::file::writer::SerializedFileWriter;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 
+use super::columns::timestamp;
 use super::journal::{IDS_APP, app_id};
 use super::{CommitTag, QueueRow, Rows, Store, Table, delta};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
-use crate::round::timestamp;
 use crate::shard::Shard;
 
 /// Rows per file when the queue writes rows (enqueue, claims, settles): a round of at most
@@ -790,13 +790,13 @@ mod tests {
                 worker: worker.to_owned(),
                 sample_id: r.sample_id.clone(),
                 attempt: 0,
-                outcome: "success".into(),
+                outcome: super::super::AttemptKind::Success,
                 error_msg: None,
                 started_at: r.process_after,
                 finished_at: r.process_after,
                 duration_ms: 0,
                 process_after: None,
-                disposition: "final".into(),
+                disposition: super::super::Disposition::Final,
                 reason: None,
                 retry_count: 0,
                 payload: r.payload.clone(),
@@ -841,7 +841,7 @@ mod tests {
         let journal = successes(&claimed.rows, "a", 1);
         let tag = CommitTag::round("round", "a", 1);
         let err = a
-            .commit_round(&journal, &tag, Some(&settle), &mut Default::default())
+            .commit_round(&journal, &tag, Some(&settle))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::LeaseLost { round: 1, .. }), "{err:?}");

@@ -11,20 +11,19 @@ use deltalake::kernel::{Action, Remove};
 use deltalake::protocol::DeltaOperation;
 
 use deltalake::arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::prelude::{SessionContext, col, lit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use serde_json::{Value, json};
 
+use super::columns::{strings, timestamp_type};
 use super::due::{
     LeaseOwner, append, blind_append, oldest_first, retried_batches, settle_operation,
 };
-use super::{AttemptRow, QueueRow, Rows, Staged, Store, Table, collect_rows, delta};
+use super::{AttemptRow, Disposition, QueueRow, Rows, Staged, Store, Table, collect_rows, delta};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
-use crate::round::Phases;
-use crate::status::strings;
 
 /// What a commit records about itself: the operation, and for a round its number, worker
 /// and counts. Stored under `retrylake` in the commit's metadata; a round's number is also
@@ -133,6 +132,19 @@ pub(crate) struct Settle {
     pub lease_until: DateTime<Utc>,
 }
 
+/// The wall time of a round's commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CommitTimes {
+    /// Writing the files of all four commits (side by side) and the journal's commit.
+    pub journal: std::time::Duration,
+    /// The `final_results` commit.
+    pub final_results: std::time::Duration,
+    /// The `dead_letter_queue` commit.
+    pub dead_letter: std::time::Duration,
+    /// The `retry_queue` commit.
+    pub queue: std::time::Duration,
+}
+
 /// A commit whose files are being written on a task of their own.
 struct StagedCommit {
     table: Table,
@@ -162,19 +174,11 @@ impl StagedCommit {
     }
 }
 
-/// Where a journaled attempt sent its record.
-pub(crate) mod disposition {
-    pub const FINAL: &str = "final";
-    pub const RETRY: &str = "retry";
-    pub const DEAD: &str = "dead";
-    pub const REDRIVE: &str = "redrive";
-}
-
 /// The order a round's tables are written in after the journal. A redrive adds to the
 /// queue before it removes from the dead letters, so a crash between the two leaves the
 /// record in two tables (resolved by recovery) rather than in none.
 fn table_order(rows: &[AttemptRow]) -> [Table; 3] {
-    if rows.iter().any(|r| r.disposition == disposition::REDRIVE) {
+    if rows.iter().any(|r| r.disposition == Disposition::Redrive) {
         [
             Table::FinalResults,
             Table::RetryQueue,
@@ -204,8 +208,7 @@ impl Store {
     /// Commits a round: the journal, then `final_results`, `dead_letter_queue` and
     /// `retry_queue`. `rows` are the round's attempts, all of one round and worker. With a
     /// `settle`, the queue's commit swaps the round's lease files for its retried rows;
-    /// without (a redrive), it is a MERGE by id. Each commit's wall time goes into
-    /// `phases`.
+    /// without (a redrive), it is a MERGE by id. Returns each commit's wall time.
     ///
     /// The journal's commit decides the round: it lands only if no other process ended
     /// the round first (a worker that fenced it after its lease ended, see
@@ -217,10 +220,10 @@ impl Store {
         rows: &[AttemptRow],
         tag: &CommitTag,
         settle: Option<&Settle>,
-        phases: &mut Phases,
-    ) -> Result<()> {
+    ) -> Result<CommitTimes> {
+        let mut times = CommitTimes::default();
         let Some(first) = rows.first() else {
-            return Ok(());
+            return Ok(times);
         };
         let owner = LeaseOwner {
             worker: first.worker.clone(),
@@ -253,21 +256,21 @@ impl Store {
             Err(e) if e.is_same_app_conflict() => return Err(lost()),
             other => other?,
         }
-        phases.journal = started.elapsed();
+        times.journal = started.elapsed();
         failpoint("after-journal");
         for table in table_order(rows) {
             let started = Instant::now();
             self.apply(table, &owner, rows, tag, staged.remove(&table))
                 .await?;
             let (phase, point) = match table {
-                Table::FinalResults => (&mut phases.final_results, "after-final"),
-                Table::DeadLetterQueue => (&mut phases.dead_letter, "after-dead-letter"),
-                _ => (&mut phases.queue, "after-merge"),
+                Table::FinalResults => (&mut times.final_results, "after-final"),
+                Table::DeadLetterQueue => (&mut times.dead_letter, "after-dead-letter"),
+                _ => (&mut times.queue, "after-merge"),
             };
             *phase = started.elapsed();
             failpoint(point);
         }
-        Ok(())
+        Ok(times)
     }
 
     /// Starts writing the files of a round's four commits: the journal, the final and dead
@@ -536,7 +539,7 @@ impl Store {
                 (None, Table::DeadLetterQueue) => {
                     let redriven: Vec<&AttemptRow> = rows
                         .iter()
-                        .filter(|r| r.disposition == disposition::REDRIVE)
+                        .filter(|r| r.disposition == Disposition::Redrive)
                         .collect();
                     if redriven.is_empty() {
                         let batch = AttemptRow::dead_batch(rows)?;
@@ -545,7 +548,7 @@ impl Store {
                         self.delete_dead(redriven_letters(&redriven)?, tag).await
                     }
                 }
-                (None, _) if rows.iter().any(|r| r.disposition == disposition::REDRIVE) => {
+                (None, _) if rows.iter().any(|r| r.disposition == Disposition::Redrive) => {
                     let source = SessionContext::new().read_batch(merge_source(rows)?)?;
                     let ids = self.txn_version(table, IDS_APP).await?.unwrap_or(0) + 1;
                     self.merge_queue(source, &tag.with_ids(ids)).await
@@ -591,7 +594,7 @@ impl Store {
                 lease_until = lease_until.max(Some(row.process_after));
                 match by_id.get(row.sample_id.as_str()) {
                     None => retried.push(row),
-                    Some(a) if a.disposition == disposition::RETRY => retried.push(QueueRow {
+                    Some(a) if a.disposition == Disposition::Retry => retried.push(QueueRow {
                         retry_count: a.retry_count,
                         error_msg: a.error_msg.clone(),
                         process_after: a.process_after.unwrap_or(a.finished_at),
@@ -644,11 +647,7 @@ fn redriven_letters(rows: &[&AttemptRow]) -> Result<RecordBatch> {
     .with_timezone("UTC");
     let schema = Schema::new(vec![
         Field::new("sample_id", DataType::Utf8, false),
-        Field::new(
-            "failed_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("failed_at", timestamp_type(), false),
     ]);
     Ok(RecordBatch::try_new(
         Arc::new(schema),
@@ -675,9 +674,9 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
     let action: StringArray = rows
         .iter()
         .map(|r| {
-            Some(match r.disposition.as_str() {
-                disposition::RETRY => "retry",
-                disposition::REDRIVE => "insert",
+            Some(match r.disposition {
+                Disposition::Retry => "retry",
+                Disposition::Redrive => "insert",
                 _ => "delete",
             })
         })
@@ -703,17 +702,9 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
         Field::new("action", DataType::Utf8, false),
         Field::new("retry_count", DataType::Int32, false),
         Field::new("error_msg", DataType::Utf8, true),
-        Field::new(
-            "process_after",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ),
+        Field::new("process_after", timestamp_type(), true),
         Field::new("payload", DataType::Utf8, true),
-        Field::new(
-            "enqueued_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("enqueued_at", timestamp_type(), false),
     ]);
     Ok(RecordBatch::try_new(
         Arc::new(schema),

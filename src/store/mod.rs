@@ -1,6 +1,7 @@
 //! The Delta tables: where they live, creating and checking them, and the few operations a
 //! queue needs (append, the queue MERGE, scans, application-transaction versions).
 
+pub(crate) mod columns;
 pub(crate) mod due;
 pub(crate) mod journal;
 mod schema;
@@ -8,7 +9,7 @@ mod schema;
 pub use due::FILE_ROWS;
 pub use journal::CommitTag;
 pub use schema::Rows;
-pub use schema::{AttemptRow, DeadRow, FinalRow, QueueRow, Table};
+pub use schema::{AttemptKind, AttemptRow, DeadRow, Disposition, FinalRow, QueueRow, Table};
 
 use std::collections::HashMap;
 use std::path::Path;

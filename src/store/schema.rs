@@ -4,18 +4,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray,
 };
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
 use deltalake::kernel::{DataType, StructField, StructType};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 
-use super::journal::disposition;
-use crate::clock::{from_micros, to_micros};
+use super::columns::Columns;
+use crate::clock::to_micros;
 use crate::error::{Error, Result};
 
 /// The type of one column, in both Delta and Arrow terms.
@@ -42,9 +40,7 @@ impl ColumnType {
             ColumnType::Str => ArrowType::Utf8,
             ColumnType::Int => ArrowType::Int32,
             ColumnType::Long => ArrowType::Int64,
-            ColumnType::Timestamp => {
-                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-            }
+            ColumnType::Timestamp => super::columns::timestamp_type(),
         }
     }
 }
@@ -62,6 +58,23 @@ pub enum Table {
     DeadLetterQueue,
     /// One row per attempt: the audit trail and the journal of rounds.
     Attempts,
+}
+
+impl std::str::FromStr for Table {
+    type Err = Error;
+
+    /// The table of this [`Table::name`], e.g. `"dead_letter_queue"`.
+    fn from_str(name: &str) -> Result<Table> {
+        Table::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "unknown table '{name}' (expected retry_queue, final_results, \
+                     dead_letter_queue or attempts)"
+                ))
+            })
+    }
 }
 
 impl Table {
@@ -222,6 +235,96 @@ pub struct DeadRow {
     pub reason: String,
 }
 
+/// What a journaled attempt was: the `outcome` column of `attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptKind {
+    /// The call succeeded (`success`).
+    Success,
+    /// The call failed and may succeed later (`transient`).
+    Transient,
+    /// The call failed for good, or the record had no payload (`permanent`).
+    Permanent,
+    /// Not a call: a dead letter moved back into the queue (`redrive`).
+    Redrive,
+}
+
+impl AttemptKind {
+    const ALL: [AttemptKind; 4] = [
+        AttemptKind::Success,
+        AttemptKind::Transient,
+        AttemptKind::Permanent,
+        AttemptKind::Redrive,
+    ];
+
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::Success => "success",
+            AttemptKind::Transient => "transient",
+            AttemptKind::Permanent => "permanent",
+            AttemptKind::Redrive => "redrive",
+        }
+    }
+}
+
+impl From<crate::outcome::OutcomeKind> for AttemptKind {
+    fn from(kind: crate::outcome::OutcomeKind) -> Self {
+        match kind {
+            crate::outcome::OutcomeKind::Success => AttemptKind::Success,
+            crate::outcome::OutcomeKind::Transient => AttemptKind::Transient,
+            crate::outcome::OutcomeKind::Permanent => AttemptKind::Permanent,
+        }
+    }
+}
+
+/// Where a journaled attempt sent its record: the `disposition` column of `attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// To `final_results` (`final`).
+    Final,
+    /// Back into `retry_queue` with a new time lock (`retry`).
+    Retry,
+    /// To `dead_letter_queue` (`dead`).
+    Dead,
+    /// From `dead_letter_queue` back into `retry_queue` (`redrive`).
+    Redrive,
+}
+
+impl Disposition {
+    const ALL: [Disposition; 4] = [
+        Disposition::Final,
+        Disposition::Retry,
+        Disposition::Dead,
+        Disposition::Redrive,
+    ];
+
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Final => "final",
+            Disposition::Retry => "retry",
+            Disposition::Dead => "dead",
+            Disposition::Redrive => "redrive",
+        }
+    }
+}
+
+/// Reads an enum column's text back, or names the unknown value.
+fn parse_column<T: Copy>(
+    all: &[T],
+    text: &str,
+    as_str: fn(T) -> &'static str,
+    column: &str,
+) -> Result<T> {
+    all.iter()
+        .copied()
+        .find(|v| as_str(*v) == text)
+        .ok_or_else(|| Error::Corrupt {
+            table: Table::Attempts.name(),
+            detail: format!("unknown {column} '{text}'"),
+        })
+}
+
 /// A row of `attempts`: one call (or one `Missing Payload` decision) and where it sent the
 /// record. Everything needed to re-apply the round to the other tables is here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,8 +337,8 @@ pub struct AttemptRow {
     pub sample_id: String,
     /// The record's retry count before the call (0 on the first attempt).
     pub attempt: i32,
-    /// `success`, `transient` or `permanent`.
-    pub outcome: String,
+    /// What the attempt was: a call's outcome, or a redrive (column `outcome`).
+    pub outcome: AttemptKind,
     /// The error, for failures.
     pub error_msg: Option<String>,
     /// When the call started.
@@ -246,8 +349,8 @@ pub struct AttemptRow {
     pub duration_ms: i64,
     /// The new time lock, for retried records.
     pub process_after: Option<DateTime<Utc>>,
-    /// Where the record went: `final`, `retry` or `dead`.
-    pub disposition: String,
+    /// Where the record went (column `disposition`).
+    pub disposition: Disposition,
     /// For dead letters: `permanent` or `retries_exhausted`.
     pub reason: Option<String>,
     /// The record's retry count after the attempt.
@@ -318,83 +421,6 @@ pub trait Rows: Sized {
     fn to_batch(rows: &[Self]) -> Result<RecordBatch>;
     /// The rows of a batch read from the table.
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>>;
-}
-
-/// Typed access to a batch's columns, whatever physical type the reader produced
-/// (string views, other timestamp zones) and with a clear error for a null key.
-struct Columns<'a> {
-    table: Table,
-    batch: &'a RecordBatch,
-}
-
-impl Columns<'_> {
-    fn column(&self, name: &str, ty: ArrowType) -> Result<ArrayRef> {
-        let column = self
-            .batch
-            .column_by_name(name)
-            .ok_or_else(|| Error::Corrupt {
-                table: self.table.name(),
-                detail: format!("column '{name}' is missing from a scan"),
-            })?;
-        Ok(cast(column, &ty)?)
-    }
-
-    fn opt_str(&self, name: &str) -> Result<Vec<Option<String>>> {
-        let a = self.column(name, ArrowType::Utf8)?;
-        let a = a
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("cast to Utf8");
-        Ok(a.iter().map(|v| v.map(str::to_owned)).collect())
-    }
-
-    fn str(&self, name: &str) -> Result<Vec<String>> {
-        self.opt_str(name)?
-            .into_iter()
-            .map(|v| v.ok_or_else(|| self.null(name)))
-            .collect()
-    }
-
-    fn int(&self, name: &str) -> Result<Vec<i32>> {
-        let a = self.column(name, ArrowType::Int32)?;
-        let a = a
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .expect("cast to Int32");
-        a.iter().map(|v| v.ok_or_else(|| self.null(name))).collect()
-    }
-
-    fn long(&self, name: &str) -> Result<Vec<i64>> {
-        let a = self.column(name, ArrowType::Int64)?;
-        let a = a
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("cast to Int64");
-        a.iter().map(|v| v.ok_or_else(|| self.null(name))).collect()
-    }
-
-    fn opt_time(&self, name: &str) -> Result<Vec<Option<DateTime<Utc>>>> {
-        let a = self.column(name, Timestamp.arrow())?;
-        let a = a
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .expect("cast to Timestamp");
-        Ok(a.iter().map(|v| v.map(from_micros)).collect())
-    }
-
-    fn time(&self, name: &str) -> Result<Vec<DateTime<Utc>>> {
-        self.opt_time(name)?
-            .into_iter()
-            .map(|v| v.ok_or_else(|| self.null(name)))
-            .collect()
-    }
-
-    fn null(&self, name: &str) -> Error {
-        Error::Corrupt {
-            table: self.table.name(),
-            detail: format!("null in column '{name}'"),
-        }
-    }
 }
 
 impl QueueRow {
@@ -558,7 +584,7 @@ impl AttemptRow {
     pub(crate) fn final_batch(rows: &[AttemptRow]) -> Result<RecordBatch> {
         let rows: Vec<&AttemptRow> = rows
             .iter()
-            .filter(|r| r.disposition == disposition::FINAL)
+            .filter(|r| r.disposition == Disposition::Final)
             .collect();
         batch(
             Table::FinalResults,
@@ -576,7 +602,7 @@ impl AttemptRow {
     pub(crate) fn dead_batch(rows: &[AttemptRow]) -> Result<RecordBatch> {
         let rows: Vec<&AttemptRow> = rows
             .iter()
-            .filter(|r| r.disposition == disposition::DEAD)
+            .filter(|r| r.disposition == Disposition::Dead)
             .collect();
         batch(
             Table::DeadLetterQueue,
@@ -628,21 +654,29 @@ impl Rows for AttemptRow {
         };
         let (rounds, mut workers, mut ids) =
             (c.long("round")?, c.str("worker")?, c.str("sample_id")?);
-        let (attempts, mut outcomes, mut errors) = (
+        let (attempts, outcomes, mut errors) = (
             c.int("attempt")?,
             c.str("outcome")?,
             c.opt_str("error_msg")?,
         );
+        let outcomes = outcomes
+            .iter()
+            .map(|o| parse_column(&AttemptKind::ALL, o, AttemptKind::as_str, "outcome"))
+            .collect::<Result<Vec<_>>>()?;
         let (started, finished, durations) = (
             c.time("started_at")?,
             c.time("finished_at")?,
             c.long("duration_ms")?,
         );
-        let (after, mut dispositions, mut reasons) = (
+        let (after, dispositions, mut reasons) = (
             c.opt_time("process_after")?,
             c.str("disposition")?,
             c.opt_str("reason")?,
         );
+        let dispositions = dispositions
+            .iter()
+            .map(|d| parse_column(&Disposition::ALL, d, Disposition::as_str, "disposition"))
+            .collect::<Result<Vec<_>>>()?;
         let (counts, mut payloads, mut responses) = (
             c.int("retry_count")?,
             c.opt_str("payload")?,
@@ -654,13 +688,13 @@ impl Rows for AttemptRow {
                 worker: std::mem::take(&mut workers[i]),
                 sample_id: std::mem::take(&mut ids[i]),
                 attempt: attempts[i],
-                outcome: std::mem::take(&mut outcomes[i]),
+                outcome: outcomes[i],
                 error_msg: std::mem::take(&mut errors[i]),
                 started_at: started[i],
                 finished_at: finished[i],
                 duration_ms: durations[i],
                 process_after: after[i],
-                disposition: std::mem::take(&mut dispositions[i]),
+                disposition: dispositions[i],
                 reason: std::mem::take(&mut reasons[i]),
                 retry_count: counts[i],
                 payload: std::mem::take(&mut payloads[i]),

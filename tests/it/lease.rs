@@ -47,7 +47,7 @@ fn assert_each_attempt_journaled_once(env: &Env) {
     let twice = repeated(
         attempts
             .iter()
-            .filter(|a| a.outcome != "redrive")
+            .filter(|a| a.outcome != retrylake::store::AttemptKind::Redrive)
             .map(|a| format!("{} attempt {}", a.sample_id, a.attempt)),
     );
     assert!(
