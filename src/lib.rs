@@ -54,8 +54,13 @@ pub use error::{Error, Result};
 pub use guard::{BreakerConfig, Guard, GuardConfig, Rate};
 pub use outcome::{Outcome, RetryAfter};
 pub use policy::{Jitter, RetryPolicy};
-pub use processor::{CommandProcessor, HttpProcessor, Processor, Record, SimulateProcessor};
-pub use queue::Queue;
+pub use processor::{
+    CommandProcessor, HttpProcessor, Processor, ProcessorKind, ProcessorOptions, Record,
+    SimulateProcessor,
+};
+pub use queue::{Queue, WorkerName};
 pub use round::{OutcomeCounts, Phases, RoundConfig, RoundReport};
 pub use shard::Shard;
 pub use status::Status;
+pub use store::StorageOptions;
+pub use worker::{Rounds, Shutdown, Until, run_rounds};

@@ -16,11 +16,10 @@ use retrylake::metrics::Metrics;
 use retrylake::monitor::{self, AsOf};
 use retrylake::redrive::RedriveFilter;
 use retrylake::store::{Store, Table};
-use retrylake::worker::{Shutdown, run_worker};
 use retrylake::{
-    BreakerConfig, CommandProcessor, EnqueueOptions, FixedClock, Guard, GuardConfig, HttpProcessor,
-    Jitter, Processor, Queue, Rate, RetryPolicy, RoundConfig, RoundReport, Shard,
-    SimulateProcessor, Status, round::Progress,
+    BreakerConfig, EnqueueOptions, FixedClock, Guard, GuardConfig, Jitter, Processor,
+    ProcessorKind, ProcessorOptions, Queue, Rate, RetryPolicy, RoundConfig, RoundReport, Rounds,
+    Shard, Shutdown, Status, Until, WorkerName, round::Progress, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -175,13 +174,23 @@ enum OutputFormat {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ProcessorKind {
+enum ProcessorArg {
     /// The seed's simulator: transient failures at --transient-rate.
     Simulate,
     /// `sh -c CMD` per record (--command).
     Command,
     /// POST each record as JSON to --url.
     Http,
+}
+
+impl ProcessorArg {
+    fn kind(self) -> ProcessorKind {
+        match self {
+            ProcessorArg::Simulate => ProcessorKind::Simulate,
+            ProcessorArg::Command => ProcessorKind::Command,
+            ProcessorArg::Http => ProcessorKind::Http,
+        }
+    }
 }
 
 /// `run`: the flags it shares with `worker`, and its own.
@@ -207,7 +216,7 @@ struct RunArgs {
     /// What processes each record: `run` simulates when not given (and says so); a
     /// worker must be told.
     #[arg(long, value_enum)]
-    processor: Option<ProcessorKind>,
+    processor: Option<ProcessorArg>,
     /// The shell command of the command processor.
     #[arg(long, required_if_eq("processor", "command"))]
     command: Option<String>,
@@ -254,8 +263,8 @@ struct RunArgs {
     #[arg(long)]
     allow_empty_payload: bool,
     /// This runner's name in the journal; concurrent runners need distinct names.
-    #[arg(long, default_value = "main", value_parser = parse_worker)]
-    worker: String,
+    #[arg(long, default_value = "main")]
+    worker: WorkerName,
     /// Only the records of shard I of N (0-based), by a stable hash of sample_id.
     #[arg(long, value_name = "I/N", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Shard>().map_err(|e| e.to_string())))]
     shard: Option<Shard>,
@@ -343,7 +352,7 @@ impl GuardArgs {
                 self.breaker_min_calls
             );
         }
-        let breaker = self.breaker.unwrap_or(processor != ProcessorKind::Simulate);
+        let breaker = self.breaker.unwrap_or(processor.breaker_by_default());
         Ok(Guard::new(GuardConfig {
             breaker: breaker.then_some(BreakerConfig {
                 failure_rate: self.breaker_failure_rate,
@@ -374,7 +383,7 @@ struct WorkerArgs {
 
 impl WorkerArgs {
     /// Refuses `run`'s flags that a worker would ignore, and a processor left to chance.
-    fn check(&self) -> Result<ProcessorKind> {
+    fn check(&self) -> Result<ProcessorArg> {
         let ignored: Vec<&str> = [
             (self.now.is_some(), "--now"),
             (self.drain, "--drain"),
@@ -402,17 +411,17 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
     let kind = args.check()?;
     let shutdown = Shutdown::on_signals().context("cannot listen for signals")?;
     let (mut queue, processor, config, _clock) = prepare(data, &args.run, kind, None).await?;
-    let metrics = match &args.metrics_addr {
-        Some(addr) => {
-            let metrics = Arc::new(Mutex::new(Metrics::default()));
-            let bound = retrylake::metrics::serve(addr, metrics.clone()).await?;
-            tracing::info!("metrics on http://{bound}/metrics");
-            Some(metrics)
-        }
-        None => None,
-    };
+    let mut rounds = Rounds::new(Until::Stopped)
+        .poll(args.run.poll)
+        .shutdown(shutdown);
+    if let Some(addr) = &args.metrics_addr {
+        let metrics = Arc::new(Mutex::new(Metrics::default()));
+        let bound = retrylake::metrics::serve(addr, metrics.clone()).await?;
+        tracing::info!("metrics on http://{bound}/metrics");
+        rounds = rounds.metrics(metrics);
+    }
     tracing::info!(worker = queue.worker(), "worker started");
-    run_worker(&mut queue, processor.as_ref(), &config, args.run.poll, &shutdown, metrics, |r| {
+    run_rounds(&mut queue, processor.as_ref(), &config, &rounds, |r| {
         if let Some(round) = r.round {
             tracing::info!(
                 "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered in {:.2?}",
@@ -423,6 +432,7 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
                 r.phases.read + r.phases.process + r.phases.commit()
             );
         }
+        Ok::<(), anyhow::Error>(())
     })
     .await?;
     tracing::info!("worker stopped");
@@ -456,12 +466,10 @@ fn progress_bar() -> Option<Progress> {
 
 /// The table a command names, or all four.
 fn tables(name: Option<&str>) -> Result<Vec<Table>> {
-    match name {
-        None => Ok(Table::ALL.to_vec()),
-        Some(name) => Ok(vec![Table::ALL.into_iter().find(|t| t.name() == name).with_context(|| {
-            format!("unknown table '{name}' (expected retry_queue, final_results, dead_letter_queue or attempts)")
-        })?]),
-    }
+    Ok(match name {
+        None => Table::ALL.to_vec(),
+        Some(name) => vec![name.parse()?],
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -490,22 +498,6 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     humantime::parse_rfc3339_weak(s)
         .map(DateTime::<Utc>::from)
         .map_err(|_| "expected an RFC 3339 time such as 2025-11-24T14:00:00Z".to_owned())
-}
-
-fn parse_worker(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !ok {
-        return Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned());
-    }
-    if s == retrylake::redrive::REDRIVE_WORKER {
-        return Err(format!(
-            "'{s}' is the name redrives are journaled under; choose another"
-        ));
-    }
-    Ok(s.to_owned())
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -738,7 +730,7 @@ fn one_malloc_arena() {
 async fn prepare(
     data: &str,
     args: &RunArgs,
-    kind: ProcessorKind,
+    kind: ProcessorArg,
     now: Option<DateTime<Utc>>,
 ) -> Result<(
     Queue,
@@ -746,8 +738,20 @@ async fn prepare(
     RoundConfig,
     Option<Arc<FixedClock>>,
 )> {
+    let kind = kind.kind();
     let policy = args.policy.policy()?;
-    let processor = processor(args, kind)?;
+    let processor = ProcessorOptions {
+        kind,
+        command: args.command.clone(),
+        url: args.url.clone(),
+        headers: args.headers.clone(),
+        env_headers: args.env_headers.clone(),
+        transient_statuses: args.transient_statuses.clone(),
+        transient_rate: args.transient_rate,
+        seed: args.seed,
+        pool_size: args.concurrency as usize,
+    }
+    .build()?;
     let config = RoundConfig {
         policy,
         limit: args.limit.unwrap_or(args.batch_size),
@@ -762,7 +766,7 @@ async fn prepare(
         guard: args.guard.guard(kind)?,
     };
     let clock = now.map(|now| Arc::new(FixedClock::new(now)));
-    let mut queue = Queue::open(data).await?.with_worker(&args.worker);
+    let mut queue = Queue::open(data).await?.with_worker(args.worker.as_str())?;
     if let Some(clock) = &clock {
         queue = queue.with_clock(clock.clone());
     }
@@ -786,7 +790,7 @@ async fn run(data: &str, command: RunCommand, out: &mut impl Write) -> Result<()
         drain,
         json,
     } = command;
-    let kind = args.processor.unwrap_or(ProcessorKind::Simulate);
+    let kind = args.processor.unwrap_or(ProcessorArg::Simulate);
     let (mut queue, processor, config, clock) = prepare(data, &args, kind, now).await?;
     if args.processor.is_none() {
         // The quick start relies on the default; a pipeline must not, unawares.
@@ -796,88 +800,21 @@ async fn run(data: &str, command: RunCommand, out: &mut impl Write) -> Result<()
              http|command|simulate"
         );
     }
-    loop {
-        let report = queue.run_round(processor.as_ref(), &config).await?;
-        print_round(out, &report, json)?;
-        // A round takes at most ROUND_BATCH records; without --limit, run goes on while
-        // more are due.
-        let more_due = args.limit.is_none()
-            && report.processed > 0
-            && report.paused_until.is_none()
-            && report
-                .next_due
-                .is_some_and(|next| next <= queue.clock().now());
-        if more_due {
-            continue;
-        }
-        // While calls are paused (breaker open, Retry-After), the next round waits for the
-        // pause to end even if records are due.
-        let Some(next) = report.paused_until.max(report.next_due).filter(|_| drain) else {
-            return Ok(());
-        };
-        match &clock {
-            Some(clock) => {
-                let now = queue.clock().now();
-                if next > now {
-                    clock.set(next);
-                }
-            }
-            None => {
-                let wait = (next - queue.clock().now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(args.poll);
-                if !wait.is_zero() {
-                    tracing::debug!(
-                        "next record due at {next}; waiting {}",
-                        humantime::format_duration(wait)
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+    // A round takes at most --batch-size records; without --limit, run goes on while more
+    // are due, and with --drain until the queue is empty.
+    let until = match (drain, args.limit) {
+        (true, _) => Until::Drained,
+        (false, Some(_)) => Until::OneRound,
+        (false, None) => Until::NoneDue,
+    };
+    let mut rounds = Rounds::new(until).poll(args.poll);
+    if let Some(clock) = clock {
+        rounds = rounds.virtual_clock(clock);
     }
-}
-
-fn processor(args: &RunArgs, kind: ProcessorKind) -> Result<Box<dyn Processor>> {
-    Ok(match kind {
-        ProcessorKind::Simulate => Box::new(SimulateProcessor::new(args.transient_rate, args.seed)),
-        ProcessorKind::Command => {
-            let command = args
-                .command
-                .clone()
-                .context("--processor command needs --command")?;
-            Box::new(CommandProcessor::new(command))
-        }
-        ProcessorKind::Http => {
-            let url = args
-                .url
-                .as_deref()
-                .context("--processor http needs --url")?;
-            let mut builder = HttpProcessor::builder(url)
-                .transient_statuses(args.transient_statuses.iter().copied())
-                .pool_size(args.concurrency as usize);
-            for header in &args.headers {
-                let (name, value) = split_header(header, "--header")?;
-                builder = builder.header(name, value);
-            }
-            for header in &args.env_headers {
-                let (name, var) = split_header(header, "--header-env")?;
-                let value = std::env::var(var).with_context(|| {
-                    format!("--header-env {name}: environment variable {var} is not set")
-                })?;
-                builder = builder.secret_header(name, &value);
-            }
-            Box::new(builder.build()?)
-        }
+    run_rounds(&mut queue, processor.as_ref(), &config, &rounds, |report| {
+        print_round(out, report, json)
     })
-}
-
-fn split_header<'a>(header: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
-    match header.split_once(':') {
-        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim(), value.trim())),
-        _ => bail!("{flag} expects 'Name: value', got a value without a name and colon"),
-    }
+    .await
 }
 
 fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result<()> {

@@ -1,16 +1,17 @@
 //! The queue: the tables, a clock and a worker identity, and the jobs run on them.
 
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::processor::Processor;
 use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
 use crate::round::{RoundConfig, RoundReport, run_round};
 use crate::status::{Status, status};
-use crate::store::Store;
+use crate::store::{StorageOptions, Store};
 
 /// The worker name used when none is given.
 pub const DEFAULT_WORKER: &str = "main";
@@ -19,19 +20,46 @@ pub const DEFAULT_WORKER: &str = "main";
 pub struct Queue {
     store: Store,
     clock: Arc<dyn Clock>,
-    worker: String,
+    worker: WorkerName,
     recovered_all: bool,
 }
 
 impl Queue {
-    /// Opens (creating when missing) the tables under `root`, on the system clock.
+    /// Opens (creating when missing) the tables under `root`, on the system clock. `root` is
+    /// a local path or an object store URL (`s3://bucket/prefix`, `gs://`, `az://`,
+    /// `abfss://`) whose credentials come from the environment.
     pub async fn open(root: &str) -> Result<Queue> {
-        Ok(Queue {
-            store: Store::open(root).await?,
+        Queue::open_with(root, StorageOptions::new()).await
+    }
+
+    /// [`Queue::open`] with object store settings given here rather than (or on top of)
+    /// the environment's: the keys delta-rs takes (`aws_region`, `aws_endpoint_url`,
+    /// `google_service_account`, `azure_storage_account_name`...).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> retrylake::Result<()> {
+    /// use retrylake::{Queue, StorageOptions};
+    ///
+    /// let options = StorageOptions::from([
+    ///     ("aws_region".to_owned(), "eu-west-1".to_owned()),
+    ///     ("aws_endpoint_url".to_owned(), "http://localhost:9000".to_owned()),
+    /// ]);
+    /// let queue = Queue::open_with("s3://my-bucket/retrylake", options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open_with(root: &str, options: StorageOptions) -> Result<Queue> {
+        Ok(Queue::on(Store::open_with(root, options).await?))
+    }
+
+    /// A queue on `store`, on the system clock, as the default worker.
+    fn on(store: Store) -> Queue {
+        Queue {
+            store,
             clock: Arc::new(SystemClock),
-            worker: DEFAULT_WORKER.to_owned(),
+            worker: WorkerName(DEFAULT_WORKER.to_owned()),
             recovered_all: false,
-        })
+        }
     }
 
     /// Uses `clock` for every "now". Default value is the system clock.
@@ -42,14 +70,28 @@ impl Queue {
 
     /// Runs rounds as `worker`: its name in the journal and in the tables' application
     /// transactions. Concurrent runners need distinct names. Default value is `main`.
-    pub fn with_worker(mut self, worker: &str) -> Self {
-        self.worker = worker.to_owned();
-        self
+    ///
+    /// The name is checked as a [`WorkerName`]: an [`Error::InvalidConfig`] unless it is 1
+    /// to 64 letters, digits, `-`, `_` or `.`, and not the name redrives are journaled
+    /// under.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> retrylake::Result<()> {
+    /// use retrylake::Queue;
+    ///
+    /// let queue = Queue::open("./retrylake-data").await?.with_worker("w1")?;
+    /// assert_eq!(queue.worker(), "w1");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_worker(mut self, worker: &str) -> Result<Self> {
+        self.worker = worker.parse()?;
+        Ok(self)
     }
 
     /// The worker name.
     pub fn worker(&self) -> &str {
-        &self.worker
+        self.worker.as_str()
     }
 
     /// The tables.
@@ -65,7 +107,7 @@ impl Queue {
     /// Brings every table up to this worker's last journaled round (after a crash);
     /// returns the rounds it re-applied.
     pub async fn recover(&mut self) -> Result<Vec<i64>> {
-        self.store.recover(&self.worker).await
+        self.store.recover(self.worker.as_str()).await
     }
 
     /// Reads `path` and adds its new records to `retry_queue`, due now.
@@ -89,7 +131,7 @@ impl Queue {
         config.check()?;
         self.store.refresh().await?;
         if self.recovered_all {
-            self.store.recover(&self.worker).await?;
+            self.store.recover(self.worker.as_str()).await?;
             // A redrive has no lease that would bring a half-applied one to a claim.
             self.store.recover(REDRIVE_WORKER).await?;
         } else {
@@ -102,7 +144,7 @@ impl Queue {
         let mut report = run_round(
             &mut self.store,
             self.clock.as_ref(),
-            &self.worker,
+            self.worker.as_str(),
             processor,
             config,
         )
@@ -127,11 +169,69 @@ impl Queue {
     /// not all there (see [`Store::open_existing`]). For status and the like; a queue that
     /// runs rounds or enqueues opens with [`Queue::open`].
     pub async fn open_existing(root: &str) -> Result<Queue> {
-        Ok(Queue {
-            store: Store::open_existing(root, Default::default()).await?,
-            clock: Arc::new(SystemClock),
-            worker: DEFAULT_WORKER.to_owned(),
-            recovered_all: false,
-        })
+        Queue::open_existing_with(root, StorageOptions::new()).await
+    }
+
+    /// [`Queue::open_existing`] with object store settings, as in [`Queue::open_with`].
+    pub async fn open_existing_with(root: &str, options: StorageOptions) -> Result<Queue> {
+        Ok(Queue::on(Store::open_existing(root, options).await?))
+    }
+}
+
+/// A checked worker name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, and not
+/// [`REDRIVE_WORKER`] (redrives are journaled under it, and a worker sharing it would fence
+/// them). It names a runner in the journal, in the tables' application transactions and in
+/// a file name, so nothing else is allowed.
+///
+/// ```
+/// use retrylake::WorkerName;
+///
+/// let name: WorkerName = "w-1.eu_west".parse()?;
+/// assert_eq!(name.as_str(), "w-1.eu_west");
+/// assert!("two words".parse::<WorkerName>().is_err());
+/// assert!("redrive".parse::<WorkerName>().is_err());
+/// # Ok::<(), retrylake::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkerName(String);
+
+impl WorkerName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for WorkerName {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(Error::InvalidConfig(
+                "expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned(),
+            ));
+        }
+        if s == REDRIVE_WORKER {
+            return Err(Error::InvalidConfig(format!(
+                "'{s}' is the name redrives are journaled under; choose another"
+            )));
+        }
+        Ok(WorkerName(s.to_owned()))
+    }
+}
+
+impl AsRef<str> for WorkerName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }

@@ -1,14 +1,17 @@
-//! The worker: rounds until told to stop, sleeping until the next record is due (or a poll
-//! interval passes, so new enqueues are picked up), and finishing the round in flight on
-//! SIGINT or SIGTERM.
+//! Runs of rounds: [`run_rounds`] goes on until nothing is due, the queue is drained, or it
+//! is told to stop, jumping a virtual clock to the next due record or sleeping until it is
+//! due (or a poll interval passes, so new enqueues are picked up). A worker finishes the
+//! round in flight on SIGINT or SIGTERM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::error::Result;
+use crate::clock::FixedClock;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::processor::Processor;
 use crate::queue::Queue;
@@ -71,46 +74,189 @@ impl Shutdown {
 /// The shortest pause after a round that found nothing to do, so a worker never spins.
 const IDLE_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs rounds until `shutdown` is triggered; `on_round` sees every round's report.
-pub async fn run_worker(
+/// When [`run_rounds`] stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// After one round: `retrylake run --limit N`.
+    OneRound,
+    /// Once a round leaves nothing due now: when it processed nothing, calls are paused
+    /// (breaker open, Retry-After), or the next due record is in the future. Bounded
+    /// rounds ([`RoundConfig::limit`]) go on while more are due: `retrylake run`.
+    NoneDue,
+    /// Once the queue holds no record: between rounds the clock jumps to (on a virtual
+    /// clock) or waits for the next due record, or the end of a pause: `retrylake run
+    /// --drain`.
+    Drained,
+    /// Only when the [`Shutdown`] is triggered: an empty queue is polled, and a round that
+    /// processed nothing is followed by a short pause so the loop never spins: `retrylake
+    /// worker`.
+    Stopped,
+}
+
+/// How [`run_rounds`] goes on between rounds, and when it stops.
+///
+/// ```
+/// use std::time::Duration;
+/// use retrylake::{Rounds, Shutdown, Until};
+///
+/// let shutdown = Shutdown::new();
+/// let rounds = Rounds::new(Until::Stopped)
+///     .poll(Duration::from_secs(5))
+///     .shutdown(shutdown.clone());
+/// ```
+#[derive(Clone)]
+pub struct Rounds {
+    until: Until,
+    poll: Duration,
+    virtual_clock: Option<Arc<FixedClock>>,
+    shutdown: Shutdown,
+    metrics: Option<Arc<Mutex<Metrics>>>,
+}
+
+impl Rounds {
+    /// Rounds until `until`, polling every 5 seconds, on the queue's clock, with a
+    /// shutdown handle nothing triggers and no metrics.
+    pub fn new(until: Until) -> Self {
+        Rounds {
+            until,
+            poll: Duration::from_secs(5),
+            virtual_clock: None,
+            shutdown: Shutdown::new(),
+            metrics: None,
+        }
+    }
+
+    /// Sets the longest wait between rounds, so records enqueued or released by other
+    /// runners are picked up. Default value is 5 seconds.
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Moves `clock` (the queue's clock, see [`Queue::with_clock`]) to the next due record
+    /// instead of waiting for it: a whole backoff schedule runs in an instant.
+    pub fn virtual_clock(mut self, clock: Arc<FixedClock>) -> Self {
+        self.virtual_clock = Some(clock);
+        self
+    }
+
+    /// Stops the rounds once `shutdown` is triggered: after the round in flight, and
+    /// during a wait at once.
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// Records every round and the queue's state after it in `metrics` (see
+    /// [`crate::metrics::serve`]).
+    pub fn metrics(mut self, metrics: Arc<Mutex<Metrics>>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Refreshes the metrics after `report`, when there are any.
+    async fn record(&self, queue: &mut Queue, report: &RoundReport) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        // The metrics are a view: a failed read (the store briefly unreachable) must not
+        // stop the rounds.
+        match queue.status().await {
+            Ok(status) => {
+                let now = queue.clock().now();
+                metrics
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(report, &status, now);
+            }
+            Err(e) => tracing::warn!("could not refresh the metrics: {e}"),
+        }
+    }
+
+    /// What follows `report` at `now`: `None` to stop, or how long to wait (after moving
+    /// the virtual clock, if any) before the next round.
+    fn next(&self, report: &RoundReport, now: DateTime<Utc>) -> Option<Duration> {
+        match self.until {
+            Until::OneRound => return None,
+            Until::NoneDue => {
+                let more_due = report.processed > 0
+                    && report.paused_until.is_none()
+                    && report.next_due.is_some_and(|next| next <= now);
+                return more_due.then_some(Duration::ZERO);
+            }
+            Until::Drained | Until::Stopped => {}
+        }
+        // While calls are paused (breaker open, Retry-After), the next round waits for the
+        // pause to end even if records are due.
+        let next = report.paused_until.max(report.next_due);
+        if next.is_none() && self.until == Until::Drained {
+            return None;
+        }
+        let mut wait = match (&self.virtual_clock, next) {
+            (Some(clock), Some(next)) => {
+                if next > now {
+                    clock.set(next);
+                }
+                Duration::ZERO
+            }
+            _ => next
+                .map_or(self.poll, |next| (next - now).to_std().unwrap_or_default())
+                .min(self.poll),
+        };
+        if self.until == Until::Stopped && report.processed == 0 {
+            wait = wait.max(IDLE_PAUSE.min(self.poll));
+        }
+        if let Some(next) = next
+            && !wait.is_zero()
+        {
+            tracing::debug!(
+                "next record due at {next}; waiting {}",
+                humantime::format_duration(wait)
+            );
+        }
+        Some(wait)
+    }
+}
+
+/// Runs rounds of `processor` over `queue` until [`Rounds`] says to stop (see [`Until`]):
+/// the loop of `retrylake run` and `retrylake worker`. `on_round` sees every round's
+/// report as it ends; an error from it, or from a round, stops the rounds and is returned.
+/// A triggered shutdown is checked before each round and ends a wait at once.
+///
+/// ```no_run
+/// # async fn demo() -> retrylake::Result<()> {
+/// use std::sync::Arc;
+/// use retrylake::{FixedClock, Queue, RoundConfig, Rounds, SimulateProcessor, Until};
+///
+/// // Drain the queue on a virtual clock: every retry happens at once.
+/// let clock = Arc::new(FixedClock::new(chrono::Utc::now()));
+/// let mut queue = Queue::open("./retrylake-data").await?.with_clock(clock.clone());
+/// let rounds = Rounds::new(Until::Drained).virtual_clock(clock);
+/// let processor = SimulateProcessor::new(0.3, 42);
+/// retrylake::run_rounds(&mut queue, &processor, &RoundConfig::default(), &rounds, |report| {
+///     println!("{} succeeded, {} to retry", report.succeeded, report.retried);
+///     Ok::<(), retrylake::Error>(())
+/// })
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn run_rounds<E: From<Error>>(
     queue: &mut Queue,
     processor: &dyn Processor,
     config: &RoundConfig,
-    poll: Duration,
-    shutdown: &Shutdown,
-    metrics: Option<Arc<Mutex<Metrics>>>,
-    mut on_round: impl FnMut(&RoundReport),
-) -> Result<()> {
-    while !shutdown.is_triggered() {
+    rounds: &Rounds,
+    mut on_round: impl FnMut(&RoundReport) -> Result<(), E>,
+) -> Result<(), E> {
+    while !rounds.shutdown.is_triggered() {
         let report = queue.run_round(processor, config).await?;
-        on_round(&report);
-        if let Some(metrics) = &metrics {
-            // The metrics are a view: a failed read (the store briefly unreachable) must
-            // not stop the rounds.
-            match queue.status().await {
-                Ok(status) => {
-                    let now = queue.clock().now();
-                    metrics
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .record(&report, &status, now);
-                }
-                Err(e) => tracing::warn!("could not refresh the metrics: {e}"),
-            }
-        }
-        let now = queue.clock().now();
-        // While calls are paused (breaker open, Retry-After), wait for the pause to end
-        // even if records are due.
-        let until_due = report
-            .paused_until
-            .max(report.next_due)
-            .map_or(poll, |next| (next - now).to_std().unwrap_or_default());
-        let mut wait = until_due.min(poll);
-        if report.processed == 0 {
-            wait = wait.max(IDLE_PAUSE.min(poll));
-        }
+        on_round(&report)?;
+        rounds.record(queue, &report).await;
+        let Some(wait) = rounds.next(&report, queue.clock().now()) else {
+            break;
+        };
         if !wait.is_zero() {
-            shutdown.sleep(wait).await;
+            rounds.shutdown.sleep(wait).await;
         }
     }
     Ok(())

@@ -2,14 +2,17 @@
 //!
 //! A processor turns one [`Record`] into an [`Outcome`]. The round handles everything
 //! else: the time lock, concurrency, the timeout, backoff and the commits. Implement
-//! [`Processor`] to send records anywhere; `simulate` and `command` come built in.
+//! [`Processor`] to send records anywhere; `simulate`, `command` and `http` come built in,
+//! and [`ProcessorOptions`] builds one of them from settings.
 
 mod command;
 pub mod http;
+mod options;
 mod simulate;
 
 pub use command::CommandProcessor;
 pub use http::HttpProcessor;
+pub use options::{ProcessorKind, ProcessorOptions, parse_header};
 pub use simulate::SimulateProcessor;
 
 /// Most bytes of a success's answer (a body, a command's stdout) kept as its response.

@@ -6,6 +6,7 @@ mod guard;
 mod hostile;
 mod http;
 mod lease;
+mod library;
 mod limits;
 mod monitor;
 mod object_store;

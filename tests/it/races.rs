@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use retrylake::store::{DeadRow, FinalRow, QueueRow, Store};
-use retrylake::{FixedClock, Outcome, Queue, Record, RoundConfig};
+use retrylake::{Clock, FixedClock, Outcome, Queue, Record, RoundConfig};
 
 use super::util::Env;
 
@@ -68,7 +68,11 @@ async fn a_half_applied_redrive_completed_late_deletes_a_newer_dead_letter() {
     let env = Env::new();
     let root = env.data().url;
     let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"x\"}\n");
-    let mut worker = Queue::open(&root).await.unwrap().with_worker("w");
+    let mut worker = Queue::open(&root)
+        .await
+        .unwrap()
+        .with_worker("w")
+        .unwrap();
     worker.enqueue(&input, &Default::default()).await.unwrap();
     let first = worker
         .run_round(&Permanent, &RoundConfig::default())
@@ -143,6 +147,7 @@ async fn a_worker_restarted_after_its_lease_ended_does_not_fence_its_own_next_ro
         .await
         .unwrap()
         .with_worker("w")
+        .unwrap()
         .with_clock(clock.clone());
     first.enqueue(&input, &Default::default()).await.unwrap();
     let crashed =
@@ -156,6 +161,7 @@ async fn a_worker_restarted_after_its_lease_ended_does_not_fence_its_own_next_ro
         .await
         .unwrap()
         .with_worker("w")
+        .unwrap()
         .with_clock(clock.clone());
     let report = second.run_round(&Succeed, &config).await.unwrap();
     assert_eq!(
@@ -202,4 +208,235 @@ async fn an_id_entering_two_tables_at_once_is_enqueued_once() {
         assert_eq!(placements(&root, "invalid:a.jsonl:1").await, (0, 0, 1));
         assert_eq!(placements(&root, "invalid:b.jsonl:1").await, (0, 0, 1));
     }
+}
+
+/// A round journals X as dead, appends its dead letter, and crashes before its queue commit
+/// (X still in retry_queue, in the round's lease file). `redrive` recovers only the
+/// redrives' own journal (`redrive_once` -> `store.recover(REDRIVE_WORKER)`), not the
+/// crashed worker's, so it reads X's dead letter and journals its move. Its queue MERGE
+/// (`merge_queue`, insert only when not matched) finds X in the lease file and inserts
+/// nothing; its dead-letter MERGE then deletes the letter. The next run completes the
+/// crashed round: `settle_from_lease` drops X from the queue, as journaled ("dead").
+/// X is in no table after a completed run, and the redrive reported it redriven. (The
+/// redrive's queue MERGE changed nothing, so delta-rs made no commit and its application
+/// transaction is missing: a later round's `recover(REDRIVE_WORKER)` inserts X again; see
+/// the next test for what that does.)
+#[test]
+fn a_redrive_of_a_dead_letter_whose_round_has_not_settled_loses_nothing() {
+    let env = Env::new();
+    let root = env.data().url;
+    // An empty payload fails permanently ("Missing Payload") without a call.
+    let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"\"}\n");
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let out = env
+        .process()
+        .args(["run", "--worker=w1", "--processor=simulate"])
+        .env("RETRYLAKE_FAILPOINT", "after-dead-letter")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the failpoint aborts the round");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(rt.block_on(placements(&root, "X")), (1, 0, 1));
+
+    let report = env.json(&["redrive"]);
+    eprintln!("redrive: {report}");
+    eprintln!(
+        "after the redrive: {:?}",
+        rt.block_on(placements(&root, "X"))
+    );
+
+    // Any later run completes w1's round.
+    env.ok(&["run", "--worker=w2", "--processor=simulate"]);
+    let (queued, finals, dead) = rt.block_on(placements(&root, "X"));
+    assert_eq!(
+        queued + finals + dead,
+        1,
+        "X must be in exactly one table; found queue {queued}, final {finals}, dead {dead}"
+    );
+}
+
+/// `RoundConfig::check` accepts `lease: 0, timeout: 0` (0 >= 2 * 0), and so does the CLI
+/// (`--lease 0s --timeout 0s`). The call window (`call_window`: lease - timeout - lease/5)
+/// is then zero, measured from before the claim, so every call is deferred
+/// (`attempt`: `Instant::now() >= deadline`) and the round only claims and releases: no
+/// record is ever called. A config under which no round can call anything must be
+/// refused, not accepted and run forever.
+#[tokio::test]
+async fn a_lease_too_short_for_any_call_is_refused() {
+    let env = Env::new();
+    let root = env.data().url;
+    let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"x\"}\n");
+    let mut queue = Queue::open(&root)
+        .await
+        .unwrap()
+        .with_worker("w")
+        .unwrap();
+    queue.enqueue(&input, &Default::default()).await.unwrap();
+    let config = RoundConfig {
+        lease: Duration::ZERO,
+        timeout: Duration::ZERO,
+        ..RoundConfig::default()
+    };
+    match queue.run_round(&Succeed, &config).await {
+        Err(retrylake::Error::InvalidConfig(_)) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(report) => assert_eq!(
+            report.succeeded, 1,
+            "the config was accepted, so its round must call the due record: {report:?}"
+        ),
+    }
+}
+
+/// The command line refuses `--timeout 0s`, but takes `--lease 2ms --timeout 1ms`
+/// (2ms >= 2 * 1ms): the call window (2ms - 1ms - 0.4ms) ends long before the claim
+/// commit does, so every record is deferred. `run --drain` then spins: a claim and a
+/// release commit per iteration and no sleep (the released record is due, `processed` is
+/// 0, nothing is paused, so `run` in src/main.rs waits zero), and never ends. (`worker`
+/// does the same every 200 ms, forever.)
+#[test]
+fn run_drain_with_a_lease_shorter_than_a_claim_ends() {
+    let env = Env::new();
+    let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"x\"}\n");
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let run = super::util::Background::spawn(
+        &env,
+        "drain",
+        &[
+            "run",
+            "--drain",
+            "--lease=2ms",
+            "--timeout=1ms",
+            "--processor=simulate",
+            "--transient-rate=0",
+        ],
+        &[],
+    );
+    // Refused (exit 2) or done in well under this.
+    let finished = run.wait(Duration::from_secs(15));
+    eprintln!("{finished:?}");
+}
+
+/// Fails every call transiently.
+struct Transient;
+
+#[async_trait::async_trait]
+impl retrylake::Processor for Transient {
+    async fn process(&self, _record: &Record) -> Outcome {
+        Outcome::transient("down")
+    }
+}
+
+/// A round dropped while its half-open probe call is in flight (a library user's
+/// `select!` on shutdown, a `timeout` around `run_round`) leaves the shared guard's breaker
+/// `HalfOpen { probing: true }` for good: nothing records the probe, and that state never
+/// times out (`Breaker::state`). Every later round with this config claims one record,
+/// defers it (`Guard::refusal`), and releases it: the queue never moves again, while
+/// `paused_until` is `None` (so `run --drain` and the worker loop do not even wait).
+#[tokio::test]
+async fn a_dropped_probe_does_not_stall_the_breaker_for_good() {
+    let env = Env::new();
+    let root = env.data().url;
+    let lines: String = (0..3)
+        .map(|i| format!("{{\"sample_id\":\"P-{i}\",\"payload\":\"p\"}}\n"))
+        .collect();
+    let input = env.write("in.jsonl", lines);
+    let t0: DateTime<Utc> = "2025-11-24T14:00:00Z".parse().unwrap();
+    let clock = Arc::new(FixedClock::new(t0));
+    let guard = retrylake::Guard::new(retrylake::GuardConfig {
+        breaker: Some(retrylake::BreakerConfig {
+            failure_rate: 0.5,
+            window: 1,
+            min_calls: 1,
+            cool_down: Duration::from_secs(10),
+        }),
+        rate: None,
+    });
+    let config = RoundConfig {
+        lease: Duration::from_secs(60),
+        timeout: Duration::from_secs(10),
+        concurrency: 1,
+        guard,
+        ..RoundConfig::default()
+    };
+    let mut queue = Queue::open(&root)
+        .await
+        .unwrap()
+        .with_worker("w")
+        .unwrap()
+        .with_clock(clock.clone());
+    queue.enqueue(&input, &Default::default()).await.unwrap();
+    // The first call fails: the breaker opens for 10 s.
+    let first = queue.run_round(&Transient, &config).await.unwrap();
+    assert!(first.paused_until.is_some(), "{first:?}");
+    // After the cool-down, the probe hangs and its round is dropped.
+    clock.set(t0 + chrono::Duration::seconds(11));
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(1500), queue.run_round(&Hang, &config)).await;
+    assert!(dropped.is_err(), "the probe is still in flight when its round is dropped");
+    // An hour later every lease has ended; the downstream is back.
+    clock.set(t0 + chrono::Duration::hours(1));
+    let mut placed = 0;
+    for _ in 0..5 {
+        let report = queue.run_round(&Succeed, &config).await.unwrap();
+        placed += report.succeeded;
+    }
+    assert!(
+        placed > 0,
+        "five rounds an hour after a dropped probe called nothing: the breaker is stuck \
+         half-open with a probe nobody will record ({:?})",
+        config.guard.breaker(clock.now())
+    );
+}
+
+/// delta-rs' MERGE makes no commit at all when it changes nothing
+/// (`operations/merge/mod.rs`: "Do not make a commit when there are zero updates"), so
+/// the application transaction it was to carry is never recorded. A redrive whose queue
+/// MERGE inserts nothing (its one record still in retry_queue under the lease of a
+/// journaled, unsettled round, as in the test above) leaves `retry_queue` without
+/// `retrylake-round-redrive` = R, and every later `recover(REDRIVE_WORKER)` (each round of
+/// every worker, `Queue::run_round`; each redrive) re-applies that MERGE, inserting X
+/// whenever X is not in the queue. After the crashed round's settle has dropped X (the
+/// state of the test above), an operator who finds X in no table enqueues it again (the
+/// enqueue rightly takes it as new); a run processes it (its recovery's MERGE finds X in
+/// the queue and again commits nothing); the next run's recovery inserts X once more:
+/// X is called twice and ends in final_results twice.
+#[test]
+fn a_redrive_that_inserts_nothing_is_not_applied_again_later() {
+    let env = Env::new();
+    let root = env.data().url;
+    let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"\"}\n");
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let out = env
+        .process()
+        .args(["run", "--worker=w1", "--processor=simulate"])
+        .env("RETRYLAKE_FAILPOINT", "after-dead-letter")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the failpoint aborts the round");
+    env.ok(&["redrive"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let succeed = [
+        "run",
+        "--worker=w2",
+        "--processor=simulate",
+        "--transient-rate=0",
+        "--allow-empty-payload",
+    ];
+    // Completes w1's round (after the redrive's recovery, workers in name order).
+    env.ok(&succeed);
+    let mut seen = vec![rt.block_on(placements(&root, "X"))];
+    // X is in no table: enqueued again.
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    seen.push(rt.block_on(placements(&root, "X")));
+    for _ in 0..2 {
+        env.ok(&succeed);
+        seen.push(rt.block_on(placements(&root, "X")));
+    }
+    eprintln!("placements: {seen:?}");
+    let (queued, finals, dead) = *seen.last().unwrap();
+    assert_eq!(
+        queued + finals + dead,
+        1,
+        "X must be in exactly one table: queue {queued}, final {finals}, dead {dead} (after each step: {seen:?})"
+    );
 }
