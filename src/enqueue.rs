@@ -2,18 +2,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{RecordBatch, StringArray};
-use deltalake::arrow::datatypes::{DataType, Field, Schema};
-use deltalake::datafusion::common::JoinType;
 use serde::Serialize;
 
 use crate::clock::floor_millis;
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputFormat, Records, read_input, synthetic_id};
-use crate::store::columns::strings;
 use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Rows, Store, Table};
 
 /// How to read and admit an input file.
@@ -213,35 +208,12 @@ fn duplicate_ids(records: &Records) -> String {
 /// The ids among `ids` already in `retry_queue`, `final_results` or `dead_letter_queue`.
 async fn existing_ids(store: &Store, ids: &[&str]) -> Result<HashSet<String>> {
     let mut found = HashSet::new();
-    if ids.is_empty() {
-        return Ok(found);
-    }
-    let incoming = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "incoming_id",
-            DataType::Utf8,
-            false,
-        )])),
-        vec![Arc::new(StringArray::from(ids.to_vec()))],
-    )?;
     for table in [
         Table::RetryQueue,
         Table::FinalResults,
         Table::DeadLetterQueue,
     ] {
-        let (ctx, frame) = store.frame(table).await?;
-        let incoming = ctx.read_batch(incoming.clone())?;
-        let matched = frame.select_columns(&["sample_id"])?.join(
-            incoming,
-            JoinType::LeftSemi,
-            &["sample_id"],
-            &["incoming_id"],
-            None,
-        )?;
-        for batch in matched.collect().await? {
-            let column = strings(batch.column(0))?;
-            found.extend(column.iter().flatten().map(str::to_owned));
-        }
+        found.extend(store.ids_in(table, ids).await?);
     }
     Ok(found)
 }

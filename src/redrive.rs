@@ -63,7 +63,9 @@ async fn redrive_once(
     // Whole milliseconds, so the queue files' statistics hold the time lock exactly.
     let now = crate::clock::floor_millis(now);
     store.refresh().await?;
-    store.recover(REDRIVE_WORKER).await?;
+    // Complete every half-applied round first: a record a round has dead-lettered but
+    // not yet taken out of the queue is in both, and must not be redriven meanwhile.
+    store.recover_all().await?;
     let (_ctx, mut frame) = store.frame(Table::DeadLetterQueue).await?;
     if let Some(reason) = &filter.reason {
         frame = frame.filter(col("reason").eq(lit(reason.as_str())))?;
@@ -81,7 +83,20 @@ async fn redrive_once(
             col("sample_id").sort(true, false),
         ])?
         .limit(0, filter.limit)?;
-    let dead: Vec<DeadRow> = collect_rows(frame).await?;
+    let mut dead: Vec<DeadRow> = collect_rows(frame).await?;
+    // A dead letter still in the queue belongs to a round that has not settled yet (a live
+    // one, between its commits): it is redriven once that round is done.
+    store.refresh_table(Table::RetryQueue).await?;
+    let ids: Vec<&str> = dead.iter().map(|d| d.sample_id.as_str()).collect();
+    let settling = store.ids_in(Table::RetryQueue, &ids).await?;
+    if !settling.is_empty() {
+        tracing::warn!(
+            records = settling.len(),
+            "{} dead letters are still in retry_queue under a round's lease; not redriven now",
+            settling.len()
+        );
+        dead.retain(|d| !settling.contains(&d.sample_id));
+    }
     if dead.is_empty() {
         return Ok(RedriveReport::default());
     }

@@ -549,9 +549,10 @@ impl Store {
                     }
                 }
                 (None, _) if rows.iter().any(|r| r.disposition == Disposition::Redrive) => {
-                    let source = SessionContext::new().read_batch(merge_source(rows)?)?;
-                    let ids = self.txn_version(table, IDS_APP).await?.unwrap_or(0) + 1;
-                    self.merge_queue(source, &tag.with_ids(ids)).await
+                    // The redrive checked that none of these is in the queue, and its id
+                    // sequence orders it against any enqueue: a plain append.
+                    let batch = QueueRow::to_batch(&redriven_rows(rows))?;
+                    self.append_new_ids(table, [Ok(batch)], tag).await
                 }
                 (None, _) => self.settle_from_lease(owner, rows, tag).await,
             };
@@ -560,7 +561,16 @@ impl Store {
                     tracing::debug!(table = table.name(), attempt, "commit conflict; re-reading");
                     self.retry_after_conflict(table, attempt).await?;
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    // delta-rs makes no commit for a MERGE or a delete that changes
+                    // nothing, and with it the round's application transaction would be
+                    // lost: the round would be applied again at every recovery.
+                    if self.txn_version(table, &app).await?.unwrap_or(0) < owner.round {
+                        self.commit(table, Vec::new(), blind_append()?, tag).await?;
+                    }
+                    return Ok(());
+                }
             }
         }
         unreachable!("the loop returns")
@@ -633,6 +643,21 @@ fn lease_files_gone(owner: &LeaseOwner) -> Error {
             owner.round, owner.worker
         ),
     }
+}
+
+/// The queue rows of a redrive's journal rows: due at the redrive, retry count 0.
+fn redriven_rows(rows: &[AttemptRow]) -> Vec<QueueRow> {
+    rows.iter()
+        .filter(|r| r.disposition == Disposition::Redrive)
+        .map(|r| QueueRow {
+            sample_id: r.sample_id.clone(),
+            payload: r.payload.clone(),
+            error_msg: r.error_msg.clone(),
+            retry_count: r.retry_count,
+            process_after: r.process_after.unwrap_or(r.finished_at),
+            enqueued_at: r.finished_at,
+        })
+        .collect()
 }
 
 /// The dead letters a redrive moved, as `sample_id` and `failed_at` (journaled as the

@@ -11,10 +11,13 @@ pub use journal::CommitTag;
 pub use schema::Rows;
 pub use schema::{AttemptKind, AttemptRow, DeadRow, Disposition, FinalRow, QueueRow, Table};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::path::Path;
 
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{RecordBatch, StringArray};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use deltalake::datafusion::common::JoinType;
 use deltalake::datafusion::dataframe::DataFrame;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitBuilder;
@@ -333,6 +336,36 @@ impl Store {
     pub async fn read<R: Rows>(&self) -> Result<Vec<R>> {
         let (_ctx, frame) = self.frame(R::TABLE).await?;
         collect_rows(frame).await
+    }
+
+    /// The ids among `ids` that `table` holds at the loaded version.
+    pub(crate) async fn ids_in(&self, table: Table, ids: &[&str]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let incoming = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "incoming_id",
+                DataType::Utf8,
+                false,
+            )])),
+            vec![Arc::new(StringArray::from(ids.to_vec()))],
+        )?;
+        let (ctx, frame) = self.frame(table).await?;
+        let incoming = ctx.read_batch(incoming)?;
+        let matched = frame.select_columns(&["sample_id"])?.join(
+            incoming,
+            JoinType::LeftSemi,
+            &["sample_id"],
+            &["incoming_id"],
+            None,
+        )?;
+        for batch in matched.collect().await? {
+            let column = columns::strings(batch.column(0))?;
+            found.extend(column.iter().flatten().map(str::to_owned));
+        }
+        Ok(found)
     }
 
     /// A DataFrame over one table, for filters and projections that skip files.
