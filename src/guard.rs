@@ -116,6 +116,14 @@ impl Breaker {
         }
     }
 
+    /// Gives up a probe that was admitted but never made (its round dropped mid-call): the
+    /// next round may probe again.
+    fn abandon_probe(&mut self) {
+        if self.state == (BreakerState::HalfOpen { probing: true }) {
+            self.state = BreakerState::HalfOpen { probing: false };
+        }
+    }
+
     /// Weighs a finished call: `failed` for a transient failure (a timeout, a 5xx, a
     /// refused connection); a success or a permanent failure shows the downstream answers.
     pub fn record(&mut self, failed: bool, now: DateTime<Utc>) {
@@ -374,6 +382,16 @@ impl Guard {
             inner.failed_probe = Some(sample_id.to_owned());
         }
         again
+    }
+
+    /// Gives up a probe that [`Guard::admit`] admitted but whose call was never made or
+    /// weighed (the round was dropped while it ran), so that the breaker does not wait for
+    /// it forever. Does nothing when no probe is in flight.
+    pub fn abandon_probe(&self) {
+        let mut inner = self.inner.lock().expect("guard lock");
+        if let Some(breaker) = inner.breaker.as_mut() {
+            breaker.abandon_probe();
+        }
     }
 
     /// Weighs a finished call that ended at `now`. A transient failure that carries a

@@ -87,6 +87,13 @@ impl RoundConfig {
         if self.concurrency == 0 {
             return invalid("--concurrency must be at least 1".into());
         }
+        if self.lease < MIN_LEASE {
+            return invalid(format!(
+                "--lease ({}) is shorter than {}: a round must claim, call and commit within it",
+                humantime::format_duration(self.lease),
+                humantime::format_duration(MIN_LEASE)
+            ));
+        }
         if self.lease > MAX_LEASE {
             return invalid(format!(
                 "--lease ({}) is longer than {}: a crashed worker's records would wait that long",
@@ -105,6 +112,9 @@ impl RoundConfig {
         Ok(())
     }
 }
+
+/// The shortest lease a round may hold.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// The longest lease a round may hold.
 pub const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -276,6 +286,7 @@ pub(crate) async fn run_round(
         );
     }
     let earliest_retry = decision.retried.iter().map(|r| r.process_after).min();
+    let decision_late = decision.late;
     let Decision { rows, retried, .. } = decision;
     let settle = Settle {
         lease: claim.lease,
@@ -284,7 +295,19 @@ pub(crate) async fn run_round(
     };
     let placed = if rows.is_empty() {
         report.round = None;
-        release(store, worker, &settle, report.deferred).await?
+        let placed = release(store, worker, &settle, report.deferred).await?;
+        if decision_late == total {
+            // Not one call could start: every round would do the same, forever.
+            return Err(Error::InvalidConfig(format!(
+                "--lease ({}) ran out before any call could start (the claim alone took {}): \
+                 raise --lease",
+                humantime::format_duration(config.lease),
+                humantime::format_duration(Duration::from_millis(
+                    u64::try_from(claimed_at.elapsed().as_millis()).unwrap_or(u64::MAX)
+                ))
+            )));
+        }
+        placed
     } else {
         journal_and_settle(store, worker, round, &rows, &settle, &mut report).await?
     };
@@ -385,6 +408,8 @@ struct Decision {
     retried: Vec<QueueRow>,
     /// How many of `retried` were held back, not called.
     deferred: usize,
+    /// Of those, how many because too little of the lease was left.
+    late: usize,
 }
 
 impl Decision {
@@ -449,6 +474,11 @@ fn decide(
                     row.process_after = row.process_after.max(ceil_millis(until));
                 }
                 decision.deferred += 1;
+                decision.retried.push(row);
+            }
+            Tried::Late => {
+                decision.deferred += 1;
+                decision.late += 1;
                 decision.retried.push(row);
             }
         }
@@ -585,6 +615,8 @@ enum Tried {
     Called(Attempt),
     /// The guard held the call back; the record's time lock goes to at least this.
     Deferred(Option<DateTime<Utc>>),
+    /// Too little of the lease was left to start the call.
+    Late,
 }
 
 async fn attempt(
@@ -603,14 +635,17 @@ async fn attempt(
         // record goes back as it was. A probe admitted is still made: the breaker waits on it.
         let admit = config.guard.admit(|| clock.now());
         match tokio::time::timeout_at(deadline.into(), admit).await {
-            Ok(Admission::Call) if Instant::now() >= deadline => return Tried::Deferred(None),
+            Ok(Admission::Call) if Instant::now() >= deadline => return Tried::Late,
             Ok(admission) => admission,
-            Err(_) => return Tried::Deferred(None),
+            Err(_) => return Tried::Late,
         }
     };
     if let Admission::Defer { until } = admission {
         return Tried::Deferred(until);
     }
+    // A probe whose round is dropped before its call is weighed must not hold the
+    // breaker half-open for good.
+    let probe = (admission == Admission::Probe).then(|| AbandonProbe(&config.guard));
     let started_at = clock.now();
     let start = Instant::now();
     let outcome = if missing {
@@ -645,6 +680,8 @@ async fn attempt(
         });
         let now = clock.now();
         config.guard.record(&outcome, now, config.max_retry_after);
+        // Weighed: nothing to give up.
+        std::mem::forget(probe);
         if admission == Admission::Probe
             && matches!(outcome, Outcome::Transient { .. })
             && !config.guard.charge_failed_probe(&row.sample_id)
@@ -666,6 +703,15 @@ async fn attempt(
         finished_at: clock.now(),
         duration: start.elapsed(),
     })
+}
+
+/// Gives up the probe it holds when dropped before the probe's call is weighed.
+struct AbandonProbe<'a>(&'a Guard);
+
+impl Drop for AbandonProbe<'_> {
+    fn drop(&mut self) {
+        self.0.abandon_probe();
+    }
 }
 
 /// The text a panic was raised with.

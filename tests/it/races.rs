@@ -68,11 +68,7 @@ async fn a_half_applied_redrive_completed_late_deletes_a_newer_dead_letter() {
     let env = Env::new();
     let root = env.data().url;
     let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"x\"}\n");
-    let mut worker = Queue::open(&root)
-        .await
-        .unwrap()
-        .with_worker("w")
-        .unwrap();
+    let mut worker = Queue::open(&root).await.unwrap().with_worker("w").unwrap();
     worker.enqueue(&input, &Default::default()).await.unwrap();
     let first = worker
         .run_round(&Permanent, &RoundConfig::default())
@@ -266,11 +262,7 @@ async fn a_lease_too_short_for_any_call_is_refused() {
     let env = Env::new();
     let root = env.data().url;
     let input = env.write("in.jsonl", "{\"sample_id\":\"X\",\"payload\":\"x\"}\n");
-    let mut queue = Queue::open(&root)
-        .await
-        .unwrap()
-        .with_worker("w")
-        .unwrap();
+    let mut queue = Queue::open(&root).await.unwrap().with_worker("w").unwrap();
     queue.enqueue(&input, &Default::default()).await.unwrap();
     let config = RoundConfig {
         lease: Duration::ZERO,
@@ -372,7 +364,10 @@ async fn a_dropped_probe_does_not_stall_the_breaker_for_good() {
     clock.set(t0 + chrono::Duration::seconds(11));
     let dropped =
         tokio::time::timeout(Duration::from_millis(1500), queue.run_round(&Hang, &config)).await;
-    assert!(dropped.is_err(), "the probe is still in flight when its round is dropped");
+    assert!(
+        dropped.is_err(),
+        "the probe is still in flight when its round is dropped"
+    );
     // An hour later every lease has ended; the downstream is back.
     clock.set(t0 + chrono::Duration::hours(1));
     let mut placed = 0;
