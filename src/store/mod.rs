@@ -12,8 +12,8 @@ pub use schema::Rows;
 pub use schema::{AttemptKind, AttemptRow, DeadRow, Disposition, FinalRow, QueueRow, Table};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 
 use deltalake::arrow::array::{RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
