@@ -678,16 +678,7 @@ mod tests {
         let root = dir.path().to_str().unwrap();
         // Both read the same version; `a` commits its claim first.
         let mut b = Store::open(root).await.unwrap();
-        let request = |worker: &str| ClaimRequest {
-            now,
-            limit: 100,
-            shard: None,
-            lease_until: now + chrono::Duration::minutes(15),
-            owner: LeaseOwner {
-                worker: worker.to_owned(),
-                round: 1,
-            },
-        };
+        let request = |worker: &str| claim_at(now, worker, 1);
         let first = a.claim_due(request("a")).await.unwrap();
         assert_eq!(first.claim.unwrap().rows.len(), 10);
         // The file was claimed whole, so it was copied with only the time locks rewritten:

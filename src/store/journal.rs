@@ -208,7 +208,8 @@ impl Store {
     /// Commits a round: the journal, then `final_results`, `dead_letter_queue` and
     /// `retry_queue`. `rows` are the round's attempts, all of one round and worker. With a
     /// `settle`, the queue's commit swaps the round's lease files for its retried rows;
-    /// without (a redrive), it is a MERGE by id. Returns each commit's wall time.
+    /// without (a redrive), it appends the redriven records. Returns each commit's wall
+    /// time.
     ///
     /// The journal's commit decides the round: it lands only if no other process ended
     /// the round first (a worker that fenced it after its lease ended, see
@@ -589,7 +590,8 @@ impl Store {
         let queue = Table::RetryQueue;
         let files = self.lease_files(owner).await?;
         if files.is_empty() && !rows.is_empty() {
-            // A round journaled by a retrylake older than lease tags: by id.
+            // No lease files hold the round: it was journaled by a retrylake older than
+            // lease tags, or the table was rolled back past its claim. By id.
             let source = SessionContext::new().read_batch(merge_source(rows)?)?;
             return self.merge_queue(source, tag).await;
         }
@@ -693,26 +695,17 @@ fn halves(batch: RecordBatch) -> Vec<RecordBatch> {
 }
 
 /// The MERGE source for a round: one row per attempted record, `delete` for those that
-/// left the queue, `retry` (with the new count, error and time lock) for the others, and
-/// `insert` for redriven dead letters.
+/// left the queue, `retry` (with the new count, error and time lock) for the others.
 fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
     let action: StringArray = rows
         .iter()
         .map(|r| {
             Some(match r.disposition {
                 Disposition::Retry => "retry",
-                Disposition::Redrive => "insert",
                 _ => "delete",
             })
         })
         .collect();
-    let payloads: StringArray = rows.iter().map(|r| r.payload.as_deref()).collect();
-    let enqueued = TimestampMicrosecondArray::from(
-        rows.iter()
-            .map(|r| to_micros(r.finished_at))
-            .collect::<Vec<_>>(),
-    )
-    .with_timezone("UTC");
     let ids: StringArray = rows.iter().map(|r| Some(r.sample_id.as_str())).collect();
     let counts: Int32Array = rows.iter().map(|r| Some(r.retry_count)).collect();
     let errors: StringArray = rows.iter().map(|r| r.error_msg.as_deref()).collect();
@@ -728,8 +721,6 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
         Field::new("retry_count", DataType::Int32, false),
         Field::new("error_msg", DataType::Utf8, true),
         Field::new("process_after", timestamp_type(), true),
-        Field::new("payload", DataType::Utf8, true),
-        Field::new("enqueued_at", timestamp_type(), false),
     ]);
     Ok(RecordBatch::try_new(
         Arc::new(schema),
@@ -739,8 +730,6 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
             Arc::new(counts),
             Arc::new(errors),
             Arc::new(after),
-            Arc::new(payloads),
-            Arc::new(enqueued),
         ],
     )?)
 }

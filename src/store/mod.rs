@@ -274,16 +274,6 @@ impl Store {
                     .update("process_after", "source.process_after")
             })
             .map_err(delta(table))?
-            .when_not_matched_insert(|i| {
-                i.predicate("source.action = 'insert'")
-                    .set("sample_id", "source.sample_id")
-                    .set("payload", "source.payload")
-                    .set("error_msg", "source.error_msg")
-                    .set("retry_count", "source.retry_count")
-                    .set("process_after", "source.process_after")
-                    .set("enqueued_at", "source.enqueued_at")
-            })
-            .map_err(delta(table))?
             .with_commit_properties(tag.properties())
             .await
             .map_err(delta(table))?;
