@@ -254,6 +254,7 @@ pub(crate) async fn run_round(
     };
     let config = config.as_ref();
     let (found, round, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
+    let claim_took = claimed_at.elapsed();
     let Some(claim) = found.claim else {
         return Ok(RoundReport {
             next_due: found.next_due,
@@ -296,14 +297,15 @@ pub(crate) async fn run_round(
     let placed = if rows.is_empty() {
         report.round = None;
         let placed = release(store, worker, &settle, report.deferred).await?;
-        if decision_late == total {
-            // Not one call could start: every round would do the same, forever.
+        if decision_late == total && claim_took >= call_window(config.lease, config.timeout) {
+            // The claim alone used up the time to start calls: every round would do the
+            // same, forever. (Records late after a rate limit's wait are only deferred.)
             return Err(Error::InvalidConfig(format!(
                 "--lease ({}) ran out before any call could start (the claim alone took {}): \
                  raise --lease",
                 humantime::format_duration(config.lease),
                 humantime::format_duration(Duration::from_millis(
-                    u64::try_from(claimed_at.elapsed().as_millis()).unwrap_or(u64::MAX)
+                    u64::try_from(claim_took.as_millis()).unwrap_or(u64::MAX)
                 ))
             )));
         }

@@ -568,7 +568,17 @@ impl Store {
                     // nothing, and with it the round's application transaction would be
                     // lost: the round would be applied again at every recovery.
                     if self.txn_version(table, &app).await?.unwrap_or(0) < owner.round {
-                        self.commit(table, Vec::new(), blind_append()?, tag).await?;
+                        let marked = self.commit(table, Vec::new(), blind_append()?, tag).await;
+                        match marked {
+                            // Another process recorded the round first.
+                            Err(e) if e.is_conflict() => {
+                                self.refresh_table(table).await?;
+                                if self.txn_version(table, &app).await?.unwrap_or(0) < owner.round {
+                                    return Err(e);
+                                }
+                            }
+                            other => other?,
+                        }
                     }
                     return Ok(());
                 }

@@ -435,3 +435,51 @@ fn a_redrive_that_inserts_nothing_is_not_applied_again_later() {
         "X must be in exactly one table: queue {queued}, final {finals}, dead {dead} (after each step: {seen:?})"
     );
 }
+
+/// A rate limit slower than the call window (`--rate 1/s` with `--lease 1s --timeout
+/// 500ms`: window 1s - 500ms - 200ms = 300ms; `--rate 4/h` with the default 15 min lease,
+/// window 11.5 min, is the same) is accepted by `RoundConfig::check`. The first round
+/// takes the limiter's one token and calls one record; the others wait for the next token
+/// until the deadline and come back `Tried::Late`, still due. The next round starts at
+/// once and every record waits for a token that comes after its deadline: every record
+/// is `Late`, and `run_round` (src/round.rs, `decision_late == total`) returns
+/// `Error::InvalidConfig("--lease ran out before any call could start (the claim alone
+/// took ~1ms)")`: `run_rounds` stops and the worker exits, though its config works
+/// (round 1 called) and the only wait was the rate limit it was told to keep. The same
+/// error ends a healthy worker whose claim is slow once (S3 latency: `claimed_at` is
+/// taken before `claim_due`).
+#[tokio::test]
+async fn a_rate_limit_wait_is_not_a_lease_too_short() {
+    let env = Env::new();
+    let root = env.data().url;
+    let lines: String = (0..3)
+        .map(|i| format!("{{\"sample_id\":\"R-{i}\",\"payload\":\"r\"}}\n"))
+        .collect();
+    let input = env.write("in.jsonl", lines);
+    let mut queue = Queue::open(&root).await.unwrap().with_worker("w").unwrap();
+    queue.enqueue(&input, &Default::default()).await.unwrap();
+    let config = RoundConfig {
+        lease: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        guard: retrylake::Guard::new(retrylake::GuardConfig {
+            breaker: None,
+            rate: Some("1/s".parse().unwrap()),
+        }),
+        ..RoundConfig::default()
+    };
+    let mut succeeded = 0;
+    for round in 0..12 {
+        match queue.run_round(&Succeed, &config).await {
+            Ok(report) => succeeded += report.succeeded,
+            Err(e) => panic!(
+                "round {round} of a working config (rate 1/s, lease 1s) ended the worker \
+                 after {succeeded} calls: {e}"
+            ),
+        }
+        if succeeded == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(succeeded, 3);
+}
