@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::clock::add_saturating;
+use crate::error::{Error, Result};
 use crate::outcome::Outcome;
 
 /// When the circuit breaker opens, and for how long.
@@ -24,7 +25,7 @@ use crate::outcome::Outcome;
 pub struct BreakerConfig {
     /// The share of the last `window` calls that must have failed transiently to open it.
     /// Default value is `0.5`.
-    pub failure_rate: f64,
+    pub failure_share: f64,
     /// How many of the latest calls are weighed. Default value is `100`.
     pub window: usize,
     /// The fewest calls in the window before it may open (so two failures out of three
@@ -39,11 +40,33 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            failure_rate: 0.5,
+            failure_share: 0.5,
             window: 100,
             min_calls: 50,
             cool_down: Duration::from_secs(30),
         }
+    }
+}
+
+impl BreakerConfig {
+    /// Refuses settings under which the breaker can never open: a window smaller than
+    /// `min_calls`, or a share of failures outside (0, 1].
+    pub fn check(&self) -> Result<()> {
+        if self.window < self.min_calls {
+            return Err(Error::InvalidConfig(format!(
+                "--breaker-window {} is smaller than --breaker-min-calls {}: the breaker would \
+                 never hold enough calls to open; raise --breaker-window or lower \
+                 --breaker-min-calls",
+                self.window, self.min_calls
+            )));
+        }
+        if !(self.failure_share > 0.0 && self.failure_share <= 1.0) {
+            return Err(Error::InvalidConfig(format!(
+                "--breaker-failure-rate {} is not a share above 0 and at most 1",
+                self.failure_share
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -143,7 +166,7 @@ impl Breaker {
                 let failures = self.recent.iter().filter(|f| **f).count();
                 let calls = self.recent.len();
                 if calls >= self.config.min_calls.max(1)
-                    && failures as f64 >= self.config.failure_rate * calls as f64
+                    && failures as f64 >= self.config.failure_share * calls as f64
                 {
                     self.open(now);
                 }
@@ -185,7 +208,7 @@ pub struct Rate {
 impl FromStr for Rate {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Rate, String> {
+    fn from_str(s: &str) -> std::result::Result<Rate, String> {
         let bad = || format!("'{s}' is not a rate: expected N/s, N/m or N/h, like 50/s");
         let (calls, unit) = s.trim().split_once('/').ok_or_else(bad)?;
         let calls: u32 = calls.trim().parse().map_err(|_| bad())?;
@@ -217,7 +240,7 @@ impl Rate {
 }
 
 /// How the guard is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GuardConfig {
     /// The circuit breaker; `None` turns it off. Default value is on, with
     /// [`BreakerConfig::default`].
@@ -226,13 +249,21 @@ pub struct GuardConfig {
     pub rate: Option<Rate>,
 }
 
-impl GuardConfig {
-    /// The defaults: the breaker on, no rate limit.
-    pub fn standard() -> GuardConfig {
+impl Default for GuardConfig {
+    /// The breaker on, no rate limit.
+    fn default() -> Self {
         GuardConfig {
             breaker: Some(BreakerConfig::default()),
             rate: None,
         }
+    }
+}
+
+impl GuardConfig {
+    /// Refuses a breaker that could never open ([`BreakerConfig::check`]); whether or not
+    /// the breaker is on, such settings are a mistake.
+    pub fn check(&self) -> Result<()> {
+        self.breaker.as_ref().map_or(Ok(()), BreakerConfig::check)
     }
 }
 
@@ -257,6 +288,7 @@ pub enum Admission {
 /// by the calls of a round.
 #[derive(Clone)]
 pub struct Guard {
+    config: GuardConfig,
     inner: Arc<Mutex<Inner>>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
@@ -282,8 +314,9 @@ impl fmt::Debug for Guard {
 }
 
 impl Default for Guard {
+    /// A guard with the breaker on and no rate limit ([`GuardConfig::default`]).
     fn default() -> Self {
-        Guard::new(GuardConfig::standard())
+        Guard::new(GuardConfig::default())
     }
 }
 
@@ -291,6 +324,7 @@ impl Guard {
     /// A guard with a closed breaker and no pause.
     pub fn new(config: GuardConfig) -> Guard {
         Guard {
+            config,
             inner: Arc::new(Mutex::new(Inner {
                 breaker: config.breaker.map(Breaker::new),
                 paused_until: None,
@@ -300,6 +334,11 @@ impl Guard {
                 .rate
                 .map(|rate| Arc::new(RateLimiter::direct(rate.quota()))),
         }
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
     }
 
     /// Until when no call may start, as seen at `now`: the end of an open breaker's
@@ -435,7 +474,7 @@ mod tests {
 
     fn breaker() -> Breaker {
         Breaker::new(BreakerConfig {
-            failure_rate: 0.5,
+            failure_share: 0.5,
             window: 10,
             min_calls: 4,
             cool_down: Duration::from_secs(30),
@@ -598,7 +637,7 @@ mod tests {
         assert_eq!(guard.paused_until(late), Some(max));
         assert_eq!(guard.paused_until(max), None);
         let min = DateTime::<Utc>::MIN_UTC;
-        let down = Guard::new(GuardConfig::standard());
+        let down = Guard::new(GuardConfig::default());
         down.record(&hostile, min, Duration::MAX);
         assert_eq!(down.paused_until(min), Some(max));
     }
@@ -623,7 +662,7 @@ mod tests {
                 breaker: Some(BreakerConfig {
                     window: usize::MAX,
                     min_calls: usize::MAX,
-                    failure_rate: f64::NAN,
+                    failure_share: f64::NAN,
                     cool_down: Duration::MAX,
                 }),
                 rate: Some(rate),
@@ -748,9 +787,9 @@ mod tests {
                 size(),
                 any_duration(),
             )
-                .prop_map(|(failure_rate, window, min_calls, cool_down)| {
+                .prop_map(|(failure_share, window, min_calls, cool_down)| {
                     BreakerConfig {
-                        failure_rate,
+                        failure_share,
                         window,
                         min_calls,
                         cool_down,

@@ -13,8 +13,9 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::input::{Fields, InputFormat};
 use retrylake::metrics::Metrics;
-use retrylake::monitor::{self, AsOf};
+use retrylake::monitor;
 use retrylake::redrive::RedriveFilter;
+use retrylake::store::AsOf;
 use retrylake::store::{Store, Table};
 use retrylake::{
     BreakerConfig, EnqueueOptions, FixedClock, Guard, GuardConfig, Jitter, Processor,
@@ -236,9 +237,9 @@ struct RunArgs {
     /// The furthest a Retry-After may push a record back.
     #[arg(long, default_value = "1d", value_parser = parse_duration)]
     max_retry_after: Duration,
-    /// Share of simulated calls that fail transiently.
-    #[arg(long, default_value_t = 0.3, value_parser = parse_rate)]
-    transient_rate: f64,
+    /// The probability (0 to 1) that a simulated call fails transiently.
+    #[arg(long = "transient-rate", default_value_t = 0.3, value_parser = parse_probability)]
+    transient_probability: f64,
     /// Seed of the simulator and of the jitter.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -326,8 +327,8 @@ struct GuardArgs {
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
     breaker: Option<bool>,
     /// The share of recent calls failing transiently that opens the breaker.
-    #[arg(long, default_value_t = 0.5, value_parser = parse_share)]
-    breaker_failure_rate: f64,
+    #[arg(long = "breaker-failure-rate", default_value_t = 0.5, value_parser = parse_share)]
+    breaker_failure_share: f64,
     /// How many of the latest calls the breaker weighs.
     #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     breaker_window: usize,
@@ -341,25 +342,18 @@ struct GuardArgs {
 
 impl GuardArgs {
     fn guard(&self, processor: ProcessorKind) -> Result<Guard> {
-        // Checked whether or not the breaker is on: settings that cannot work are a mistake
-        // either way.
-        if self.breaker_window < self.breaker_min_calls {
-            bail!(
-                "--breaker-window {} is smaller than --breaker-min-calls {}: the breaker would \
-                 never hold enough calls to open; raise --breaker-window or lower \
-                 --breaker-min-calls",
-                self.breaker_window,
-                self.breaker_min_calls
-            );
-        }
         let breaker = self.breaker.unwrap_or(processor.breaker_by_default());
+        let breaker_config = BreakerConfig {
+            failure_share: self.breaker_failure_share,
+            window: self.breaker_window,
+            min_calls: self.breaker_min_calls,
+            cool_down: self.breaker_cool_down,
+        };
+        // Checked whether or not the breaker is on: settings that cannot work are a
+        // mistake either way.
+        breaker_config.check()?;
         Ok(Guard::new(GuardConfig {
-            breaker: breaker.then_some(BreakerConfig {
-                failure_rate: self.breaker_failure_rate,
-                window: self.breaker_window,
-                min_calls: self.breaker_min_calls,
-                cool_down: self.breaker_cool_down,
-            }),
+            breaker: breaker.then_some(breaker_config),
             rate: self.rate,
         }))
     }
@@ -500,7 +494,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| "expected an RFC 3339 time such as 2025-11-24T14:00:00Z".to_owned())
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
+fn parse_probability(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err("expected a probability between 0 and 1".to_owned()),
@@ -747,7 +741,7 @@ async fn prepare(
         headers: args.headers.clone(),
         env_headers: args.env_headers.clone(),
         transient_statuses: args.transient_statuses.clone(),
-        transient_rate: args.transient_rate,
+        transient_probability: args.transient_probability,
         seed: args.seed,
         pool_size: args.concurrency as usize,
     }

@@ -15,37 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::store::{Store, Table, delta};
-
-/// Which version of the tables a query reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AsOf {
-    /// The latest version of every table.
-    Latest,
-    /// Version N of every table (a table with fewer versions is read at its latest).
-    Version(u64),
-    /// Every table as it was at this time.
-    Time(DateTime<Utc>),
-}
-
-impl Store {
-    /// Moves every table to `as_of` (time travel). Reads only; nothing is written.
-    pub async fn travel(&mut self, as_of: AsOf) -> Result<()> {
-        for table in Table::ALL {
-            let t = self.table_mut(table);
-            let result = match as_of {
-                AsOf::Latest => Ok(()),
-                AsOf::Version(v) => match t.get_latest_version().await {
-                    Ok(latest) => t.load_version(v.min(latest)).await,
-                    Err(e) => Err(e),
-                },
-                AsOf::Time(at) => t.load_with_datetime(at).await,
-            };
-            result.map_err(delta(table))?;
-        }
-        Ok(())
-    }
-}
+use crate::store::{Store, Table, table_error};
 
 /// A session over the four tables with the functions the seed's SQL needs (`DATE`).
 pub async fn session(store: &Store) -> Result<SessionContext> {
@@ -117,7 +87,11 @@ pub async fn history(store: &Store, tables: &[Table]) -> Result<Vec<Commit>> {
     for &table in tables {
         let t = store.table(table);
         let latest = t.version().unwrap_or(0);
-        let infos: Vec<_> = t.history(None).try_collect().await.map_err(delta(table))?;
+        let infos: Vec<_> = t
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(table_error(table))?;
         for (i, info) in infos.into_iter().enumerate() {
             let mut details = match info.info.get("retrylake") {
                 Some(Value::Object(map)) => map.clone(),

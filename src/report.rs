@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use deltalake::arrow::array::RecordBatch;
 
 use crate::error::Result;
-use crate::monitor::{AsOf, query};
+use crate::monitor::query;
 use crate::policy::RetryPolicy;
+use crate::store::AsOf;
 use crate::store::columns::{int_at, string_at, time_at};
 use crate::store::{Store, Table};
 

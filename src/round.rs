@@ -16,7 +16,7 @@ use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
 use crate::shard::Shard;
-use crate::store::due::{ClaimRequest, Found, LeaseOwner, oldest_first};
+use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, oldest_first};
 use crate::store::journal::Settle;
 use crate::store::{AttemptKind, AttemptRow, CommitTag, Disposition, QueueRow, Store, Table};
 
@@ -87,6 +87,7 @@ impl RoundConfig {
         if self.concurrency == 0 {
             return invalid("--concurrency must be at least 1".into());
         }
+        self.guard.config().check()?;
         if self.lease < MIN_LEASE {
             return invalid(format!(
                 "--lease ({}) is shorter than {}: a round must claim, call and commit within it",
@@ -560,7 +561,10 @@ async fn claim(
         let request = ClaimRequest {
             now,
             limit: config.limit,
-            shard: config.shard,
+            keys: config.shard.map(|shard| KeyFilter {
+                group_of: std::sync::Arc::new(move |key| shard.sibling_of(key)),
+                own: shard.index(),
+            }),
             lease_until: ceil_millis(add_saturating(now, config.lease)),
             owner: LeaseOwner {
                 worker: worker.to_owned(),

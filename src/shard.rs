@@ -2,19 +2,7 @@
 //! record.
 
 use crate::error::{Error, Result};
-
-/// A stable 64-bit hash (FNV-1a finished with a SplitMix64 mix): the same on every platform,
-/// Rust version and run, so shard membership and simulated outcomes never move.
-pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+use crate::hash::stable_hash;
 
 /// Shard `index` of `count` (`--shard I/N`, 0-based): the records whose id hashes to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +20,11 @@ impl Shard {
             )));
         }
         Ok(Shard { index, count })
+    }
+
+    /// This shard's index among its `count` siblings.
+    pub fn index(&self) -> u32 {
+        self.index
     }
 
     /// Whether `sample_id` belongs to this shard.

@@ -114,7 +114,7 @@ pub struct ProcessorOptions {
     pub transient_statuses: Vec<u16>,
     /// The probability (0 to 1) that a simulated call fails transiently. Default value is
     /// `0.3`.
-    pub transient_rate: f64,
+    pub transient_probability: f64,
     /// The simulator's seed. Default value is `42`.
     pub seed: u64,
     /// Idle HTTP connections kept open: match the round's concurrency. Default value is
@@ -132,7 +132,7 @@ impl ProcessorOptions {
             headers: Vec::new(),
             env_headers: Vec::new(),
             transient_statuses: DEFAULT_TRANSIENT_STATUSES.to_vec(),
-            transient_rate: 0.3,
+            transient_probability: 0.3,
             seed: 42,
             pool_size: 16,
         }
@@ -145,13 +145,16 @@ impl ProcessorOptions {
         let invalid = |message: String| Error::InvalidConfig(message);
         Ok(match self.kind {
             ProcessorKind::Simulate => {
-                if !(0.0..=1.0).contains(&self.transient_rate) {
+                if !(0.0..=1.0).contains(&self.transient_probability) {
                     return Err(invalid(format!(
                         "--transient-rate {} is not a probability between 0 and 1",
-                        self.transient_rate
+                        self.transient_probability
                     )));
                 }
-                Box::new(SimulateProcessor::new(self.transient_rate, self.seed))
+                Box::new(SimulateProcessor::new(
+                    self.transient_probability,
+                    self.seed,
+                ))
             }
             ProcessorKind::Command => {
                 let command = self

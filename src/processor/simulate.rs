@@ -4,14 +4,14 @@
 use async_trait::async_trait;
 
 use super::{Processor, Record};
+use crate::hash::stable_hash;
 use crate::outcome::Outcome;
-use crate::shard::stable_hash;
 
-/// Fails transiently with probability `transient_rate`, decided by a hash of
+/// Fails transiently with probability `transient_probability`, decided by a hash of
 /// (`seed`, sample_id, attempt), so a run gives the same outcomes whatever the concurrency.
 #[derive(Debug, Clone)]
 pub struct SimulateProcessor {
-    transient_rate: f64,
+    transient_probability: f64,
     seed: u64,
 }
 
@@ -19,10 +19,10 @@ impl SimulateProcessor {
     /// The seed's message for a simulated transient failure.
     pub const TRANSIENT_ERROR: &'static str = "API Timeout / 503 Service Unavailable";
 
-    /// A simulator failing transiently with probability `transient_rate` (clamped to 0..=1).
-    pub fn new(transient_rate: f64, seed: u64) -> Self {
+    /// A simulator failing transiently with probability `transient_probability` (clamped to 0..=1).
+    pub fn new(transient_probability: f64, seed: u64) -> Self {
         SimulateProcessor {
-            transient_rate: transient_rate.clamp(0.0, 1.0),
+            transient_probability: transient_probability.clamp(0.0, 1.0),
             seed,
         }
     }
@@ -36,7 +36,7 @@ impl SimulateProcessor {
         ]);
         // 53 random bits as a uniform number in [0, 1).
         let u = (h >> 11) as f64 / (1u64 << 53) as f64;
-        u < self.transient_rate
+        u < self.transient_probability
     }
 }
 

@@ -33,10 +33,9 @@ use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 
 use super::columns::timestamp;
 use super::journal::{IDS_APP, app_id};
-use super::{CommitTag, QueueRow, Rows, Store, Table, delta};
+use super::{CommitTag, QueueRow, Rows, Store, Table, table_error};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
-use crate::shard::Shard;
 
 /// Rows per file when the queue writes rows (enqueue, claims, settles): a round of at most
 /// this many records reads whole files and leaves the rest untouched.
@@ -107,6 +106,30 @@ pub(crate) struct Found {
     pub unresolved: Vec<LeaseOwner>,
 }
 
+/// Which keys a claim takes: `group_of` puts each key in one group of a split of the
+/// keys (a shard of `--shard I/N`), and the claim takes the keys of group `own`. The rows
+/// it leaves in the files it claims from are written back one file per group, so that
+/// each claimer finds its own together.
+#[derive(Clone)]
+pub(crate) struct KeyFilter {
+    /// The group of a key.
+    pub group_of: Arc<dyn Fn(&str) -> u32 + Send + Sync>,
+    /// The group the claim takes.
+    pub own: u32,
+}
+
+impl KeyFilter {
+    fn takes(&self, key: &str) -> bool {
+        (self.group_of)(key) == self.own
+    }
+}
+
+impl std::fmt::Debug for KeyFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFilter").field("own", &self.own).finish()
+    }
+}
+
 /// What the claim of a round asks for.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimRequest {
@@ -114,8 +137,8 @@ pub(crate) struct ClaimRequest {
     pub now: DateTime<Utc>,
     /// Most rows to claim.
     pub limit: usize,
-    /// Only rows of this shard.
-    pub shard: Option<Shard>,
+    /// Only the rows whose keys this takes (a shard); `None` for every row.
+    pub keys: Option<KeyFilter>,
     /// The lease's end, written as the claimed rows' `process_after`.
     pub lease_until: DateTime<Utc>,
     /// The round that claims, named in the lease files' tags.
@@ -126,7 +149,7 @@ impl Store {
     /// The queue's files, earliest time lock first (files without statistics first).
     fn queue_files(&self) -> Result<Vec<QueueFile>> {
         let table = Table::RetryQueue;
-        let snapshot = self.table(table).snapshot().map_err(delta(table))?;
+        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
         let mut files = Vec::new();
         for view in snapshot.log_data().iter() {
             if view.deletion_vector_descriptor().is_some() {
@@ -171,6 +194,7 @@ impl Store {
         let table = Table::RetryQueue;
         let files = self.queue_files()?;
         let store = self.table(table).log_store().object_store(None);
+        let takes = |key: &str| request.keys.as_ref().is_none_or(|k| k.takes(key));
         // Rows read, with the index of the file they came from.
         let mut due: Vec<(usize, QueueRow)> = Vec::new();
         let mut kept: Vec<(usize, QueueRow)> = Vec::new();
@@ -195,7 +219,7 @@ impl Store {
             let (bytes, rows) = read_file(store.clone(), file).await?;
             read.insert(i, bytes);
             for row in rows {
-                let mine = request.shard.is_none_or(|s| s.contains(&row.sample_id));
+                let mine = takes(&row.sample_id);
                 if mine && row.process_after <= request.now {
                     due.push((i, row));
                 } else {
@@ -209,7 +233,7 @@ impl Store {
         }
         let kept_earliest = kept
             .iter()
-            .filter(|(_, r)| request.shard.is_none_or(|s| s.contains(&r.sample_id)))
+            .filter(|(_, r)| takes(&r.sample_id))
             .map(|(_, r)| r.process_after)
             .min();
         let next_due = [kept_earliest, unread_earliest].into_iter().flatten().min();
@@ -240,8 +264,11 @@ impl Store {
         for (i, row) in kept {
             if touched.contains(&i) {
                 whole.remove(&i);
-                let sibling = request.shard.map_or(0, |s| s.sibling_of(&row.sample_id));
-                rewritten.entry(sibling).or_default().push(row);
+                let group = request
+                    .keys
+                    .as_ref()
+                    .map_or(0, |k| (k.group_of)(&row.sample_id));
+                rewritten.entry(group).or_default().push(row);
             }
         }
         let rewritten: Vec<&[QueueRow]> = rewritten.values().map(Vec::as_slice).collect();
@@ -439,7 +466,7 @@ impl Store {
             .object_store(None)
             .put(&deltalake::Path::from(path.as_str()), data.into())
             .await
-            .map_err(|e| delta(table)(e.into()))?;
+            .map_err(|e| table_error(table)(e.into()))?;
         Ok(Add {
             path,
             partition_values: HashMap::new(),
@@ -499,7 +526,7 @@ fn remove_of(add: &Add) -> Remove {
 /// every file of the table.
 fn sql(predicate: deltalake::datafusion::prelude::Expr) -> Result<String> {
     deltalake::delta_datafusion::expr::fmt_expr_to_sql(&predicate).map_err(|e| {
-        delta(Table::RetryQueue)(DeltaTableError::Generic(format!(
+        table_error(Table::RetryQueue)(DeltaTableError::Generic(format!(
             "the read predicate {predicate} does not render as SQL: {e}"
         )))
     })
@@ -520,7 +547,7 @@ async fn read_file(
     store: deltalake::logstore::ObjectStoreRef,
     file: &QueueFile,
 ) -> Result<(Bytes, Vec<QueueRow>)> {
-    let fail = |e: DeltaTableError| delta(Table::RetryQueue)(e);
+    let fail = |e: DeltaTableError| table_error(Table::RetryQueue)(e);
     let path = deltalake::Path::parse(&file.remove.path)
         .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
     let bytes = store
@@ -550,7 +577,7 @@ fn leased_copy(
     stats: Option<&str>,
     lock: DateTime<Utc>,
 ) -> Result<Option<(Vec<u8>, Option<String>)>> {
-    let fail = |e: ParquetError| delta(Table::RetryQueue)(e.into());
+    let fail = |e: ParquetError| table_error(Table::RetryQueue)(e.into());
     let options = ReadOptionsBuilder::new().with_page_index().build();
     let reader = SerializedFileReader::new_with_options(bytes.clone(), options).map_err(fail)?;
     let meta = reader.metadata();
@@ -724,12 +751,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
         let (now, rows) = due_rows(40);
-        let shards = [Shard::new(0, 2).unwrap(), Shard::new(1, 2).unwrap()];
+        // Two shards: the keys whose last byte is even, and those whose last byte is odd.
+        let group_of = |key: &str| u32::from(key.as_bytes().last().copied().unwrap_or(0) % 2);
+        let shards = [0, 1].map(|own| KeyFilter {
+            group_of: Arc::new(group_of),
+            own,
+        });
         // One file per shard, as a split claim or a settle leaves them.
-        let files = shards.map(|shard| {
+        let files = shards.each_ref().map(|shard| {
             let of_shard: Vec<QueueRow> = rows
                 .iter()
-                .filter(|r| shard.contains(&r.sample_id))
+                .filter(|r| shard.takes(&r.sample_id))
                 .cloned()
                 .collect();
             QueueRow::to_batch(&of_shard)
@@ -741,21 +773,21 @@ mod tests {
         // Both read the same version, both see due rows; each claims its shard, `b`
         // commits after `a` without re-reading: no conflict.
         let mut b = Store::open(root).await.unwrap();
-        let request = |shard, worker: &str| ClaimRequest {
+        let request = |shard: &KeyFilter, worker: &str| ClaimRequest {
             now,
             limit: 100,
-            shard: Some(shard),
+            keys: Some(shard.clone()),
             lease_until: now + chrono::Duration::minutes(15),
             owner: LeaseOwner {
                 worker: worker.to_owned(),
                 round: 1,
             },
         };
-        let first = a.claim_due(request(shards[0], "a")).await.unwrap();
-        let second = b.claim_due(request(shards[1], "b")).await.unwrap();
+        let first = a.claim_due(request(&shards[0], "a")).await.unwrap();
+        let second = b.claim_due(request(&shards[1], "b")).await.unwrap();
         let (first, second) = (first.claim.unwrap().rows, second.claim.unwrap().rows);
-        assert!(first.iter().all(|r| shards[0].contains(&r.sample_id)));
-        assert!(second.iter().all(|r| shards[1].contains(&r.sample_id)));
+        assert!(first.iter().all(|r| shards[0].takes(&r.sample_id)));
+        assert!(second.iter().all(|r| shards[1].takes(&r.sample_id)));
         assert_eq!(first.len() + second.len(), 40);
     }
 
@@ -764,7 +796,7 @@ mod tests {
         ClaimRequest {
             now,
             limit: 100,
-            shard: None,
+            keys: None,
             lease_until: now + chrono::Duration::minutes(15),
             owner: LeaseOwner {
                 worker: worker.to_owned(),

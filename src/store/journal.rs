@@ -21,7 +21,9 @@ use super::columns::{strings, timestamp_type};
 use super::due::{
     LeaseOwner, append, blind_append, oldest_first, retried_batches, settle_operation,
 };
-use super::{AttemptRow, Disposition, QueueRow, Rows, Staged, Store, Table, collect_rows, delta};
+use super::{
+    AttemptRow, Disposition, QueueRow, Rows, Staged, Store, Table, collect_rows, table_error,
+};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
 
@@ -339,7 +341,7 @@ impl Store {
 
     /// Whether every file of `files` is in `table`'s loaded version.
     fn holds(&self, table: Table, files: &[Remove]) -> Result<bool> {
-        let snapshot = self.table(table).snapshot().map_err(delta(table))?;
+        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
         let present: HashSet<String> = snapshot
             .log_data()
             .iter()
@@ -481,7 +483,7 @@ impl Store {
     /// journal must be read.
     fn workers_from_statistics(&self) -> Result<Option<BTreeSet<String>>> {
         let table = Table::Attempts;
-        let snapshot = self.table(table).snapshot().map_err(delta(table))?;
+        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
         let mut workers = BTreeSet::new();
         for view in snapshot.log_data().iter() {
             let Some(stats) = view.stats() else {

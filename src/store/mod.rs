@@ -4,10 +4,12 @@
 pub(crate) mod columns;
 pub(crate) mod due;
 pub(crate) mod journal;
+mod maintenance;
 mod schema;
 
 pub use due::FILE_ROWS;
 pub use journal::CommitTag;
+pub use maintenance::{Optimized, Vacuumed};
 pub use schema::Rows;
 pub use schema::{AttemptKind, AttemptRow, DeadRow, Disposition, FinalRow, QueueRow, Table};
 
@@ -15,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::common::JoinType;
@@ -49,7 +52,7 @@ pub struct Store {
 }
 
 /// Wraps a delta-rs error with the table it happened on.
-pub(crate) fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
+pub(crate) fn table_error(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
     move |source| Error::Delta {
         table: table.name(),
         source,
@@ -113,14 +116,14 @@ impl Store {
                         return Ok(false);
                     }
                 }
-                let url = deltalake::ensure_table_uri(&location).map_err(delta(table))?;
+                let url = deltalake::ensure_table_uri(&location).map_err(table_error(table))?;
                 let t = deltalake::DeltaTableBuilder::from_url(url)
                     .and_then(|b| b.with_storage_options(options).build())
-                    .map_err(delta(table))?;
+                    .map_err(table_error(table))?;
                 t.log_store()
                     .is_delta_table_location()
                     .await
-                    .map_err(delta(table))
+                    .map_err(table_error(table))
             }
         }))
         .await?;
@@ -186,7 +189,7 @@ impl Store {
             .tables
             .iter_mut()
             .zip(Store::order())
-            .map(|(t, table)| async move { t.update_state().await.map_err(delta(table)) });
+            .map(|(t, table)| async move { t.update_state().await.map_err(table_error(table)) });
         futures::future::try_join_all(updates).await?;
         Ok(())
     }
@@ -196,7 +199,7 @@ impl Store {
         self.tables[Store::index(table)]
             .update_state()
             .await
-            .map_err(delta(table))
+            .map_err(table_error(table))
     }
 
     /// Commits that lost a race with another writer and were tried again, since the
@@ -223,11 +226,11 @@ impl Store {
     /// The application-transaction version `app_id` last committed to `table`.
     pub(crate) async fn txn_version(&self, table: Table, app_id: &str) -> Result<Option<i64>> {
         let t = self.table(table);
-        let snapshot = t.snapshot().map_err(delta(table))?;
+        let snapshot = t.snapshot().map_err(table_error(table))?;
         snapshot
             .transaction_version(t.log_store().as_ref(), app_id)
             .await
-            .map_err(delta(table))
+            .map_err(table_error(table))
     }
 
     /// Appends `rows` to their table in one commit. An empty slice still commits, so the
@@ -250,7 +253,7 @@ impl Store {
             .with_save_mode(SaveMode::Append)
             .with_commit_properties(tag.properties())
             .await
-            .map_err(delta(table))?;
+            .map_err(table_error(table))?;
         *slot = updated;
         Ok(())
     }
@@ -266,17 +269,17 @@ impl Store {
             .with_source_alias("source")
             .with_target_alias("target")
             .when_matched_delete(|d| d.predicate("source.action = 'delete'"))
-            .map_err(delta(table))?
+            .map_err(table_error(table))?
             .when_matched_update(|u| {
                 u.predicate("source.action = 'retry'")
                     .update("retry_count", "source.retry_count")
                     .update("error_msg", "source.error_msg")
                     .update("process_after", "source.process_after")
             })
-            .map_err(delta(table))?
+            .map_err(table_error(table))?
             .with_commit_properties(tag.properties())
             .await
-            .map_err(delta(table))?;
+            .map_err(table_error(table))?;
         *slot = updated;
         Ok(())
     }
@@ -301,10 +304,10 @@ impl Store {
             .with_source_alias("source")
             .with_target_alias("target")
             .when_matched_delete(|d| d)
-            .map_err(delta(table))?
+            .map_err(table_error(table))?
             .with_commit_properties(tag.properties())
             .await
-            .map_err(delta(table))?;
+            .map_err(table_error(table))?;
         *slot = updated;
         Ok(())
     }
@@ -315,7 +318,7 @@ impl Store {
         for table in Store::order() {
             let t = self.table(table);
             t.update_datafusion_session(&ctx.state())
-                .map_err(delta(table))?;
+                .map_err(table_error(table))?;
             let provider = t.table_provider().await?;
             ctx.register_table(table.name(), provider)?;
         }
@@ -363,7 +366,7 @@ impl Store {
         let ctx = SessionContext::new();
         let t = self.table(table);
         t.update_datafusion_session(&ctx.state())
-            .map_err(delta(table))?;
+            .map_err(table_error(table))?;
         let provider = t.table_provider().await?;
         let frame = ctx.read_table(provider)?;
         Ok((ctx, frame))
@@ -374,6 +377,36 @@ impl Store {
 /// costly part of a commit, done for several files at once.
 pub(crate) type Staged = Vec<tokio::task::JoinHandle<Result<Vec<Add>>>>;
 
+/// Which version of the tables a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The latest version of every table.
+    Latest,
+    /// Version N of every table (a table with fewer versions is read at its latest).
+    Version(u64),
+    /// Every table as it was at this time.
+    Time(DateTime<Utc>),
+}
+
+impl Store {
+    /// Moves every table to `as_of` (time travel). Reads only; nothing is written.
+    pub async fn travel(&mut self, as_of: AsOf) -> Result<()> {
+        for table in Table::ALL {
+            let t = self.table_mut(table);
+            let result = match as_of {
+                AsOf::Latest => Ok(()),
+                AsOf::Version(v) => match t.get_latest_version().await {
+                    Ok(latest) => t.load_version(v.min(latest)).await,
+                    Err(e) => Err(e),
+                },
+                AsOf::Time(at) => t.load_with_datetime(at).await,
+            };
+            result.map_err(table_error(table))?;
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// Starts writing each of `batches` to a new file of `table`, each on a task of its
     /// own; the files join the table when their add actions are committed.
@@ -382,8 +415,8 @@ impl Store {
         for batch in batches {
             let mut writer = self.writer(table)?;
             staged.push(tokio::spawn(async move {
-                writer.write(batch).await.map_err(delta(table))?;
-                writer.flush().await.map_err(delta(table))
+                writer.write(batch).await.map_err(table_error(table))?;
+                writer.flush().await.map_err(table_error(table))
             }));
         }
         Ok(staged)
@@ -391,7 +424,7 @@ impl Store {
 
     fn writer(&self, table: Table) -> Result<RecordBatchWriter> {
         Ok(RecordBatchWriter::for_table(self.table(table))
-            .map_err(delta(table))?
+            .map_err(table_error(table))?
             .with_writer_properties(schema::writer_properties(table)))
     }
 
@@ -400,7 +433,7 @@ impl Store {
         let mut adds = Vec::new();
         for file in staged {
             adds.extend(file.await.map_err(|e| {
-                delta(table)(DeltaTableError::Generic(format!("writing a file: {e}")))
+                table_error(table)(DeltaTableError::Generic(format!("writing a file: {e}")))
             })??);
         }
         Ok(adds)
@@ -416,8 +449,8 @@ impl Store {
         let mut writer = self.writer(table)?;
         let mut adds = Vec::new();
         for batch in batches {
-            writer.write(batch?).await.map_err(delta(table))?;
-            adds.extend(writer.flush().await.map_err(delta(table))?);
+            writer.write(batch?).await.map_err(table_error(table))?;
+            adds.extend(writer.flush().await.map_err(table_error(table))?);
         }
         Ok(adds)
     }
@@ -435,12 +468,12 @@ impl Store {
         let committed = CommitBuilder::from(tag.properties())
             .with_actions(actions)
             .build(
-                Some(slot.snapshot().map_err(delta(table))?),
+                Some(slot.snapshot().map_err(table_error(table))?),
                 slot.log_store(),
                 operation,
             )
             .await
-            .map_err(delta(table))?;
+            .map_err(table_error(table))?;
         slot.state = Some(committed.snapshot());
         // Versions another writer took first, which delta-rs checked and committed past.
         self.conflicts += committed.metrics.num_retries;
@@ -482,10 +515,10 @@ async fn open_or_create(
     if local {
         check_local_folder(Path::new(&location))?;
     }
-    let url = deltalake::ensure_table_uri(&location).map_err(delta(table))?;
+    let url = deltalake::ensure_table_uri(&location).map_err(table_error(table))?;
     let t = DeltaTable::try_from_url_with_storage_options(url.clone(), options.clone())
         .await
-        .map_err(delta(table))?;
+        .map_err(table_error(table))?;
     let t = if t.version().is_some() {
         t
     } else {
@@ -502,12 +535,12 @@ async fn open_or_create(
             Err(DeltaTableError::VersionAlreadyExists(_)) => {
                 deltalake::open_table_with_storage_options(url, options.clone())
                     .await
-                    .map_err(delta(table))?
+                    .map_err(table_error(table))?
             }
-            Err(e) => return Err(delta(table)(e)),
+            Err(e) => return Err(table_error(table)(e)),
         }
     };
-    let schema = t.snapshot().map_err(delta(table))?.schema();
+    let schema = t.snapshot().map_err(table_error(table))?.schema();
     table.check_schema(&schema)?;
     Ok(t)
 }

@@ -26,7 +26,7 @@ pub(crate) enum ColumnType {
 }
 
 impl ColumnType {
-    fn delta(self) -> DataType {
+    fn delta_type(self) -> DataType {
         match self {
             ColumnType::Str => DataType::STRING,
             ColumnType::Int => DataType::INTEGER,
@@ -35,7 +35,7 @@ impl ColumnType {
         }
     }
 
-    fn arrow(self) -> ArrowType {
+    fn arrow_type(self) -> ArrowType {
         match self {
             ColumnType::Str => ArrowType::Utf8,
             ColumnType::Int => ArrowType::Int32,
@@ -145,7 +145,7 @@ impl Table {
     pub fn delta_columns(self) -> Vec<StructField> {
         self.columns()
             .iter()
-            .map(|&(name, ty, nullable)| StructField::new(name, ty.delta(), nullable))
+            .map(|&(name, ty, nullable)| StructField::new(name, ty.delta_type(), nullable))
             .collect()
     }
 
@@ -154,7 +154,7 @@ impl Table {
         Arc::new(Schema::new(
             self.columns()
                 .iter()
-                .map(|&(name, ty, nullable)| Field::new(name, ty.arrow(), nullable))
+                .map(|&(name, ty, nullable)| Field::new(name, ty.arrow_type(), nullable))
                 .collect::<Vec<_>>(),
         ))
     }
@@ -169,13 +169,13 @@ impl Table {
                         detail: format!("column '{name}' is missing"),
                     });
                 }
-                Some(field) if field.data_type() != &ty.delta() => {
+                Some(field) if field.data_type() != &ty.delta_type() => {
                     return Err(Error::Schema {
                         table: self.name(),
                         detail: format!(
                             "column '{name}' is {}, expected {}",
                             field.data_type(),
-                            ty.delta()
+                            ty.delta_type()
                         ),
                     });
                 }

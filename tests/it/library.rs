@@ -11,8 +11,9 @@ use chrono::{DateTime, Utc};
 use retrylake::processor::parse_header;
 use retrylake::store::Table;
 use retrylake::{
-    Clock, Error, FixedClock, ProcessorKind, ProcessorOptions, Queue, RoundConfig, RoundReport,
-    Rounds, Shutdown, SimulateProcessor, StorageOptions, Until, WorkerName, run_rounds,
+    BreakerConfig, Clock, Error, FixedClock, Guard, GuardConfig, ProcessorKind, ProcessorOptions,
+    Queue, RoundConfig, RoundReport, Rounds, Shutdown, SimulateProcessor, StorageOptions, Until,
+    WorkerName, run_rounds,
 };
 
 use super::util::{Env, write_samples};
@@ -106,9 +107,9 @@ fn processors_are_built_and_checked_from_options() {
             .is_ok()
     );
     let mut simulate = ProcessorOptions::new(ProcessorKind::Simulate);
-    simulate.transient_rate = 1.5;
+    simulate.transient_probability = 1.5;
     assert!(fails(&simulate).contains("between 0 and 1"));
-    simulate.transient_rate = f64::NAN;
+    simulate.transient_probability = f64::NAN;
     assert!(fails(&simulate).contains("between 0 and 1"));
 
     let mut command = ProcessorOptions::new(ProcessorKind::Command);
@@ -142,6 +143,43 @@ fn processors_are_built_and_checked_from_options() {
     http.env_headers.clear();
     http.transient_statuses = vec![503, 700];
     assert!(fails(&http).contains("invalid transient status 700"));
+}
+
+#[tokio::test]
+async fn a_round_refuses_a_breaker_that_can_never_open() {
+    let env = Env::new();
+    let (mut queue, _clock, _) = queue_with(&env, 3).await;
+    let breaker = BreakerConfig {
+        window: 10,
+        min_calls: 20,
+        ..BreakerConfig::default()
+    };
+    assert!(breaker.check().is_err());
+    let never_opens = RoundConfig {
+        guard: Guard::new(GuardConfig {
+            breaker: Some(breaker),
+            rate: None,
+        }),
+        ..config(10)
+    };
+    let err = queue
+        .run_round(&SimulateProcessor::new(0.0, 1), &never_opens)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("--breaker-window 10") && message.contains("--breaker-min-calls 20"),
+        "{message}"
+    );
+    // Nothing was claimed: the records are all still due (one without a payload).
+    let report = queue
+        .run_round(&SimulateProcessor::new(0.0, 1), &config(10))
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.dead_lettered), (2, 1));
+    // The default guard has the breaker on.
+    assert!(GuardConfig::default().breaker.is_some());
 }
 
 #[tokio::test]

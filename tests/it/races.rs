@@ -336,7 +336,7 @@ async fn a_dropped_probe_does_not_stall_the_breaker_for_good() {
     let clock = Arc::new(FixedClock::new(t0));
     let guard = retrylake::Guard::new(retrylake::GuardConfig {
         breaker: Some(retrylake::BreakerConfig {
-            failure_rate: 0.5,
+            failure_share: 0.5,
             window: 1,
             min_calls: 1,
             cool_down: Duration::from_secs(10),

@@ -5,8 +5,8 @@ use std::time::Duration;
 use deltalake::operations::optimize::OptimizeType;
 use serde::Serialize;
 
+use super::{CommitTag, Store, Table, table_error};
 use crate::error::{Error, Result};
-use crate::store::{CommitTag, Store, Table, delta};
 
 /// What `optimize` did to one table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,7 +40,7 @@ impl Store {
             if table == Table::RetryQueue {
                 deltalake::checkpoints::create_checkpoint(t, None)
                     .await
-                    .map_err(delta(table))?;
+                    .map_err(table_error(table))?;
                 done.push(Optimized {
                     table: table.name(),
                     files_added: 0,
@@ -54,10 +54,10 @@ impl Store {
                 .with_type(OptimizeType::Compact)
                 .with_commit_properties(CommitTag::operation("optimize").properties())
                 .await
-                .map_err(delta(table))?;
+                .map_err(table_error(table))?;
             deltalake::checkpoints::create_checkpoint(&optimized, None)
                 .await
-                .map_err(delta(table))?;
+                .map_err(table_error(table))?;
             *t = optimized;
             done.push(Optimized {
                 table: table.name(),
@@ -83,7 +83,7 @@ impl Store {
                 .with_enforce_retention_duration(false)
                 .with_commit_properties(CommitTag::operation("vacuum").properties())
                 .await
-                .map_err(delta(table))?;
+                .map_err(table_error(table))?;
             *t = vacuumed;
             done.push(Vacuumed {
                 table: table.name(),
