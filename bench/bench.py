@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""retrylake beside the seed's algorithm on the same input, in one run.
+"""retrylake beside the reference algorithm (the original Spark job's) on the same input, in one run.
 
-For each N: writes N seed-style records (3% empty payloads), then
-  * runs the seed baseline (seed_baseline.py, the seed's loop on the Python `deltalake`
+For each N: writes N records shaped like the original job's (3% empty payloads), then
+  * runs the reference baseline (reference.py, the original job's loop on the Python `deltalake`
     package) on them;
   * runs retrylake as a user would: one `retrylake enqueue` process, then one
     `retrylake run --json` process per round on a virtual clock, each round jumping to the
@@ -13,8 +13,8 @@ and prints attempts per second, time per phase, peak memory and the ratios. With
 the same 1k records alone.
 
     cargo build --release --bin retrylake --example append_limit
-    python3 -m venv /tmp/seedpy && /tmp/seedpy/bin/pip install deltalake pyarrow
-    python3 bench/bench.py 100000 1000000 [--time-lock] [--seed-python /tmp/seedpy/bin/python]
+    python3 -m venv /tmp/refpy && /tmp/refpy/bin/pip install deltalake pyarrow
+    python3 bench/bench.py 100000 1000000 [--time-lock] [--reference-python /tmp/refpy/bin/python]
 """
 import argparse, datetime as dt, json, os, shutil, subprocess, sys, tempfile, time
 
@@ -84,8 +84,8 @@ def retrylake(binary, data, inp, seed):
             "final": status["final"], "dead": status["dead"], "waiting": status["waiting"]}
 
 
-def seed_baseline(python, data, inp):
-    out, wall, rss = run_rss([python, os.path.join(HERE, "seed_baseline.py"), data, inp])
+def reference_baseline(python, data, inp):
+    out, wall, rss = run_rss([python, os.path.join(HERE, "reference.py"), data, inp])
     r = json.loads(out.strip().splitlines()[-1])
     r["peak_mb"] = rss
     r["process_s"] = wall
@@ -128,10 +128,10 @@ def main():
     ap.add_argument("sizes", nargs="*", type=int, default=[100_000])
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/retrylake"))
     ap.add_argument("--append-limit", default=os.path.join(ROOT, "target/release/examples/append_limit"))
-    ap.add_argument("--seed-python", default="/tmp/seedpy/bin/python")
+    ap.add_argument("--reference-python", default="/tmp/refpy/bin/python")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--time-lock", action="store_true")
-    ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--work", default=None)
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="retrylake-bench-")
@@ -142,24 +142,24 @@ def main():
         inp = os.path.join(work, f"in-{n}.jsonl")
         with open(inp, "w") as f:
             subprocess.run([sys.executable, os.path.join(HERE, "gen_input.py"), str(n)], stdout=f, check=True)
-        seed = None if a.skip_seed else seed_baseline(a.seed_python, os.path.join(work, f"seed-{n}"), inp)
+        ref = None if a.skip_reference else reference_baseline(a.reference_python, os.path.join(work, f"ref-{n}"), inp)
         ours = retrylake(a.binary, os.path.join(work, f"rl-{n}"), inp, a.seed)
         limit_out, _, _ = run_rss([a.append_limit, inp, os.path.join(work, f"limit-{n}")])
         limit = json.loads(limit_out)
         print(f"\n== {n:,} records ==")
-        if seed:
-            print(f"seed baseline: {seed['rounds']} rounds, {seed['attempts']:,} attempts, "
-                  f"{seed['wall_s']:.2f} s of rounds ({seed['attempts'] / seed['wall_s']:,.0f} attempts/s), "
-                  f"peak {seed['peak_mb']:.0f} MB; final {seed['final']:,}, dead {seed['dead']:,}")
+        if ref:
+            print(f"reference:     {ref['rounds']} rounds, {ref['attempts']:,} attempts, "
+                  f"{ref['wall_s']:.2f} s of rounds ({ref['attempts'] / ref['wall_s']:,.0f} attempts/s), "
+                  f"peak {ref['peak_mb']:.0f} MB; final {ref['final']:,}, dead {ref['dead']:,}")
         print(f"retrylake:     {ours['rounds']} rounds in {ours['processes']} run processes, "
               f"{ours['attempts']:,} attempts, {ours['total_s']:.2f} s (enqueue {ours['enqueue_s']:.2f} s + "
               f"rounds {ours['rounds_s']:.2f} s, {ours['attempts'] / ours['total_s']:,.0f} attempts/s), "
               f"peak {ours['peak_mb']:.0f} MB (enqueue {ours['enqueue_peak_mb']:.0f} MB, "
               f"run {ours['round_peak_mb']:.0f} MB); final {ours['final']:,}, dead {ours['dead']:,}, "
               f"waiting {ours['waiting']}")
-        if seed:
-            print(f"speed-up:      {seed['wall_s'] / ours['total_s']:.1f}x the seed baseline's rounds "
-                  f"(memory {seed['peak_mb'] / ours['peak_mb']:.1f}x less)")
+        if ref:
+            print(f"speed-up:      {ref['wall_s'] / ours['total_s']:.1f}x the reference's rounds "
+                  f"(memory {ref['peak_mb'] / ours['peak_mb']:.1f}x less)")
         print(f"physical limit: one delta-rs append of the {n:,} rows: {limit['append_s'] * 1000:.0f} ms")
         print("phases of all rounds (in-process), against that append; the journal phase writes the")
         print("files of all four commits side by side, the others only commit theirs:")

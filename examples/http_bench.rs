@@ -1,5 +1,5 @@
 //! Throughput of the http processor against a loopback server with a fixed latency:
-//! retrylake's concurrent round beside the seed's one-call-at-a-time loop, in one run.
+//! retrylake's concurrent round beside the original Spark job's one-call-at-a-time loop, in one run.
 //!
 //!     cargo run --release --example http_bench -- [RECORDS] [CONCURRENCY] [LATENCY_MS]
 //!
@@ -55,14 +55,14 @@ async fn main() -> retrylake::Result<()> {
         .build()?;
     let ideal = concurrency as f64 / latency.as_secs_f64();
 
-    // The seed's loop: one call at a time (a sample is enough to know its rate).
+    // The original job's loop: one call at a time (a sample is enough to know its rate).
     let sample = (records / 20).clamp(20, 200);
     let start = Instant::now();
     for i in 0..sample {
         let record = Record {
             sample_id: format!("seq-{i}"),
             payload: Some("x".into()),
-            attempt: 0,
+            retry_count: 0,
         };
         processor.process(&record).await;
     }
@@ -77,7 +77,7 @@ async fn main() -> retrylake::Result<()> {
                 let record = Record {
                     sample_id: format!("c-{i}"),
                     payload: Some("x".into()),
-                    attempt: 0,
+                    retry_count: 0,
                 };
                 processor.process(&record).await
             }
@@ -115,14 +115,14 @@ async fn main() -> retrylake::Result<()> {
         "http processor: {records} records, concurrency {concurrency}, server latency {latency:?}"
     );
     println!("ideal (concurrency / latency)    {ideal:>8.0} calls/s");
-    println!("seed loop, one call at a time    {sequential:>8.0} calls/s");
+    println!("one call at a time (original)    {sequential:>8.0} calls/s");
     println!(
-        "concurrent calls only            {calls_only:>8.0} calls/s  ({:.0}% of ideal, {:.1}x the seed loop)",
+        "concurrent calls only            {calls_only:>8.0} calls/s  ({:.0}% of ideal, {:.1}x one at a time)",
         100.0 * calls_only / ideal,
         calls_only / sequential
     );
     println!(
-        "calls inside a round             {in_round:>8.0} calls/s  ({:.0}% of ideal, {:.1}x the seed loop)",
+        "calls inside a round             {in_round:>8.0} calls/s  ({:.0}% of ideal, {:.1}x one at a time)",
         100.0 * in_round / ideal,
         in_round / sequential
     );

@@ -65,7 +65,13 @@ pub async fn audit(store: &Store) -> Result<Audit> {
 
     // Per id: transient failures since its last redrive, and whether it ever succeeded.
     let mut ordered: Vec<&AttemptRow> = attempts.iter().collect();
-    ordered.sort_by_key(|a| (a.started_at, a.attempt, a.outcome == AttemptKind::Redrive));
+    ordered.sort_by_key(|a| {
+        (
+            a.started_at,
+            a.retries_before,
+            a.outcome == AttemptKind::Redrive,
+        )
+    });
     let mut journaled: HashMap<&str, (usize, bool)> = HashMap::new();
     for a in ordered {
         let entry = journaled.entry(a.sample_id.as_str()).or_default();

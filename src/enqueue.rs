@@ -106,7 +106,7 @@ pub(crate) async fn enqueue(
         read: input.records.len() + input.invalid.len(),
         ..EnqueueReport::default()
     };
-    for attempt in 0.. {
+    for conflicts in 0.. {
         // The queue first: a round adds a record to `final_results` or the dead letters
         // before it leaves the queue, so a record moving meanwhile is seen in one of them.
         for table in [
@@ -168,12 +168,12 @@ pub(crate) async fn enqueue(
         }
         .await;
         match committed {
-            Err(e) if e.is_conflict() && attempt < ENQUEUE_RETRIES => {
+            Err(e) if e.is_conflict() && conflicts < ENQUEUE_RETRIES => {
                 tracing::debug!(
-                    attempt,
+                    conflicts,
                     "enqueue raced another commit of new ids; checking again"
                 );
-                store.pause_after_conflict(attempt).await;
+                store.pause_after_conflict(conflicts).await;
             }
             Err(e) => return Err(e),
             Ok(()) => {

@@ -176,7 +176,7 @@ enum OutputFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProcessorArg {
-    /// The seed's simulator: transient failures at --transient-rate.
+    /// The original Spark job's simulator: transient failures at --transient-rate.
     Simulate,
     /// `sh -c CMD` per record (--command).
     Command,

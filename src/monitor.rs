@@ -1,4 +1,4 @@
-//! SQL over the tables, time travel, and the commit history: the seed's monitoring, with
+//! SQL over the tables, time travel, and the commit history: the original Spark job's monitoring, with
 //! DataFusion for Spark SQL and delta-rs for `VERSION AS OF` and `DESCRIBE HISTORY`.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::store::{Store, Table, table_error};
 
-/// A session over the four tables with the functions the seed's SQL needs (`DATE`).
+/// A session over the four tables with the functions the original job's SQL needs (`DATE`).
 pub async fn session(store: &Store) -> Result<SessionContext> {
     let ctx = store.session().await?;
     ctx.register_udf(create_udf(

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// "Exponential Backoff And Jitter".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Jitter {
-    /// No randomness: `min(cap, base * multiplier^n)`. The seed's behaviour.
+    /// No randomness: `min(cap, base * multiplier^n)`. The original Spark job's behaviour.
     #[default]
     None,
     /// `random_between(0, min(cap, base * multiplier^n))`.
@@ -273,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_reproduce_the_seed_table() {
+    fn defaults_reproduce_the_original_jobs_table() {
         let p = RetryPolicy::default();
         let mut rng = SmallRng::seed_from_u64(1);
         let mut waits = vec![];

@@ -40,11 +40,11 @@ pub(crate) async fn redrive(
     now: DateTime<Utc>,
     filter: &RedriveFilter,
 ) -> Result<RedriveReport> {
-    for attempt in 0.. {
+    for conflicts in 0.. {
         match redrive_once(store, now, filter).await {
             // Another redrive journaled the same round first: read the dead letters again.
-            Err(Error::LeaseLost { .. }) if attempt < REDRIVE_RETRIES => {
-                store.pause_after_conflict(attempt).await;
+            Err(Error::LeaseLost { .. }) if conflicts < REDRIVE_RETRIES => {
+                store.pause_after_conflict(conflicts).await;
             }
             other => return other,
         }
@@ -107,7 +107,7 @@ async fn redrive_once(
             round,
             worker: REDRIVE_WORKER.to_owned(),
             sample_id: d.sample_id,
-            attempt: d.retry_count,
+            retries_before: d.retry_count,
             outcome: AttemptKind::Redrive,
             error_msg: d.error_msg,
             // The dead letter it moves: recovery deletes exactly that one, never a newer

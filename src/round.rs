@@ -20,7 +20,7 @@ use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, oldest_first
 use crate::store::journal::Settle;
 use crate::store::{AttemptKind, AttemptRow, CommitTag, Disposition, QueueRow, Store, Table};
 
-/// The error message of a record with a missing or empty payload (the seed's rule).
+/// The error message of a record with a missing or empty payload (the original Spark job's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
 
 /// How a round runs.
@@ -553,7 +553,7 @@ async fn claim(
     worker: &str,
     config: &RoundConfig,
 ) -> Result<(Found, i64, DateTime<Utc>, Instant)> {
-    for attempt in 0.. {
+    for retries in 0.. {
         // Read again after resolving: a round of this worker left by a crashed process
         // may have been fenced, and its number is then taken.
         let round = store.last_round(worker).await? + 1;
@@ -577,7 +577,7 @@ async fn claim(
             Ok(found) if found.unresolved.is_empty() => {
                 return Ok((found, round, lease_until, claimed_at));
             }
-            Ok(found) if attempt < CLAIM_RETRIES => {
+            Ok(found) if retries < CLAIM_RETRIES => {
                 for owner in &found.unresolved {
                     store.resolve_lease(owner, worker).await?;
                 }
@@ -589,13 +589,13 @@ async fn claim(
                 };
                 return Ok((found, round, lease_until, claimed_at));
             }
-            Err(e) if e.is_conflict() && attempt < CLAIM_RETRIES => {
-                tracing::debug!(attempt, "claim conflicted with another worker; re-reading")
+            Err(e) if e.is_conflict() && retries < CLAIM_RETRIES => {
+                tracing::debug!(retries, "claim conflicted with another worker; re-reading")
             }
             Err(e) => return Err(e),
         }
         store
-            .retry_after_conflict(Table::RetryQueue, attempt)
+            .retry_after_conflict(Table::RetryQueue, retries)
             .await?;
     }
     unreachable!("the loop returns")
@@ -660,7 +660,7 @@ async fn attempt(
         let record = Record {
             sample_id: row.sample_id.clone(),
             payload: row.payload.clone(),
-            attempt: u32::try_from(row.retry_count).unwrap_or(0),
+            retry_count: u32::try_from(row.retry_count).unwrap_or(0),
         };
         // A processor that panics on a record fails that record permanently, named in the
         // log and in its dead letter: coming back after its lease, it would take every
@@ -746,7 +746,7 @@ fn journal_row(
         round,
         worker: worker.to_owned(),
         sample_id: row.sample_id,
-        attempt: row.retry_count,
+        retries_before: row.retry_count,
         outcome: attempt.outcome.kind().into(),
         error_msg: None,
         started_at: attempt.started_at,
@@ -832,7 +832,7 @@ mod tests {
         assert!(d.retried.is_empty());
         let row = &d.rows[0];
         assert_eq!(
-            (row.disposition, row.outcome, row.attempt),
+            (row.disposition, row.outcome, row.retries_before),
             (Disposition::Final, AttemptKind::Success, 2)
         );
         assert_eq!((row.round, row.worker.as_str()), (7, "w"));
@@ -857,7 +857,7 @@ mod tests {
         let d = one(due("A", 2), called(Outcome::transient("503")));
         let row = &d.rows[0];
         assert_eq!(row.disposition, Disposition::Retry);
-        assert_eq!((row.attempt, row.retry_count), (2, 3));
+        assert_eq!((row.retries_before, row.retry_count), (2, 3));
         assert_eq!(row.process_after, Some(at(1 + 8)));
         assert_eq!(
             d.retried,

@@ -1,4 +1,4 @@
-//! The seed's monitoring questions, answered: backlog, due now, retries, dead letters.
+//! The original Spark job's monitoring questions, answered: backlog, due now, retries, dead letters.
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::Array;
@@ -46,7 +46,7 @@ pub struct Status {
     pub needed_retry: i64,
     /// Of those, the records that succeeded on a retry.
     pub recovered: i64,
-    /// `recovered / needed_retry`: the share of failures the retries handled (the seed's
+    /// `recovered / needed_retry`: the share of failures the retries handled (the original job's
     /// "handles 80%+ of failures automatically"); `null` before any.
     pub recovered_share: Option<f64>,
 }

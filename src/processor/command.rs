@@ -58,7 +58,7 @@ impl Processor for CommandProcessor {
             .arg("-c")
             .arg(&self.command)
             .env("RETRYLAKE_SAMPLE_ID", &record.sample_id)
-            .env("RETRYLAKE_ATTEMPT", record.attempt.to_string())
+            .env("RETRYLAKE_ATTEMPT", record.retry_count.to_string())
             .env("RETRYLAKE_IDEMPOTENCY_KEY", record.idempotency_key())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

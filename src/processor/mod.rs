@@ -30,15 +30,15 @@ pub struct Record {
     /// The data to deliver. The round never calls a processor with a missing or empty
     /// payload unless `allow_empty_payload` is set.
     pub payload: Option<String>,
-    /// The record's retry count before this call: 0 on the first attempt.
-    pub attempt: u32,
+    /// How many times the record was retried before this call: 0 on its first call.
+    pub retry_count: u32,
 }
 
 impl Record {
-    /// `<sample_id>:<attempt>`: the same for every call of one attempt, so a downstream
-    /// can drop a duplicate call after a crash.
+    /// `<sample_id>:<retry_count>`: the same for every call of one attempt, so a
+    /// downstream can drop a duplicate call after a crash.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}", self.sample_id, self.attempt)
+        format!("{}:{}", self.sample_id, self.retry_count)
     }
 }
 

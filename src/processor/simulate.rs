@@ -1,4 +1,4 @@
-//! The seed's `process_lab_result`: a stand-in downstream that fails transiently at a set
+//! The original Spark job's `process_lab_result`: a stand-in downstream that fails transiently at a set
 //! rate, reproducibly.
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use crate::hash::stable_hash;
 use crate::outcome::Outcome;
 
 /// Fails transiently with probability `transient_probability`, decided by a hash of
-/// (`seed`, sample_id, attempt), so a run gives the same outcomes whatever the concurrency.
+/// (`seed`, sample_id, retry count), so a run gives the same outcomes whatever the concurrency.
 #[derive(Debug, Clone)]
 pub struct SimulateProcessor {
     transient_probability: f64,
@@ -16,7 +16,7 @@ pub struct SimulateProcessor {
 }
 
 impl SimulateProcessor {
-    /// The seed's message for a simulated transient failure.
+    /// The original job's message for a simulated transient failure.
     pub const TRANSIENT_ERROR: &'static str = "API Timeout / 503 Service Unavailable";
 
     /// A simulator failing transiently with probability `transient_probability` (clamped to 0..=1).
@@ -27,12 +27,13 @@ impl SimulateProcessor {
         }
     }
 
-    /// Whether this (record, attempt) fails: a pure function of the seed, id and attempt.
-    pub fn fails(&self, sample_id: &str, attempt: u32) -> bool {
+    /// Whether this record fails at this retry count: a pure function of the seed, the id and
+    /// the retry count.
+    pub fn fails(&self, sample_id: &str, retry_count: u32) -> bool {
         let h = stable_hash(&[
             &self.seed.to_le_bytes(),
             sample_id.as_bytes(),
-            &attempt.to_le_bytes(),
+            &retry_count.to_le_bytes(),
         ]);
         // 53 random bits as a uniform number in [0, 1).
         let u = (h >> 11) as f64 / (1u64 << 53) as f64;
@@ -43,7 +44,7 @@ impl SimulateProcessor {
 #[async_trait]
 impl Processor for SimulateProcessor {
     async fn process(&self, record: &Record) -> Outcome {
-        if self.fails(&record.sample_id, record.attempt) {
+        if self.fails(&record.sample_id, record.retry_count) {
             Outcome::transient(Self::TRANSIENT_ERROR)
         } else {
             Outcome::success("Processed OK")

@@ -812,7 +812,7 @@ mod tests {
                 round,
                 worker: worker.to_owned(),
                 sample_id: r.sample_id.clone(),
-                attempt: 0,
+                retries_before: 0,
                 outcome: super::super::AttemptKind::Success,
                 error_msg: None,
                 started_at: r.process_after,

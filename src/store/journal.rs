@@ -324,14 +324,14 @@ impl Store {
             .await?;
         let mut actions: Vec<Action> = settle.lease.iter().cloned().map(Action::Remove).collect();
         actions.extend(adds.into_iter().map(Action::Add));
-        for attempt in 0.. {
+        for conflicts in 0.. {
             if !self.holds(queue, &settle.lease)? {
                 return Ok(false);
             }
             let operation = settle_operation(settle.lease_until)?;
             match self.commit(queue, actions.clone(), operation, tag).await {
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    self.retry_after_conflict(queue, attempt).await?;
+                Err(e) if e.is_conflict() && conflicts < CONFLICT_RETRIES => {
+                    self.retry_after_conflict(queue, conflicts).await?;
                 }
                 other => return other.map(|()| true),
             }
@@ -358,7 +358,7 @@ impl Store {
     /// happens is decided by Delta's conflict check on `attempts`, not by any clock.
     pub(crate) async fn resolve_lease(&mut self, owner: &LeaseOwner, by: &str) -> Result<()> {
         let journal = Table::Attempts;
-        for attempt in 0.. {
+        for conflicts in 0.. {
             self.refresh_table(journal).await?;
             if self.last_round(&owner.worker).await? >= owner.round {
                 break;
@@ -379,8 +379,8 @@ impl Store {
                     );
                     break;
                 }
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    self.retry_after_conflict(journal, attempt).await?;
+                Err(e) if e.is_conflict() && conflicts < CONFLICT_RETRIES => {
+                    self.retry_after_conflict(journal, conflicts).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -516,7 +516,7 @@ impl Store {
             Some(s) => Some(s.ready().await?),
             None => None,
         };
-        for attempt in 0.. {
+        for conflicts in 0.. {
             if self.txn_version(table, &app).await?.unwrap_or(0) >= owner.round {
                 return Ok(());
             }
@@ -560,9 +560,13 @@ impl Store {
                 (None, _) => self.settle_from_lease(owner, rows, tag).await,
             };
             match result {
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    tracing::debug!(table = table.name(), attempt, "commit conflict; re-reading");
-                    self.retry_after_conflict(table, attempt).await?;
+                Err(e) if e.is_conflict() && conflicts < CONFLICT_RETRIES => {
+                    tracing::debug!(
+                        table = table.name(),
+                        conflicts,
+                        "commit conflict; re-reading"
+                    );
+                    self.retry_after_conflict(table, conflicts).await?;
                 }
                 Err(e) => return Err(e),
                 Ok(()) => {

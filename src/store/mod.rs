@@ -210,17 +210,22 @@ impl Store {
     }
 
     /// Counts a commit on `table` that lost a race with another writer, waits a jittered
-    /// moment (longer after each `attempt`) and reloads the table, ready to try again.
-    pub(crate) async fn retry_after_conflict(&mut self, table: Table, attempt: u32) -> Result<()> {
-        self.pause_after_conflict(attempt).await;
+    /// moment (longer the more `conflicts` came before) and reloads the table, ready to try
+    /// again.
+    pub(crate) async fn retry_after_conflict(
+        &mut self,
+        table: Table,
+        conflicts: u32,
+    ) -> Result<()> {
+        self.pause_after_conflict(conflicts).await;
         self.refresh_table(table).await
     }
 
     /// Counts a commit that lost a race with another writer and waits a jittered moment
-    /// (longer after each `attempt`), ready to re-read and try again.
-    pub(crate) async fn pause_after_conflict(&mut self, attempt: u32) {
+    /// (longer the more `conflicts` came before), ready to re-read and try again.
+    pub(crate) async fn pause_after_conflict(&mut self, conflicts: u32) {
         self.conflicts += 1;
-        conflict_pause(attempt).await;
+        conflict_pause(conflicts).await;
     }
 
     /// The application-transaction version `app_id` last committed to `table`.
@@ -481,10 +486,10 @@ impl Store {
     }
 }
 
-/// A jittered pause before retrying after a commit conflict: up to 10 ms * 2^attempt,
-/// capped at 2 s, so contending writers spread out.
-async fn conflict_pause(attempt: u32) {
-    let cap = (10u64 << attempt.min(8)).min(2_000);
+/// A jittered pause before retrying after a commit's `conflicts`-th conflict: up to
+/// 10 ms * 2^conflicts, capped at 2 s, so contending writers spread out.
+async fn conflict_pause(conflicts: u32) {
+    let cap = (10u64 << conflicts.min(8)).min(2_000);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

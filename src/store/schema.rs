@@ -335,8 +335,8 @@ pub struct AttemptRow {
     pub worker: String,
     /// The record's key.
     pub sample_id: String,
-    /// The record's retry count before the call (0 on the first attempt).
-    pub attempt: i32,
+    /// The record's retry count before the call: 0 on its first call (column `attempt`).
+    pub retries_before: i32,
     /// What the attempt was: a call's outcome, or a redrive (column `outcome`).
     pub outcome: AttemptKind,
     /// The error, for failures.
@@ -592,7 +592,7 @@ impl AttemptRow {
                 strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
                 strings(rows.iter().map(|r| r.payload.as_deref())),
                 times(rows.iter().map(|r| Some(r.finished_at))),
-                ints(rows.iter().map(|r| r.attempt + 1)),
+                ints(rows.iter().map(|r| r.retries_before + 1)),
                 strings(rows.iter().map(|r| r.response.as_deref())),
             ],
         )
@@ -631,7 +631,7 @@ impl Rows for AttemptRow {
                 longs(rows.iter().map(|r| r.round)),
                 strings(rows.iter().map(|r| Some(r.worker.as_str()))),
                 strings(rows.iter().map(|r| Some(r.sample_id.as_str()))),
-                ints(rows.iter().map(|r| r.attempt)),
+                ints(rows.iter().map(|r| r.retries_before)),
                 strings(rows.iter().map(|r| Some(r.outcome.as_str()))),
                 strings(rows.iter().map(|r| r.error_msg.as_deref())),
                 times(rows.iter().map(|r| Some(r.started_at))),
@@ -687,7 +687,7 @@ impl Rows for AttemptRow {
                 round: rounds[i],
                 worker: std::mem::take(&mut workers[i]),
                 sample_id: std::mem::take(&mut ids[i]),
-                attempt: attempts[i],
+                retries_before: attempts[i],
                 outcome: outcomes[i],
                 error_msg: std::mem::take(&mut errors[i]),
                 started_at: started[i],

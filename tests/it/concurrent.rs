@@ -85,10 +85,10 @@ fn workers_with_their_own_names(env: Env) {
     let mut seen = HashSet::new();
     for a in &attempts {
         assert!(
-            seen.insert((a.sample_id.clone(), a.attempt)),
+            seen.insert((a.sample_id.clone(), a.retries_before)),
             "{} attempt {} twice",
             a.sample_id,
-            a.attempt
+            a.retries_before
         );
     }
 }

@@ -105,7 +105,7 @@ fn every_answer_is_classified() {
         "2025-11-25T14:00:00+00:00"
     );
 
-    // What the server received: the seed's JSON body, a JSON content type, idempotency keys.
+    // What the server received: the original job's JSON body, a JSON content type, idempotency keys.
     let seen = server.seen();
     assert_eq!(seen.len(), 10);
     for s in &seen {

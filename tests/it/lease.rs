@@ -48,7 +48,7 @@ fn assert_each_attempt_journaled_once(env: &Env) {
         attempts
             .iter()
             .filter(|a| a.outcome != retrylake::store::AttemptKind::Redrive)
-            .map(|a| format!("{} attempt {}", a.sample_id, a.attempt)),
+            .map(|a| format!("{} attempt {}", a.sample_id, a.retries_before)),
     );
     assert!(
         twice.is_empty(),

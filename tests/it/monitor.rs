@@ -27,7 +27,7 @@ fn json(env: &Env, args: &[&str]) -> serde_json::Value {
 }
 
 #[test]
-fn the_seeds_monitoring_queries_run_as_written() {
+fn the_original_jobs_monitoring_queries_run_as_written() {
     let env = setup();
     let backlog = json(
         &env,

@@ -386,7 +386,7 @@ fn a_round_stops_calling_before_its_lease_ends_and_gives_back_the_rest() {
     assert!(
         attempts
             .iter()
-            .all(|a| a.attempt == 0 && a.outcome == retrylake::store::AttemptKind::Success)
+            .all(|a| a.retries_before == 0 && a.outcome == retrylake::store::AttemptKind::Success)
     );
     assert_eq!(env.rows::<FinalRow>().len(), 30);
     super::util::assert_exactly_once(&env.data(), &ids);

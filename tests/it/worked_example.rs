@@ -1,4 +1,4 @@
-//! The seed's worked example, through the binary with the command processor.
+//! The original Spark job's worked example, through the binary with the command processor.
 
 use retrylake::store::{AttemptRow, DeadRow, FinalRow, QueueRow};
 
@@ -32,7 +32,7 @@ fn round(env: &Env, at: &str) -> serde_json::Value {
 }
 
 #[test]
-fn the_seed_example_end_to_end() {
+fn the_original_jobs_example_end_to_end() {
     let env = Env::new();
     let input = env.write(
         "new.jsonl",
@@ -122,7 +122,7 @@ fn the_seed_example_end_to_end() {
     assert_eq!(s999.error_msg.as_deref(), Some("API Timeout"));
     assert!(env.rows::<QueueRow>().is_empty());
 
-    // The journal: S-999 tried at the seed's times; every call's idempotency key logged;
+    // The journal: S-999 tried at the original job's times; every call's idempotency key logged;
     // S-102 never called.
     let attempts = env.rows::<AttemptRow>();
     let mut tried: Vec<String> = attempts
