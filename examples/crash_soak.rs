@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use retrylake::audit::{Audit, audit};
-use retrylake::store::{AttemptRow, QueueRow, Store};
+use retrylake::{Audit, Queue};
+use retrylake::store::{AttemptRow, QueueRow};
 
 const FAILPOINTS: [&str; 4] = [
     "after-journal",
@@ -258,9 +258,9 @@ async fn main() -> retrylake::Result<()> {
         let once = first_runner(&["--limit=1"]);
         let once: Vec<&str> = once.iter().map(String::as_str).collect();
         let _ = retrylake(&data, &once).status();
-        let store = Store::open(&data).await?;
-        let found = audit(&store).await?;
-        let queue = store.read::<QueueRow>().await?;
+        let mut tables = Queue::open(&data).await?;
+        let found = tables.audit().await?;
+        let queue = tables.store().read::<QueueRow>().await?;
         check(
             &format!("after kill {}", kill + 1),
             &enqueued,
@@ -297,11 +297,11 @@ async fn main() -> retrylake::Result<()> {
     let drain = first_runner(&["--drain", "--now", FAR]);
     let drain: Vec<&str> = drain.iter().map(String::as_str).collect();
     assert!(retrylake(&data, &drain).status().expect("run").success());
-    let store = Store::open(&data).await?;
-    let last = audit(&store).await?;
+    let mut tables = Queue::open(&data).await?;
+    let last = tables.audit().await?;
     check("after the final drain", &all, &last);
-    let waiting = store.read::<QueueRow>().await?.len();
-    let attempts = store.read::<AttemptRow>().await?;
+    let waiting = tables.store().read::<QueueRow>().await?.len();
+    let attempts = tables.store().read::<AttemptRow>().await?;
     let by_w2 = attempts.iter().filter(|a| a.worker == "soak-w2").count();
     eprintln!(
         "attempts journaled: {} by the killed runner, {by_w2} by the second worker",

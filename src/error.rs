@@ -4,6 +4,15 @@
 use std::path::PathBuf;
 
 /// Everything that can stop a retrylake command.
+///
+/// ```
+/// use retrylake::{Error, RetryPolicy};
+///
+/// match RetryPolicy::builder().multiplier(0.5).build() {
+///     Err(Error::InvalidPolicy(why)) => assert!(why.contains("multiplier")),
+///     other => panic!("expected an invalid policy, got {other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A retry policy setting makes no sense.

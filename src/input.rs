@@ -154,11 +154,6 @@ impl Records {
         self.lines.len()
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
     /// The `i`-th record.
     pub fn get(&self, i: usize) -> InputRecord<'_> {
         let start = |ends: &[usize]| i.checked_sub(1).map_or(0, |j| ends[j]);
@@ -222,13 +217,8 @@ pub fn read_input(path: &Path, format: InputFormat, fields: &Fields) -> Result<P
     }
 }
 
-/// Parses JSON Lines: one object per line; blank lines, a byte-order mark and CRLF endings
-/// are accepted.
-pub fn parse_jsonl(bytes: &[u8], fields: &Fields) -> ParsedInput {
-    parse_jsonl_from(bytes, fields).expect("reading from memory cannot fail")
-}
-
-/// [`parse_jsonl`] from a reader, a line at a time, so the input is never held whole.
+/// Parses JSON Lines from a reader, a line at a time, so the input is never held whole: one
+/// object per line; blank lines, a byte-order mark and CRLF endings are accepted.
 pub fn parse_jsonl_from(mut reader: impl BufRead, fields: &Fields) -> std::io::Result<ParsedInput> {
     let mut parsed = ParsedInput::default();
     let mut buffer = Vec::new();
@@ -614,6 +604,10 @@ pub(crate) fn synthetic_id(path: &Path, line: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_jsonl(bytes: &[u8], fields: &Fields) -> ParsedInput {
+        parse_jsonl_from(bytes, fields).expect("reading from memory cannot fail")
+    }
 
     #[test]
     fn jsonl_accepts_bom_crlf_blank_lines_and_nested_payloads() {

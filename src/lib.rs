@@ -6,9 +6,24 @@
 //! Records wait in `retry_queue` until their time lock (`process_after`) passes; a round
 //! hands every due record to a [`Processor`]. A success goes to `final_results`, a
 //! transient failure waits `base * multiplier^n` (2, 4, 8, 16, 32 minutes by default), and
-//! a permanent failure or the sixth transient one goes to `dead_letter_queue`. Each round
-//! is journaled in `attempts` before any other table changes, so a crash never loses or
-//! doubles a record.
+//! a permanent failure or the sixth transient one goes to `dead_letter_queue`. A round
+//! first claims its records under a lease (one commit to `retry_queue`), then calls, then
+//! journals every decision in `attempts` before it changes any other table, so a crash or a
+//! second worker never loses or doubles a record.
+//!
+//! ## Where to start
+//!
+//! - [`Queue`]: open the tables, [`enqueue`](Queue::enqueue), run a round
+//!   ([`run_round`](Queue::run_round), or many with [`run_rounds`]), [`status`](Queue::status),
+//!   [`query`](Queue::query) them in SQL, [`redrive`](Queue::redrive) dead letters.
+//! - [`Processor`]: what a round calls for each record, returning an [`Outcome`] for a
+//!   [`Record`]; [`HttpProcessor`], [`CommandProcessor`] and [`SimulateProcessor`] come
+//!   built in.
+//! - [`RoundConfig`]: how a round runs (concurrency, timeout, lease, shard, the
+//!   [`Guard`] of breaker and rate limit), with its [`RetryPolicy`].
+//! - [`Error`]: what stops the queue itself; a failing record is an [`Outcome`], never an
+//!   error.
+//! - [`store`]: the tables' rows, for reading them directly.
 //!
 //! ## Quick start
 //!
@@ -27,40 +42,47 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod audit;
-pub mod clock;
-pub mod enqueue;
-pub mod error;
-pub mod guard;
+mod audit;
+mod clock;
+mod enqueue;
+mod error;
+mod guard;
 mod hash;
-pub mod input;
+mod input;
 pub mod metrics;
-pub mod monitor;
-pub mod outcome;
-pub mod policy;
+mod monitor;
+mod outcome;
+mod policy;
 pub mod processor;
-pub mod queue;
-pub mod redrive;
-pub mod report;
-pub mod round;
-pub mod shard;
-pub mod status;
+mod queue;
+mod redrive;
+mod report;
+mod round;
+mod shard;
+mod status;
 pub mod store;
-pub mod worker;
+mod worker;
 
+pub use audit::Audit;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use enqueue::{EnqueueOptions, EnqueueReport};
 pub use error::{Error, Result};
-pub use guard::{BreakerConfig, Guard, GuardConfig, Rate};
-pub use outcome::{Outcome, RetryAfter};
-pub use policy::{Jitter, RetryPolicy};
+pub use guard::{Admission, BreakerConfig, BreakerState, Guard, GuardConfig, Rate};
+pub use input::{Fields, INVALID_ID_PREFIX, InputFormat, MAX_ID_LEN};
+pub use monitor::Commit;
+pub use outcome::{Outcome, OutcomeKind, RetryAfter};
+pub use policy::{Jitter, RetryDecision, RetryPolicy, RetryPolicyBuilder};
 pub use processor::{
     CommandProcessor, HttpProcessor, Processor, ProcessorKind, ProcessorOptions, Record,
     SimulateProcessor,
 };
-pub use queue::{Queue, WorkerName};
-pub use round::{OutcomeCounts, Phases, RoundConfig, RoundReport};
+pub use queue::{DEFAULT_WORKER, Queue, WorkerName};
+pub use redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport};
+pub use round::{
+    MAX_LEASE, MIN_LEASE, MISSING_PAYLOAD, OutcomeCounts, Phases, Progress, ROUND_BATCH,
+    RoundConfig, RoundReport,
+};
 pub use shard::Shard;
-pub use status::Status;
-pub use store::StorageOptions;
+pub use status::{ErrorCount, Status};
+pub use store::{AsOf, StorageOptions};
 pub use worker::{Rounds, Shutdown, Until, run_rounds};

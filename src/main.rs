@@ -11,16 +11,13 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::pretty::pretty_format_batches;
-use retrylake::input::{Fields, InputFormat};
 use retrylake::metrics::Metrics;
-use retrylake::monitor;
-use retrylake::redrive::RedriveFilter;
-use retrylake::store::AsOf;
-use retrylake::store::{Store, Table};
+use retrylake::store::Table;
 use retrylake::{
-    BreakerConfig, EnqueueOptions, FixedClock, Guard, GuardConfig, Jitter, Processor,
-    ProcessorKind, ProcessorOptions, Queue, Rate, RetryPolicy, RoundConfig, RoundReport, Rounds,
-    Shard, Shutdown, Status, Until, WorkerName, round::Progress, run_rounds,
+    AsOf, BreakerConfig, EnqueueOptions, Fields, FixedClock, Guard, GuardConfig, InputFormat,
+    Jitter, Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate, RedriveFilter,
+    RetryPolicy, RoundConfig, RoundReport, Rounds, Shard, Shutdown, Status, Until, WorkerName,
+    run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -254,7 +251,7 @@ struct RunArgs {
     #[arg(long, value_parser = parse_count)]
     limit: Option<usize>,
     /// Most records per round when --limit is not given; bounds a round's memory.
-    #[arg(long, default_value_t = retrylake::round::ROUND_BATCH, value_parser = parse_count)]
+    #[arg(long, default_value_t = retrylake::ROUND_BATCH, value_parser = parse_count)]
     batch_size: usize,
     #[command(flatten)]
     policy: PolicyArgs,
@@ -617,19 +614,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
             as_of,
             format,
         } => {
-            let mut store = Store::open_existing(&cli.data, Default::default()).await?;
+            let mut queue = Queue::open_existing(&cli.data).await?;
             let as_of = match (version, as_of) {
                 (Some(v), _) => AsOf::Version(v),
                 (None, Some(t)) => AsOf::Time(t),
                 (None, None) => AsOf::Latest,
             };
-            store.travel(as_of).await?;
-            let batches = monitor::query(&store, &sql).await?;
+            let batches = queue.query(&sql, as_of).await?;
             print_batches(&mut out, &batches, format)?;
         }
         Command::Optimize { table } => {
-            let mut store = Store::open(&cli.data).await?;
-            for t in store.optimize(&tables(table.as_deref())?).await? {
+            let mut queue = Queue::open(&cli.data).await?;
+            for t in queue.optimize(&tables(table.as_deref())?).await? {
                 writeln!(
                     out,
                     "{}: {} files compacted into {}",
@@ -638,15 +634,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Vacuum { retain } => {
-            let mut store = Store::open(&cli.data).await?;
-            for t in store.vacuum(retain).await? {
+            let mut queue = Queue::open(&cli.data).await?;
+            for t in queue.vacuum(retain).await? {
                 writeln!(out, "{}: {} files deleted", t.table, t.files_deleted)?;
             }
         }
         Command::History { table, json } => {
             let tables = tables(table.as_deref())?;
-            let store = Store::open_existing(&cli.data, Default::default()).await?;
-            let commits = monitor::history(&store, &tables).await?;
+            let mut queue = Queue::open_existing(&cli.data).await?;
+            let commits = queue.history(&tables).await?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&commits)?)?;
             } else {
@@ -684,10 +680,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             policy,
             now,
         } => {
-            let store = Store::open_existing(&cli.data, Default::default()).await?;
-            let html =
-                retrylake::report::report(&store, &policy.policy()?, now.unwrap_or_else(Utc::now))
-                    .await?;
+            let mut queue = Queue::open_existing(&cli.data).await?;
+            if let Some(now) = now {
+                queue = queue.with_clock(Arc::new(FixedClock::new(now)));
+            }
+            let html = queue.report(&policy.policy()?).await?;
             std::fs::write(&file, html)
                 .with_context(|| format!("cannot write {}", file.display()))?;
             writeln!(out, "report written to {}", file.display())?;
@@ -880,7 +877,7 @@ fn print_batches(
     Ok(())
 }
 
-fn print_history(out: &mut impl Write, commits: &[retrylake::monitor::Commit]) -> Result<()> {
+fn print_history(out: &mut impl Write, commits: &[retrylake::Commit]) -> Result<()> {
     writeln!(
         out,
         "{:<18} {:>7}  {:<20}  {:<14} {:<9} {:>6}  {:<10} details",

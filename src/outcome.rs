@@ -30,7 +30,26 @@ impl RetryAfter {
     }
 }
 
-/// How one call to a processor ended.
+/// How one call to a processor ended: what a [`Processor`](crate::Processor) returns.
+///
+/// ```
+/// use std::time::Duration;
+/// use retrylake::{Outcome, RetryAfter};
+///
+/// fn classify(status: u16, body: &str) -> Outcome {
+///     match status {
+///         200..=299 => Outcome::success(body),
+///         429 => Outcome::Transient {
+///             error: "rate limited".into(),
+///             retry_after: Some(RetryAfter::Delay(Duration::from_secs(60))),
+///         },
+///         500..=599 => Outcome::transient(format!("HTTP {status}")),
+///         _ => Outcome::permanent(format!("HTTP {status}: {body}")),
+///     }
+/// }
+/// assert!(matches!(classify(503, ""), Outcome::Transient { .. }));
+/// assert_eq!(classify(404, "no such lab"), Outcome::permanent("HTTP 404: no such lab"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Processed: the record goes to `final_results`.

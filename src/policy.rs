@@ -62,7 +62,7 @@ pub enum RetryDecision {
 ///
 /// ```
 /// use std::time::Duration;
-/// use retrylake::policy::RetryPolicy;
+/// use retrylake::RetryPolicy;
 ///
 /// let policy = RetryPolicy::default();
 /// let minutes: Vec<u64> = (1..=5).map(|n| policy.base_delay(n).as_secs() / 60).collect();

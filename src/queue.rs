@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::arrow::array::RecordBatch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
@@ -11,12 +14,40 @@ use crate::processor::Processor;
 use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
 use crate::round::{RoundConfig, RoundReport, run_round};
 use crate::status::{Status, status};
-use crate::store::{StorageOptions, Store};
+use crate::audit::{self, Audit};
+use crate::monitor::{self, Commit};
+use crate::policy::RetryPolicy;
+use crate::report;
+use crate::store::{AsOf, Optimized, StorageOptions, Store, Table, Vacuumed};
 
 /// The worker name used when none is given.
 pub const DEFAULT_WORKER: &str = "main";
 
-/// A retry queue on Delta tables.
+/// A retry queue on Delta tables: enqueue records, run rounds of a [`Processor`] over the
+/// due ones, and ask the tables how it went.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> retrylake::Result<()> {
+/// use std::sync::Arc;
+/// use retrylake::{AsOf, FixedClock, Queue, RoundConfig, SimulateProcessor};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// std::fs::write(dir.path().join("in.jsonl"), r#"{"sample_id":"S-1","payload":"hi"}"#).unwrap();
+/// let clock = Arc::new(FixedClock::new("2025-11-24T14:00:00Z".parse().unwrap()));
+/// let mut queue = Queue::open(dir.path().join("tables").to_str().unwrap())
+///     .await?
+///     .with_clock(clock);
+/// queue.enqueue(&dir.path().join("in.jsonl"), &Default::default()).await?;
+///
+/// // A simulator that never fails: the record goes to `final_results`.
+/// let report = queue.run_round(&SimulateProcessor::new(0.0, 1), &RoundConfig::default()).await?;
+/// assert_eq!(report.succeeded, 1);
+/// let rows = queue.query("SELECT sample_id FROM final_results", AsOf::Latest).await?;
+/// assert_eq!(rows[0].num_rows(), 1);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Queue {
     store: Store,
     clock: Arc<dyn Clock>,
@@ -163,6 +194,50 @@ impl Queue {
     pub async fn status(&mut self) -> Result<Status> {
         self.store.refresh().await?;
         status(&self.store, self.clock.now()).await
+    }
+
+    /// Runs one read-only SQL statement over the four tables (named `retry_queue`,
+    /// `final_results`, `dead_letter_queue` and `attempts`) as they are at `as_of`.
+    pub async fn query(&mut self, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>> {
+        if as_of == AsOf::Latest {
+            self.store.refresh().await?;
+            return monitor::query(&self.store, sql).await;
+        }
+        let mut past = self.store.reopen().await?;
+        past.travel(as_of).await?;
+        monitor::query(&past, sql).await
+    }
+
+    /// The commits of `tables`, newest first: the audit trail of every change.
+    pub async fn history(&mut self, tables: &[Table]) -> Result<Vec<Commit>> {
+        self.store.refresh().await?;
+        monitor::history(&self.store, tables).await
+    }
+
+    /// Compacts `tables` and checkpoints them (see [`Store::optimize`]).
+    pub async fn optimize(&mut self, tables: &[Table]) -> Result<Vec<Optimized>> {
+        self.store.refresh().await?;
+        self.store.optimize(tables).await
+    }
+
+    /// Deletes the data files no version younger than `retain` refers to (see
+    /// [`Store::vacuum`]).
+    pub async fn vacuum(&mut self, retain: Duration) -> Result<Vec<Vacuumed>> {
+        self.store.refresh().await?;
+        self.store.vacuum(retain).await
+    }
+
+    /// An HTML page of the queue's state and history at the queue's time, with `policy`'s
+    /// schedule.
+    pub async fn report(&mut self, policy: &RetryPolicy) -> Result<String> {
+        self.store.refresh().await?;
+        report::report(&self.store, policy, self.clock.now()).await
+    }
+
+    /// Checks the tables against the journal: every record in exactly one place.
+    pub async fn audit(&mut self) -> Result<Audit> {
+        self.store.refresh().await?;
+        audit::audit(&self.store).await
     }
 
     /// Opens the tables under `root` to read them, creating nothing: an error when they are

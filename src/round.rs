@@ -23,7 +23,25 @@ use crate::store::{AttemptKind, AttemptRow, CommitTag, Disposition, QueueRow, St
 /// The error message of a record with a missing or empty payload (the original Spark job's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
 
-/// How a round runs.
+/// How a round runs. Start from the default and change what you need; a round refuses
+/// settings that cannot work ([`RoundConfig::check`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use retrylake::{RetryPolicy, RoundConfig, Shard};
+///
+/// let config = RoundConfig {
+///     policy: RetryPolicy::builder().max_retries(3).build()?,
+///     concurrency: 64,
+///     timeout: Duration::from_secs(10),
+///     shard: Some("1/4".parse::<Shard>()?),
+///     ..RoundConfig::default()
+/// };
+/// config.check()?;
+/// let too_short = RoundConfig { lease: Duration::from_secs(15), ..config };
+/// assert!(too_short.check().is_err()); // under twice the timeout
+/// # Ok::<(), retrylake::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct RoundConfig {
     /// Backoff and retry budget.

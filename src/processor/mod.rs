@@ -23,6 +23,18 @@ use async_trait::async_trait;
 use crate::outcome::Outcome;
 
 /// One record as a processor sees it.
+///
+/// ```
+/// use retrylake::Record;
+///
+/// let record = Record {
+///     sample_id: "S-1".into(),
+///     payload: Some(r#"{"value": 7}"#.into()),
+///     retry_count: 2,
+/// };
+/// // Sent with each call, so a downstream can drop a repeated one.
+/// assert_eq!(record.idempotency_key(), "S-1:2");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The record's key.

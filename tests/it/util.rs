@@ -26,6 +26,14 @@ impl Root {
             .await
             .expect("open store")
     }
+
+    /// Opens the queue in this process, creating nothing.
+    pub async fn queue(&self) -> retrylake::Queue {
+        let options: StorageOptions = self.env.iter().cloned().collect();
+        retrylake::Queue::open_existing_with(&self.url, options)
+            .await
+            .expect("open queue")
+    }
 }
 
 impl AsRef<OsStr> for Root {
@@ -152,8 +160,7 @@ pub fn bare_cmd() -> Command {
 pub fn assert_exactly_once(data: &Root, expected: &[String]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let audit = rt.block_on(async {
-        let store = data.open().await;
-        retrylake::audit::audit(&store).await.expect("audit")
+        data.queue().await.audit().await.expect("audit")
     });
     assert!(audit.doubled.is_empty(), "doubled: {:?}", audit.doubled);
     assert!(
@@ -342,8 +349,7 @@ pub fn tail(text: &str) -> &str {
 pub fn assert_each_once(data: &Root, expected: &[String]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let audit = rt.block_on(async {
-        let store = data.open().await;
-        retrylake::audit::audit(&store).await.expect("audit")
+        data.queue().await.audit().await.expect("audit")
     });
     // How many, and the first few.
     let few = |v: Vec<String>| -> String {
