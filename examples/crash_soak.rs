@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use retrylake::{Audit, Queue};
 use retrylake::store::{AttemptRow, QueueRow};
+use retrylake::{Audit, Queue};
 
 const FAILPOINTS: [&str; 4] = [
     "after-journal",

@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use deltalake::arrow::array::RecordBatch;
 
+use crate::audit::{self, Audit};
 use crate::clock::{Clock, SystemClock};
 use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
 use crate::error::{Error, Result};
-use crate::processor::Processor;
-use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
-use crate::round::{RoundConfig, RoundReport, run_round};
-use crate::status::{Status, status};
-use crate::audit::{self, Audit};
 use crate::monitor::{self, Commit};
 use crate::policy::RetryPolicy;
+use crate::processor::Processor;
+use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
 use crate::report;
+use crate::round::{RoundConfig, RoundReport, run_round};
+use crate::status::{Status, status};
 use crate::store::{AsOf, Optimized, StorageOptions, Store, Table, Vacuumed};
 
 /// The worker name used when none is given.

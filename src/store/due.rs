@@ -124,6 +124,59 @@ impl KeyFilter {
     }
 }
 
+impl ClaimRequest {
+    /// Whether the claim may take the row of `key`.
+    fn takes(&self, key: &str) -> bool {
+        self.keys.as_ref().is_none_or(|k| k.takes(key))
+    }
+}
+
+/// The rows a claim read, with the index of the file each came from.
+#[derive(Default)]
+struct Scan {
+    /// The rows it claims, oldest lock first.
+    due: Vec<(usize, QueueRow)>,
+    /// The other rows of the files read.
+    kept: Vec<(usize, QueueRow)>,
+    /// The bytes of the files read, to copy a file that is claimed whole.
+    read: HashMap<usize, Bytes>,
+    /// The earliest time lock of the files not read, as far as their statistics tell.
+    unread_earliest: Option<DateTime<Utc>>,
+}
+
+impl Scan {
+    /// The earliest time lock of the request's rows left unclaimed.
+    fn next_due(&self, request: &ClaimRequest) -> Option<DateTime<Utc>> {
+        let kept = self
+            .kept
+            .iter()
+            .filter(|(_, r)| request.takes(&r.sample_id))
+            .map(|(_, r)| r.process_after)
+            .min();
+        [kept, self.unread_earliest].into_iter().flatten().min()
+    }
+}
+
+/// Sorts the rows `kept` in the `touched` files (the files a claim takes rows from) into
+/// the groups of `keys` (one file each, so each worker of a shard finds its own together),
+/// and returns the touched files none of whose rows is kept, which can be leased whole.
+fn split_touched(
+    kept: Vec<(usize, QueueRow)>,
+    touched: &HashSet<usize>,
+    keys: Option<&KeyFilter>,
+) -> (HashSet<usize>, Vec<Vec<QueueRow>>) {
+    let mut whole = touched.clone();
+    let mut groups: HashMap<u32, Vec<QueueRow>> = HashMap::new();
+    for (i, row) in kept {
+        if touched.contains(&i) {
+            whole.remove(&i);
+            let group = keys.map_or(0, |k| (k.group_of)(&row.sample_id));
+            groups.entry(group).or_default().push(row);
+        }
+    }
+    (whole, groups.into_values().collect())
+}
+
 impl std::fmt::Debug for KeyFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyFilter").field("own", &self.own).finish()
@@ -190,53 +243,12 @@ impl Store {
     /// [`Store::resolve_lease`]), a claim takes its records. A claim never takes rows from
     /// the file of a round that may still journal: it reports the round as `unresolved`.
     pub(crate) async fn claim_due(&mut self, request: ClaimRequest) -> Result<Found> {
-        let worker = request.owner.worker.as_str();
-        let table = Table::RetryQueue;
         let files = self.queue_files()?;
-        let store = self.table(table).log_store().object_store(None);
-        let takes = |key: &str| request.keys.as_ref().is_none_or(|k| k.takes(key));
-        // Rows read, with the index of the file they came from.
-        let mut due: Vec<(usize, QueueRow)> = Vec::new();
-        let mut kept: Vec<(usize, QueueRow)> = Vec::new();
-        // The bytes of the files read, to copy a file that is claimed whole.
-        let mut read: HashMap<usize, Bytes> = HashMap::new();
-        let mut unread_earliest = None;
-        for (i, file) in files.iter().enumerate() {
-            let candidate = file.earliest.is_none_or(|t| t <= request.now);
-            // Past the limit, read on only while a file may hold rows locked before the
-            // newest lock the claim would take (rows locked at the same time are taken
-            // in the order of their files).
-            let needed = due.len() < request.limit
-                || request.limit > 0 && {
-                    due.sort_by(|a, b| oldest_first(&a.1, &b.1));
-                    file.earliest
-                        .is_none_or(|t| t < due[request.limit - 1].1.process_after)
-                };
-            if !candidate || !needed {
-                unread_earliest = files[i..].iter().filter_map(|f| f.earliest).min();
-                break;
-            }
-            let (bytes, rows) = read_file(store.clone(), file).await?;
-            read.insert(i, bytes);
-            for row in rows {
-                let mine = takes(&row.sample_id);
-                if mine && row.process_after <= request.now {
-                    due.push((i, row));
-                } else {
-                    kept.push((i, row));
-                }
-            }
-        }
-        due.sort_by(|a, b| oldest_first(&a.1, &b.1));
-        if due.len() > request.limit {
-            kept.extend(due.drain(request.limit..));
-        }
-        let kept_earliest = kept
-            .iter()
-            .filter(|(_, r)| takes(&r.sample_id))
-            .map(|(_, r)| r.process_after)
-            .min();
-        let next_due = [kept_earliest, unread_earliest].into_iter().flatten().min();
+        let scan = self.scan(&files, &request).await?;
+        let next_due = scan.next_due(&request);
+        let Scan {
+            due, kept, read, ..
+        } = scan;
         if due.is_empty() {
             // Nothing to claim: leave the files as they are.
             return Ok(Found {
@@ -244,8 +256,7 @@ impl Store {
                 ..Found::default()
             });
         }
-        // Only the files the claim takes rows from are replaced; their other rows are
-        // written again, one file per shard so that each worker finds its own together.
+        // Only the files the claim takes rows from are replaced.
         let touched: HashSet<usize> = due.iter().map(|(i, _)| *i).collect();
         let unresolved = self
             .unresolved_leases(touched.iter().map(|&i| &files[i]))
@@ -257,36 +268,102 @@ impl Store {
                 ..Found::default()
             });
         }
-        let tags = request.owner.tags();
-        // A file claimed whole is leased by copying it with only its time locks rewritten.
-        let mut whole = touched.clone();
-        let mut rewritten: HashMap<u32, Vec<QueueRow>> = HashMap::new();
-        for (i, row) in kept {
-            if touched.contains(&i) {
-                whole.remove(&i);
-                let group = request
-                    .keys
-                    .as_ref()
-                    .map_or(0, |k| (k.group_of)(&row.sample_id));
-                rewritten.entry(group).or_default().push(row);
+        let (whole, rewritten) = split_touched(kept, &touched, request.keys.as_ref());
+        let (lease, rows) = self
+            .write_lease(&files, &read, whole, due, &request)
+            .await?;
+        let kept_files = self
+            .write_batches(
+                Table::RetryQueue,
+                rewritten
+                    .iter()
+                    .flat_map(|group| group.chunks(FILE_ROWS))
+                    .map(QueueRow::to_batch),
+            )
+            .await?;
+        let mut actions: Vec<Action> = touched
+            .iter()
+            .map(|&i| Action::Remove(files[i].remove.clone()))
+            .collect();
+        actions.extend(lease.iter().cloned().map(Action::Add));
+        actions.extend(kept_files.into_iter().map(Action::Add));
+        self.commit_claim(actions, &request, rows.len()).await?;
+        Ok(Found {
+            claim: Some(Claim {
+                rows,
+                lease: lease.iter().map(remove_of).collect(),
+            }),
+            next_due,
+            unresolved: Vec::new(),
+        })
+    }
+
+    /// Reads the files that may hold due rows of the request's keys, earliest first, and
+    /// sorts their rows into the due ones it claims (up to the limit, oldest lock first) and
+    /// the others.
+    async fn scan(&self, files: &[QueueFile], request: &ClaimRequest) -> Result<Scan> {
+        let store = self.table(Table::RetryQueue).log_store().object_store(None);
+        let mut scan = Scan::default();
+        for (i, file) in files.iter().enumerate() {
+            let candidate = file.earliest.is_none_or(|t| t <= request.now);
+            // Past the limit, read on only while a file may hold rows locked before the
+            // newest lock the claim would take (rows locked at the same time are taken
+            // in the order of their files).
+            let needed = scan.due.len() < request.limit
+                || request.limit > 0 && {
+                    scan.due.sort_by(|a, b| oldest_first(&a.1, &b.1));
+                    file.earliest
+                        .is_none_or(|t| t < scan.due[request.limit - 1].1.process_after)
+                };
+            if !candidate || !needed {
+                scan.unread_earliest = files[i..].iter().filter_map(|f| f.earliest).min();
+                break;
             }
-        }
-        let rewritten: Vec<&[QueueRow]> = rewritten.values().map(Vec::as_slice).collect();
-        let mut lease = Vec::new();
-        let mut uncopyable = Vec::new();
-        for &i in &whole {
-            match leased_copy(&read[&i], files[i].stats.as_deref(), request.lease_until)? {
-                Some((data, stats)) => {
-                    let mut add = self.put_file(table, data, stats).await?;
-                    add.tags = Some(tags.clone());
-                    lease.push(add);
+            let (bytes, rows) = read_file(store.clone(), file).await?;
+            scan.read.insert(i, bytes);
+            for row in rows {
+                if request.takes(&row.sample_id) && row.process_after <= request.now {
+                    scan.due.push((i, row));
+                } else {
+                    scan.kept.push((i, row));
                 }
-                None => uncopyable.push(i),
             }
         }
-        for i in uncopyable {
-            whole.remove(&i);
+        scan.due.sort_by(|a, b| oldest_first(&a.1, &b.1));
+        if scan.due.len() > request.limit {
+            let over = scan.due.drain(request.limit..).collect::<Vec<_>>();
+            scan.kept.extend(over);
         }
+        Ok(scan)
+    }
+
+    /// Writes the lease files of the `due` rows, tagged with the round that claims them: a
+    /// file claimed `whole` is copied with only its time locks rewritten (when it can be),
+    /// the other rows are written anew. Returns the lease files
+    /// and the claimed rows, oldest lock first.
+    async fn write_lease(
+        &mut self,
+        files: &[QueueFile],
+        read: &HashMap<usize, Bytes>,
+        mut whole: HashSet<usize>,
+        due: Vec<(usize, QueueRow)>,
+        request: &ClaimRequest,
+    ) -> Result<(Vec<Add>, Vec<QueueRow>)> {
+        let table = Table::RetryQueue;
+        let tags = request.owner.tags();
+        let mut lease = Vec::new();
+        let mut copied = HashSet::new();
+        for &i in whole.iter() {
+            if let Some((data, stats)) =
+                leased_copy(&read[&i], files[i].stats.as_deref(), request.lease_until)?
+            {
+                let mut add = self.put_file(table, data, stats).await?;
+                add.tags = Some(tags.clone());
+                lease.push(add);
+                copied.insert(i);
+            }
+        }
+        whole.retain(|i| copied.contains(i));
         let (copied, encoded): (Vec<_>, Vec<_>) =
             due.into_iter().partition(|(i, _)| whole.contains(i));
         let encoded: Vec<QueueRow> = encoded.into_iter().map(|(_, row)| row).collect();
@@ -302,23 +379,23 @@ impl Store {
                     ..add
                 }),
         );
-        let mut due: Vec<QueueRow> = copied.into_iter().map(|(_, row)| row).collect();
-        due.extend(encoded);
-        due.sort_by(oldest_first);
-        let rewritten = rewritten
-            .iter()
-            .flat_map(|group| group.chunks(FILE_ROWS))
-            .map(QueueRow::to_batch);
-        let kept_files = self.write_batches(table, rewritten).await?;
-        let mut actions: Vec<Action> = touched
-            .iter()
-            .map(|&i| Action::Remove(files[i].remove.clone()))
-            .collect();
-        actions.extend(lease.iter().cloned().map(Action::Add));
-        actions.extend(kept_files.into_iter().map(Action::Add));
+        let mut rows: Vec<QueueRow> = copied.into_iter().map(|(_, row)| row).collect();
+        rows.extend(encoded);
+        rows.sort_by(oldest_first);
+        Ok((lease, rows))
+    }
+
+    /// Commits a claim of `records` rows: `actions` remove the files it takes rows from and
+    /// add its lease files and the rows it leaves.
+    async fn commit_claim(
+        &mut self,
+        actions: Vec<Action>,
+        request: &ClaimRequest,
+        records: usize,
+    ) -> Result<()> {
         let tag = CommitTag::operation("claim")
-            .with("worker", worker)
-            .with("records", due.len())
+            .with("worker", request.owner.worker.as_str())
+            .with("records", records)
             .with("due_at", request.now.to_rfc3339());
         // What the claim depends on is exactly the files it removes, and a concurrent
         // remove of any of them is a conflict whatever the predicate. A predicate that
@@ -329,15 +406,9 @@ impl Store {
         let operation = DeltaOperation::Update {
             predicate: Some(sql(lit(false))?),
         };
-        self.commit(table, actions, operation, &tag).await?;
-        Ok(Found {
-            claim: Some(Claim {
-                rows: due,
-                lease: lease.iter().map(remove_of).collect(),
-            }),
-            next_due,
-            unresolved: Vec::new(),
-        })
+        self.commit(Table::RetryQueue, actions, operation, &tag)
+            .await?;
+        Ok(())
     }
 
     /// The rounds among the leases of `files` that may still journal: a lease file may be

@@ -159,9 +159,7 @@ pub fn bare_cmd() -> Command {
 /// Audits the tables on disk and asserts every invariant holds for exactly `expected` ids.
 pub fn assert_exactly_once(data: &Root, expected: &[String]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let audit = rt.block_on(async {
-        data.queue().await.audit().await.expect("audit")
-    });
+    let audit = rt.block_on(async { data.queue().await.audit().await.expect("audit") });
     assert!(audit.doubled.is_empty(), "doubled: {:?}", audit.doubled);
     assert!(
         audit.unjournaled_finals.is_empty(),
@@ -348,9 +346,7 @@ pub fn tail(text: &str) -> &str {
 /// of records. Also asserts the journal agrees with the tables.
 pub fn assert_each_once(data: &Root, expected: &[String]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let audit = rt.block_on(async {
-        data.queue().await.audit().await.expect("audit")
-    });
+    let audit = rt.block_on(async { data.queue().await.audit().await.expect("audit") });
     // How many, and the first few.
     let few = |v: Vec<String>| -> String {
         let n = v.len();
