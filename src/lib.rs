@@ -33,6 +33,7 @@ pub mod enqueue;
 pub mod error;
 pub mod guard;
 pub mod input;
+pub mod layer;
 pub mod maintenance;
 pub mod metrics;
 pub mod monitor;
@@ -52,6 +53,7 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use enqueue::{EnqueueOptions, EnqueueReport};
 pub use error::{Error, Result};
 pub use guard::{BreakerConfig, Guard, GuardConfig, Rate};
+pub use layer::{Call, CatchPanic, Guarded, Timeout};
 pub use outcome::{Outcome, RetryAfter};
 pub use policy::{Jitter, RetryPolicy};
 pub use processor::{
