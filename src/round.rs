@@ -4,14 +4,15 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
 use crate::clock::{Clock, add_saturating, ceil_millis};
 use crate::error::{Error, Result};
-use crate::guard::{Admission, BreakerState, Guard};
+use crate::guard::{BreakerState, Guard};
+use crate::layer::{Call, CatchPanic, Guarded, Timeout};
 use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Processor, Record};
@@ -402,8 +403,15 @@ async fn call(
 ) -> Vec<Tried> {
     let deadline = claimed_at + call_window(config.lease, config.timeout).min(MAX_LEASE);
     let total = due.len();
+    let layers = Guarded::new(
+        CatchPanic::new(Timeout::new(processor, config.timeout)),
+        config.guard.clone(),
+        clock,
+        config.max_retry_after,
+    );
+    let layers = &layers;
     let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
-        .map(|(i, row)| async move { (i, attempt(processor, clock, row, config, deadline).await) })
+        .map(|(i, row)| async move { (i, try_record(layers, clock, row, config, deadline).await) })
         .buffer_unordered(config.concurrency.max(1))
         .enumerate()
         .map(|(done, result)| {
@@ -643,108 +651,47 @@ enum Tried {
     Late,
 }
 
-async fn attempt(
-    processor: &dyn Processor,
+/// Step 4 for one record: a missing payload fails it at once, uncalled (unless
+/// `allow_empty_payload`); any other record goes through the round's layers.
+async fn try_record(
+    layers: &Guarded<'_, impl Processor>,
     clock: &dyn Clock,
     row: &QueueRow,
     config: &RoundConfig,
     deadline: Instant,
 ) -> Tried {
     let empty = row.payload.as_deref().is_none_or(str::is_empty);
-    let missing = empty && !config.allow_empty_payload;
-    let admission = if missing {
-        Admission::Call
-    } else {
-        // Too little of the lease is left (or it ran out waiting for the rate limit): the
-        // record goes back as it was. A probe admitted is still made: the breaker waits on it.
-        let admit = config.guard.admit(|| clock.now());
-        match tokio::time::timeout_at(deadline.into(), admit).await {
-            Ok(Admission::Call) if Instant::now() >= deadline => return Tried::Late,
-            Ok(admission) => admission,
-            Err(_) => return Tried::Late,
-        }
-    };
-    if let Admission::Defer { until } = admission {
-        return Tried::Deferred(until);
-    }
-    // A probe whose round is dropped before its call is weighed must not hold the
-    // breaker half-open for good.
-    let probe = (admission == Admission::Probe).then(|| AbandonProbe(&config.guard));
-    let started_at = clock.now();
-    let start = Instant::now();
-    let outcome = if missing {
-        Outcome::permanent(MISSING_PAYLOAD)
-    } else {
-        let record = Record {
-            sample_id: row.sample_id.clone(),
-            payload: row.payload.clone(),
-            retry_count: u32::try_from(row.retry_count).unwrap_or(0),
-        };
-        // A processor that panics on a record fails that record permanently, named in the
-        // log and in its dead letter: coming back after its lease, it would take every
-        // worker down in turn.
-        let mut call =
-            std::pin::pin!(std::panic::AssertUnwindSafe(processor.process(&record)).catch_unwind());
-        // A call that is done at once needs no timer (the simulator; a processor that
-        // answers from a cache): registering one per call costs more than the call.
-        let called = match futures::poll!(call.as_mut()) {
-            std::task::Poll::Ready(called) => called,
-            std::task::Poll::Pending => match tokio::time::timeout(config.timeout, call).await {
-                Ok(called) => called,
-                Err(_) => Ok(Outcome::transient(format!(
-                    "timeout after {}",
-                    humantime::format_duration(config.timeout)
-                ))),
-            },
-        };
-        let outcome = called.unwrap_or_else(|panic| {
-            let message = panic_message(panic.as_ref());
-            tracing::error!(sample_id = %row.sample_id, "the processor panicked: {message}");
-            Outcome::permanent(format!("processor panicked: {message}"))
+    if empty && !config.allow_empty_payload {
+        let started_at = clock.now();
+        let start = Instant::now();
+        return Tried::Called(Attempt {
+            outcome: Outcome::permanent(MISSING_PAYLOAD),
+            started_at,
+            finished_at: clock.now(),
+            duration: start.elapsed(),
         });
-        let now = clock.now();
-        config.guard.record(&outcome, now, config.max_retry_after);
-        // Weighed: nothing to give up.
-        std::mem::forget(probe);
-        if admission == Admission::Probe
-            && matches!(outcome, Outcome::Transient { .. })
-            && !config.guard.charge_failed_probe(&row.sample_id)
-        {
-            // The outage goes on: a long one must not wear the records' retries down one
-            // probe at a time. The record goes back uncharged, its call not journaled, its
-            // time lock raised to the end of the new cool-down so that the next probe falls
-            // on another record. Its second failed probe in a row is charged as any
-            // transient failure: a record whose own content makes the downstream fail
-            // cannot hold the breaker open.
-            tracing::info!(sample_id = %row.sample_id, "probe call failed; not charged");
-            return Tried::Deferred(config.guard.blocked_until(now));
-        }
-        outcome
-    };
-    Tried::Called(Attempt {
-        outcome,
-        started_at,
-        finished_at: clock.now(),
-        duration: start.elapsed(),
-    })
-}
-
-/// Gives up the probe it holds when dropped before the probe's call is weighed.
-struct AbandonProbe<'a>(&'a Guard);
-
-impl Drop for AbandonProbe<'_> {
-    fn drop(&mut self) {
-        self.0.abandon_probe();
     }
-}
-
-/// The text a panic was raised with.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
+    let record = Record {
+        sample_id: row.sample_id.clone(),
+        payload: row.payload.clone(),
+        retry_count: u32::try_from(row.retry_count).unwrap_or(0),
+    };
+    match layers.call(&record, deadline).await {
+        Call::Made {
+            outcome,
+            started_at,
+            took,
+        } => Tried::Called(Attempt {
+            outcome,
+            started_at,
+            finished_at: clock.now(),
+            duration: took,
+        }),
+        Call::Held { until } => Tried::Deferred(until),
+        // Too little of the lease is left (or it ran out waiting for the rate limit): the
+        // record goes back as it was.
+        Call::Late => Tried::Late,
+    }
 }
 
 fn breaker_state(config: &RoundConfig, clock: &dyn Clock) -> Option<String> {

@@ -1,0 +1,555 @@
+//! Layers: what a round puts around a [`Processor`], each a type that wraps one, in the
+//! way tower composes services.
+//!
+//! [`Timeout`] and [`CatchPanic`] are processors themselves, so they stack on any
+//! processor, yours included. [`Guarded`] puts a [`Guard`] (the circuit breaker, the rate
+//! limit and the Retry-After pauses) in front of a processor; since the guard may hold a
+//! call back without charging the record, it answers with a [`Call`] rather than an
+//! [`Outcome`], so it goes on the outside. A round builds
+//! `Guarded(CatchPanic(Timeout(processor)))` with its own settings.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//!
+//! use async_trait::async_trait;
+//! use retrylake::layer::{Call, CatchPanic, Guarded, Timeout};
+//! use retrylake::{Guard, Outcome, Processor, Record, SystemClock};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl Processor for Echo {
+//!     async fn process(&self, record: &Record) -> Outcome {
+//!         Outcome::success(record.payload.clone().unwrap_or_default())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let processor = CatchPanic::new(Timeout::new(Echo, Duration::from_secs(5)));
+//! let record = Record {
+//!     sample_id: "S-1".into(),
+//!     payload: Some("hello".into()),
+//!     retry_count: 0,
+//! };
+//! // Layers that are processors are used as one.
+//! assert_eq!(processor.process(&record).await, Outcome::success("hello"));
+//!
+//! // The guard goes outside: it may hold the call back.
+//! let clock = SystemClock;
+//! let guarded = Guarded::new(processor, Guard::default(), &clock, Duration::from_secs(60));
+//! let deadline = Instant::now() + Duration::from_secs(10);
+//! match guarded.call(&record, deadline).await {
+//!     Call::Made { outcome, .. } => assert_eq!(outcome, Outcome::success("hello")),
+//!     Call::Held { until } => println!("held back until {until:?}"),
+//!     Call::Late => println!("the deadline passed before the call could start"),
+//! }
+//! # }
+//! ```
+
+use std::panic::AssertUnwindSafe;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+
+use crate::clock::Clock;
+use crate::guard::{Admission, Guard};
+use crate::outcome::Outcome;
+use crate::processor::{Processor, Record};
+
+/// A borrowed processor is a processor, so a layer can wrap one it does not own.
+#[async_trait]
+impl<P: Processor + ?Sized> Processor for &P {
+    async fn process(&self, record: &Record) -> Outcome {
+        (**self).process(record).await
+    }
+}
+
+/// Fails a call that runs longer than a limit transiently (`timeout after 30s`), its
+/// future dropped. A call ready at its first poll sets no timer, so it runs outside a
+/// tokio runtime too.
+#[derive(Debug, Clone)]
+pub struct Timeout<P> {
+    inner: P,
+    timeout: Duration,
+}
+
+impl<P> Timeout<P> {
+    /// Wraps `inner`, whose calls may take at most `timeout`.
+    pub fn new(inner: P, timeout: Duration) -> Self {
+        Timeout { inner, timeout }
+    }
+}
+
+#[async_trait]
+impl<P: Processor> Processor for Timeout<P> {
+    async fn process(&self, record: &Record) -> Outcome {
+        let mut call = std::pin::pin!(self.inner.process(record));
+        // A call that is done at once needs no timer (the simulator; a processor that
+        // answers from a cache): registering one per call costs more than the call.
+        if let Poll::Ready(outcome) = futures::poll!(call.as_mut()) {
+            return outcome;
+        }
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Outcome::transient(format!(
+                    "timeout after {}",
+                    humantime::format_duration(self.timeout)
+                ))
+            })
+    }
+}
+
+/// Fails a call whose processor panics permanently (`processor panicked: <message>`),
+/// logged with its record: coming back after its lease, the record would take every
+/// worker down in turn.
+#[derive(Debug, Clone)]
+pub struct CatchPanic<P> {
+    inner: P,
+}
+
+impl<P> CatchPanic<P> {
+    /// Wraps `inner`.
+    pub fn new(inner: P) -> Self {
+        CatchPanic { inner }
+    }
+}
+
+#[async_trait]
+impl<P: Processor> Processor for CatchPanic<P> {
+    async fn process(&self, record: &Record) -> Outcome {
+        let called = AssertUnwindSafe(self.inner.process(record))
+            .catch_unwind()
+            .await;
+        called.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(sample_id = %record.sample_id, "the processor panicked: {message}");
+            Outcome::permanent(format!("processor panicked: {message}"))
+        })
+    }
+}
+
+/// The text a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// What became of a call made through [`Guarded`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    /// The processor was called and its outcome weighed by the guard.
+    Made {
+        /// How the call ended.
+        outcome: Outcome,
+        /// The clock's time when the call started, once admitted (a rate limit's wait is
+        /// not part of the call).
+        started_at: DateTime<Utc>,
+        /// How long the call took.
+        took: Duration,
+    },
+    /// Not charged to the record: the guard held the call back (an open breaker, a
+    /// Retry-After pause), or the call was a failed probe the record is not charged for
+    /// ([`Guard::charge_failed_probe`]). The record's time lock goes to at least `until`.
+    Held {
+        /// The end of the pause or cool-down that held it, if known.
+        until: Option<DateTime<Utc>>,
+    },
+    /// The deadline passed before the call could start (waiting for the rate limit).
+    Late,
+}
+
+/// Puts a [`Guard`] in front of a processor: waits for the rate limit, holds the call back
+/// while the downstream is paused or the breaker open, weighs each outcome, and does not
+/// charge a record for a failed probe unless its probe also failed the time before.
+#[derive(Clone)]
+pub struct Guarded<'c, P> {
+    inner: P,
+    guard: Guard,
+    clock: &'c dyn Clock,
+    max_retry_after: Duration,
+}
+
+impl<'c, P> Guarded<'c, P> {
+    /// Wraps `inner` in `guard`, whose times `clock` gives; a Retry-After pauses calls at
+    /// most `max_retry_after` after the call that asked for it.
+    pub fn new(inner: P, guard: Guard, clock: &'c dyn Clock, max_retry_after: Duration) -> Self {
+        Guarded {
+            inner,
+            guard,
+            clock,
+            max_retry_after,
+        }
+    }
+}
+
+impl<P: Processor> Guarded<'_, P> {
+    /// Calls the processor for `record` if the guard admits it no later than `deadline`.
+    /// A probe admitted is made whatever the deadline: the breaker waits on it. Dropped
+    /// before a probe's outcome is weighed, it gives the probe up
+    /// ([`Guard::abandon_probe`]).
+    pub async fn call(&self, record: &Record, deadline: Instant) -> Call {
+        let admit = self.guard.admit(|| self.clock.now());
+        let admission = match tokio::time::timeout_at(deadline.into(), admit).await {
+            Ok(Admission::Call) if Instant::now() >= deadline => return Call::Late,
+            Ok(Admission::Defer { until }) => return Call::Held { until },
+            Ok(admission) => admission,
+            Err(_) => return Call::Late,
+        };
+        // A probe whose call is dropped before it is weighed must not hold the breaker
+        // half-open for good.
+        let probe = (admission == Admission::Probe).then(|| AbandonProbe(&self.guard));
+        let started_at = self.clock.now();
+        let start = Instant::now();
+        let outcome = self.inner.process(record).await;
+        let now = self.clock.now();
+        self.guard.record(&outcome, now, self.max_retry_after);
+        // Weighed: nothing to give up.
+        std::mem::forget(probe);
+        if admission == Admission::Probe
+            && matches!(outcome, Outcome::Transient { .. })
+            && !self.guard.charge_failed_probe(&record.sample_id)
+        {
+            // The outage goes on: a long one must not wear the records' retries down one
+            // probe at a time. The record goes back uncharged, its call not journaled, its
+            // time lock raised to the end of the new cool-down so that the next probe falls
+            // on another record. Its second failed probe in a row is charged as any
+            // transient failure: a record whose own content makes the downstream fail
+            // cannot hold the breaker open.
+            tracing::info!(sample_id = %record.sample_id, "probe call failed; not charged");
+            return Call::Held {
+                until: self.guard.blocked_until(now),
+            };
+        }
+        Call::Made {
+            outcome,
+            started_at,
+            took: start.elapsed(),
+        }
+    }
+}
+
+/// Gives up the probe it holds when dropped before the probe's call is weighed.
+struct AbandonProbe<'a>(&'a Guard);
+
+impl Drop for AbandonProbe<'_> {
+    fn drop(&mut self) {
+        self.0.abandon_probe();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::guard::{BreakerConfig, BreakerState, GuardConfig, Rate};
+    use crate::outcome::RetryAfter;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn record(id: &str) -> Record {
+        Record {
+            sample_id: id.into(),
+            payload: Some("p".into()),
+            retry_count: 0,
+        }
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Answers `outcome`, after `delay` when one is given; counts its calls.
+    struct Answer {
+        outcome: Outcome,
+        delay: Option<Duration>,
+        calls: AtomicUsize,
+    }
+
+    impl Answer {
+        fn at_once(outcome: Outcome) -> Self {
+            Answer {
+                outcome,
+                delay: None,
+                calls: AtomicUsize::new(0),
+            }
+        }
+
+        fn after(delay: Duration, outcome: Outcome) -> Self {
+            Answer {
+                delay: Some(delay),
+                ..Answer::at_once(outcome)
+            }
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Processor for Answer {
+        async fn process(&self, _record: &Record) -> Outcome {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
+            }
+            self.outcome.clone()
+        }
+    }
+
+    /// Panics with `message` (after a yield, when `later`).
+    struct Panics {
+        later: bool,
+    }
+
+    #[async_trait]
+    impl Processor for Panics {
+        async fn process(&self, record: &Record) -> Outcome {
+            if self.later {
+                tokio::task::yield_now().await;
+            }
+            panic!("cannot handle {}", record.sample_id)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_outlives_the_timeout_fails_transiently() {
+        let slow = Timeout::new(
+            Answer::after(Duration::from_secs(3600), Outcome::success("ok")),
+            Duration::from_millis(20),
+        );
+        assert_eq!(
+            slow.process(&record("A")).await,
+            Outcome::transient("timeout after 20ms")
+        );
+        let quick = Timeout::new(
+            Answer::after(Duration::from_millis(1), Outcome::success("ok")),
+            Duration::from_secs(60),
+        );
+        assert_eq!(quick.process(&record("A")).await, Outcome::success("ok"));
+    }
+
+    #[test]
+    fn a_call_ready_at_once_sets_no_timer() {
+        // No tokio runtime here: setting a timer would panic.
+        let ready = Timeout::new(
+            Answer::at_once(Outcome::permanent("bad")),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            futures::executor::block_on(ready.process(&record("A"))),
+            Outcome::permanent("bad")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_its_record_permanently_with_its_message() {
+        for later in [false, true] {
+            let layered = CatchPanic::new(Timeout::new(Panics { later }, Duration::from_secs(5)));
+            assert_eq!(
+                layered.process(&record("P")).await,
+                Outcome::permanent("processor panicked: cannot handle P"),
+                "later: {later}"
+            );
+        }
+        struct Opaque;
+        #[async_trait]
+        impl Processor for Opaque {
+            async fn process(&self, _record: &Record) -> Outcome {
+                std::panic::panic_any(42)
+            }
+        }
+        assert_eq!(
+            CatchPanic::new(Opaque).process(&record("P")).await,
+            Outcome::permanent("processor panicked: (no message)")
+        );
+        let fine = CatchPanic::new(Answer::at_once(Outcome::success("ok")));
+        assert_eq!(fine.process(&record("P")).await, Outcome::success("ok"));
+    }
+
+    #[tokio::test]
+    async fn a_call_is_made_and_weighed() {
+        let clock = FixedClock::new(at(0));
+        let guard = Guard::new(GuardConfig {
+            breaker: None,
+            rate: None,
+        });
+        let busy = Outcome::Transient {
+            error: "HTTP 503".into(),
+            retry_after: Some(RetryAfter::Delay(Duration::from_secs(20))),
+        };
+        let guarded = Guarded::new(
+            Answer::at_once(busy.clone()),
+            guard.clone(),
+            &clock,
+            Duration::from_secs(3600),
+        );
+        let Call::Made {
+            outcome,
+            started_at,
+            ..
+        } = guarded.call(&record("A"), later()).await
+        else {
+            panic!("not made")
+        };
+        assert_eq!((outcome, started_at), (busy, at(0)));
+        assert_eq!(
+            guard.paused_until(at(0)),
+            Some(at(20)),
+            "the pause is weighed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_paused_guard_holds_the_call_back_until_the_pause_ends() {
+        let clock = FixedClock::new(at(0));
+        let guard = Guard::new(GuardConfig::default());
+        let busy = Outcome::Transient {
+            error: "HTTP 429".into(),
+            retry_after: Some(RetryAfter::Delay(Duration::from_secs(20))),
+        };
+        guard.record(&busy, at(0), Duration::from_secs(3600));
+        let guarded = Guarded::new(
+            Answer::at_once(Outcome::success("ok")),
+            guard,
+            &clock,
+            Duration::from_secs(3600),
+        );
+        clock.set(at(5));
+        assert_eq!(
+            guarded.call(&record("A"), later()).await,
+            Call::Held {
+                until: Some(at(20))
+            }
+        );
+        assert_eq!(guarded.inner.calls(), 0, "not called");
+        clock.set(at(20));
+        assert!(matches!(
+            guarded.call(&record("A"), later()).await,
+            Call::Made { .. }
+        ));
+        assert_eq!(guarded.inner.calls(), 1);
+    }
+
+    /// A guard whose breaker opens on one failure, for 30 s.
+    fn touchy_guard() -> Guard {
+        Guard::new(GuardConfig {
+            breaker: Some(BreakerConfig {
+                min_calls: 1,
+                window: 1,
+                ..BreakerConfig::default()
+            }),
+            rate: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_is_held_then_charged_the_second_time() {
+        let clock = FixedClock::new(at(0));
+        let guarded = Guarded::new(
+            Answer::at_once(Outcome::transient("HTTP 503")),
+            touchy_guard(),
+            &clock,
+            Duration::from_secs(3600),
+        );
+        // A plain call is charged, and opens the breaker.
+        assert!(matches!(
+            guarded.call(&record("A"), later()).await,
+            Call::Made { .. }
+        ));
+        assert_eq!(
+            guarded.call(&record("A"), later()).await,
+            Call::Held { until: None },
+            "open"
+        );
+        assert_eq!(guarded.inner.calls(), 1);
+        // The probe after the cool-down fails: held until the next cool-down ends.
+        clock.set(at(30));
+        assert_eq!(
+            guarded.call(&record("A"), later()).await,
+            Call::Held {
+                until: Some(at(60))
+            }
+        );
+        // The same record's next probe fails too: charged.
+        clock.set(at(60));
+        let Call::Made { outcome, .. } = guarded.call(&record("A"), later()).await else {
+            panic!("the second failed probe in a row is charged")
+        };
+        assert_eq!(outcome, Outcome::transient("HTTP 503"));
+        assert_eq!(guarded.inner.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_probe_is_given_up() {
+        let clock = FixedClock::new(at(0));
+        let guard = touchy_guard();
+        guard.record(&Outcome::transient("down"), at(0), Duration::ZERO);
+        clock.set(at(30));
+        let guarded = Guarded::new(
+            Answer::after(Duration::from_secs(3600), Outcome::success("ok")),
+            guard.clone(),
+            &clock,
+            Duration::ZERO,
+        );
+        let hung = tokio::time::timeout(
+            Duration::from_millis(20),
+            guarded.call(&record("A"), later()),
+        )
+        .await;
+        assert!(hung.is_err(), "the probe hangs");
+        assert_eq!(
+            guard.breaker(at(30)),
+            Some(BreakerState::HalfOpen { probing: false })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_not_admitted_by_its_deadline_is_late() {
+        let clock = FixedClock::new(at(0));
+        let guard = Guard::new(GuardConfig {
+            breaker: None,
+            rate: Some("1/h".parse::<Rate>().unwrap()),
+        });
+        let guarded = Guarded::new(
+            Answer::at_once(Outcome::success("ok")),
+            guard,
+            &clock,
+            Duration::ZERO,
+        );
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            guarded.call(&record("A"), soon).await,
+            Call::Made { .. }
+        ));
+        // The next call waits an hour for the rate limit; the deadline passes first.
+        let waited = Instant::now();
+        assert_eq!(guarded.call(&record("B"), soon).await, Call::Late);
+        assert!(waited.elapsed() < Duration::from_secs(10));
+        assert_eq!(guarded.inner.calls(), 1);
+        // Admitted at once, but past the deadline: late too.
+        let unlimited = Guarded::new(
+            Answer::at_once(Outcome::success("ok")),
+            Guard::new(GuardConfig::default()),
+            &clock,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            unlimited.call(&record("C"), Instant::now()).await,
+            Call::Late
+        );
+        assert_eq!(unlimited.inner.calls(), 0);
+    }
+}
