@@ -273,27 +273,29 @@ pub(crate) async fn run_round(
         Admit::Run(config) => config,
     };
     let config = config.as_ref();
-    let (found, round, lease_until, claimed_at) = claim(store, clock, worker, config).await?;
+    let Claimed {
+        found,
+        round,
+        lease_until,
+        at: claimed_at,
+    } = claim(store, clock, worker, config).await?;
     let claim_took = claimed_at.elapsed();
-    let Some(claim) = found.claim else {
-        return Ok(RoundReport {
-            next_due: found.next_due,
-            phases: Phases {
-                read: started.elapsed(),
-                ..Phases::default()
-            },
-            ..RoundReport::default()
-        });
-    };
     let mut phases = Phases {
         read: started.elapsed(),
         ..Phases::default()
     };
-    tracing::debug!(round, due = claim.rows.len(), "round starts");
+    let Some(claim) = found.claim else {
+        return Ok(RoundReport {
+            next_due: found.next_due,
+            phases,
+            ..RoundReport::default()
+        });
+    };
+    let total = claim.rows.len();
+    tracing::debug!(round, due = total, "round starts");
     let processing = Instant::now();
     let tried = call(processor, clock, &claim.rows, config, claimed_at).await;
     phases.process = processing.elapsed();
-    let total = claim.rows.len();
     let decision = decide(claim.rows, tried, round, worker, config);
     let mut report = decision.report(round, phases);
     report.paused_until = config.guard.blocked_until(clock.now());
@@ -307,7 +309,7 @@ pub(crate) async fn run_round(
         );
     }
     let earliest_retry = decision.retried.iter().map(|r| r.process_after).min();
-    let decision_late = decision.late;
+    let all_late = decision.late == total;
     let Decision { rows, retried, .. } = decision;
     let settle = Settle {
         lease: claim.lease,
@@ -317,23 +319,48 @@ pub(crate) async fn run_round(
     let placed = if rows.is_empty() {
         report.round = None;
         let placed = release(store, worker, &settle, report.deferred).await?;
-        if decision_late == total && claim_took >= call_window(config.lease, config.timeout) {
+        if all_late && claim_took >= call_window(config.lease, config.timeout) {
             // The claim alone used up the time to start calls: every round would do the
             // same, forever. (Records late after a rate limit's wait are only deferred.)
-            return Err(Error::InvalidConfig(format!(
-                "--lease ({}) ran out before any call could start (the claim alone took {}): \
-                 raise --lease",
-                humantime::format_duration(config.lease),
-                humantime::format_duration(Duration::from_millis(
-                    u64::try_from(claim_took.as_millis()).unwrap_or(u64::MAX)
-                ))
-            )));
+            return Err(lease_ran_out(config.lease, claim_took));
         }
         placed
     } else {
         journal_and_settle(store, worker, round, &rows, &settle, &mut report).await?
     };
-    if !placed {
+    report.next_due = if placed {
+        [found.next_due, earliest_retry].into_iter().flatten().min()
+    } else {
+        report = report.lost(worker, round, total);
+        // Its retries are not in the queue: another worker placed its records, or holds
+        // them until at most the end of this round's lease.
+        [found.next_due, Some(lease_until)]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    // Freeing a round's rows (a few strings each) takes a while; let another core do it
+    // while the next round reads.
+    tokio::task::spawn_blocking(move || drop((rows, settle)));
+    Ok(report)
+}
+
+/// The error of a round whose claim alone outlasted the time to start calls.
+fn lease_ran_out(lease: Duration, claim_took: Duration) -> Error {
+    Error::InvalidConfig(format!(
+        "--lease ({}) ran out before any call could start (the claim alone took {}): \
+         raise --lease",
+        humantime::format_duration(lease),
+        humantime::format_duration(Duration::from_millis(
+            u64::try_from(claim_took.as_millis()).unwrap_or(u64::MAX)
+        ))
+    ))
+}
+
+impl RoundReport {
+    /// The report of `worker`'s round `round`, which lost its lease with its `total`
+    /// records: nothing it decided was committed.
+    fn lost(self, worker: &str, round: i64, total: usize) -> RoundReport {
         tracing::warn!(
             worker,
             round,
@@ -341,26 +368,14 @@ pub(crate) async fn run_round(
             "round {round} of worker {worker} lost its lease: another worker took its {total} records \
              after the lease ended (or another process runs as {worker}); nothing committed"
         );
-        report = RoundReport {
+        RoundReport {
             lost: total,
-            phases: report.phases,
-            paused_until: report.paused_until,
-            breaker: report.breaker,
+            phases: self.phases,
+            paused_until: self.paused_until,
+            breaker: self.breaker,
             ..RoundReport::default()
-        };
+        }
     }
-    // A lost round's retries are not in the queue: another worker placed its records, or
-    // holds them until at most the end of this round's lease.
-    let earliest_retry = if placed {
-        earliest_retry
-    } else {
-        Some(lease_until)
-    };
-    report.next_due = [found.next_due, earliest_retry].into_iter().flatten().min();
-    // Freeing a round's rows (a few strings each) takes a while; let another core do it
-    // while the next round reads.
-    tokio::task::spawn_blocking(move || drop((rows, settle)));
-    Ok(report)
 }
 
 /// Whether a round may claim: not while the downstream is known to be down.
@@ -569,6 +584,17 @@ async fn journal_and_settle(
 /// How often a claim that lost a race with another worker is retried.
 const CLAIM_RETRIES: u32 = 12;
 
+/// What a round's claim found, and its lease.
+struct Claimed {
+    found: Found,
+    /// The round's number.
+    round: i64,
+    /// The end of the lease, the claimed rows' time lock.
+    lease_until: DateTime<Utc>,
+    /// When the claim was made.
+    at: Instant,
+}
+
 /// Reads the due records and claims them with a lease (one commit), so a concurrent
 /// worker cannot take them. A claim that loses a race re-reads and tries again; one that
 /// meets the files of another round whose lease ended first resolves that round. Returns
@@ -578,7 +604,7 @@ async fn claim(
     clock: &dyn Clock,
     worker: &str,
     config: &RoundConfig,
-) -> Result<(Found, i64, DateTime<Utc>, Instant)> {
+) -> Result<Claimed> {
     for retries in 0.. {
         // Read again after resolving: a round of this worker left by a crashed process
         // may have been fenced, and its number is then taken.
@@ -601,7 +627,12 @@ async fn claim(
         let claimed_at = Instant::now();
         match store.claim_due(request).await {
             Ok(found) if found.unresolved.is_empty() => {
-                return Ok((found, round, lease_until, claimed_at));
+                return Ok(Claimed {
+                    found,
+                    round,
+                    lease_until,
+                    at: claimed_at,
+                });
             }
             Ok(found) if retries < CLAIM_RETRIES => {
                 for owner in &found.unresolved {
@@ -613,7 +644,12 @@ async fn claim(
                     claim: None,
                     ..found
                 };
-                return Ok((found, round, lease_until, claimed_at));
+                return Ok(Claimed {
+                    found,
+                    round,
+                    lease_until,
+                    at: claimed_at,
+                });
             }
             Err(e) if e.is_conflict() && retries < CLAIM_RETRIES => {
                 tracing::debug!(retries, "claim conflicted with another worker; re-reading")
