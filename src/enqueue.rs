@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::clock::floor_millis;
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputFormat, Records, read_input, synthetic_id};
-use crate::store::{CommitTag, DeadRow, FILE_ROWS, QueueRow, Rows, Store, Table};
+use crate::store::{CommitTag, DeadReason, DeadRow, FILE_ROWS, QueueRow, Rows, Store, Table};
 
 /// How to read and admit an input file.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +92,7 @@ pub(crate) async fn enqueue(
             error_msg: Some(format!("line {}: {}", i.line, i.error)),
             retry_count: 0,
             failed_at: now,
-            reason: "invalid_input".into(),
+            reason: DeadReason::InvalidInput,
         })
         .collect();
     let ids: Vec<&str> = input

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::metrics::Metrics;
-use retrylake::store::Table;
+use retrylake::store::{DeadReason, Table};
 use retrylake::{
     AsOf, BreakerConfig, EnqueueOptions, Fields, FixedClock, Guard, GuardConfig, InputFormat,
     Jitter, Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate, RedriveFilter,
@@ -79,8 +79,8 @@ enum Command {
     /// Move dead letters back into the retry queue (retry_count 0, due now).
     Redrive {
         /// Only dead letters with this reason (permanent, retries_exhausted, invalid_input).
-        #[arg(long)]
-        reason: Option<String>,
+        #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<DeadReason>()))]
+        reason: Option<DeadReason>,
         /// Only dead letters with exactly this error message.
         #[arg(long)]
         error_msg: Option<String>,

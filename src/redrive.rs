@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::store::{
-    AttemptKind, AttemptRow, CommitTag, DeadRow, Disposition, Store, Table, collect_rows,
+    AttemptKind, AttemptRow, CommitTag, DeadReason, DeadRow, Disposition, Store, Table,
+    collect_rows,
 };
 
 /// The worker name under which redrives are journaled.
@@ -16,8 +17,8 @@ pub const REDRIVE_WORKER: &str = "redrive";
 /// Which dead letters to redrive. Empty filters match every dead letter.
 #[derive(Debug, Clone, Default)]
 pub struct RedriveFilter {
-    /// Only this reason (`permanent`, `retries_exhausted`, `invalid_input`).
-    pub reason: Option<String>,
+    /// Only this reason.
+    pub reason: Option<DeadReason>,
     /// Only this exact error message.
     pub error_msg: Option<String>,
     /// Only these ids.
@@ -67,7 +68,7 @@ async fn redrive_once(
     // not yet taken out of the queue is in both, and must not be redriven meanwhile.
     store.recover_all().await?;
     let (_ctx, mut frame) = store.frame(Table::DeadLetterQueue).await?;
-    if let Some(reason) = &filter.reason {
+    if let Some(reason) = filter.reason {
         frame = frame.filter(col("reason").eq(lit(reason.as_str())))?;
     }
     if let Some(error) = &filter.error_msg {

@@ -19,7 +19,9 @@ use crate::processor::{Processor, Record};
 use crate::shard::Shard;
 use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, oldest_first};
 use crate::store::journal::Settle;
-use crate::store::{AttemptKind, AttemptRow, CommitTag, Disposition, QueueRow, Store, Table};
+use crate::store::{
+    AttemptKind, AttemptRow, CommitTag, DeadReason, Disposition, QueueRow, Store, Table,
+};
 
 /// The error message of a record with a missing or empty payload (the original Spark job's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
@@ -767,13 +769,13 @@ fn journal_row(
         }
         Outcome::Permanent { error } => {
             journal.error_msg = Some(error);
-            journal.reason = Some("permanent".into());
+            journal.reason = Some(DeadReason::Permanent);
         }
         Outcome::Transient { error, retry_after } => {
             journal.error_msg = Some(error);
             let count = u32::try_from(row.retry_count).unwrap_or(0);
             match config.policy.decide(count, rng) {
-                RetryDecision::Exhausted => journal.reason = Some("retries_exhausted".into()),
+                RetryDecision::Exhausted => journal.reason = Some(DeadReason::RetriesExhausted),
                 RetryDecision::Retry { retry_count, delay } => {
                     let end = attempt.finished_at;
                     let backoff = add_saturating(end, delay);
@@ -846,7 +848,7 @@ mod tests {
         let d = one(due("A", 0), called(Outcome::permanent("bad record")));
         let row = &d.rows[0];
         assert_eq!(row.disposition, Disposition::Dead);
-        assert_eq!(row.reason.as_deref(), Some("permanent"));
+        assert_eq!(row.reason, Some(DeadReason::Permanent));
         assert_eq!(row.error_msg.as_deref(), Some("bad record"));
         assert_eq!(row.retry_count, 0);
         assert!(d.retried.is_empty());
@@ -877,7 +879,7 @@ mod tests {
         let d = one(due("A", 5), called(Outcome::transient("503")));
         let row = &d.rows[0];
         assert_eq!(row.disposition, Disposition::Dead);
-        assert_eq!(row.reason.as_deref(), Some("retries_exhausted"));
+        assert_eq!(row.reason, Some(DeadReason::RetriesExhausted));
         assert_eq!(row.retry_count, 5);
         assert!(d.retried.is_empty());
     }

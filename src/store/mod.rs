@@ -11,7 +11,9 @@ pub use due::FILE_ROWS;
 pub use journal::CommitTag;
 pub use maintenance::{Optimized, Vacuumed};
 pub use schema::Rows;
-pub use schema::{AttemptKind, AttemptRow, DeadRow, Disposition, FinalRow, QueueRow, Table};
+pub use schema::{
+    AttemptKind, AttemptRow, DeadReason, DeadRow, Disposition, FinalRow, QueueRow, Table,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -231,8 +231,61 @@ pub struct DeadRow {
     pub retry_count: i32,
     /// When it was dead-lettered.
     pub failed_at: DateTime<Utc>,
-    /// `permanent`, `retries_exhausted` or `invalid_input`.
-    pub reason: String,
+    /// Why it was dead-lettered (column `reason`).
+    pub reason: DeadReason,
+}
+
+/// Why a record was dead-lettered: the `reason` column of `dead_letter_queue` (and of a
+/// dead attempt in `attempts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadReason {
+    /// The processor failed it permanently (`permanent`).
+    Permanent,
+    /// It failed transiently once more than the retry budget allows (`retries_exhausted`).
+    RetriesExhausted,
+    /// Its input line could not be read as a record (`invalid_input`).
+    InvalidInput,
+}
+
+impl DeadReason {
+    /// Every reason.
+    pub const ALL: [DeadReason; 3] = [
+        DeadReason::Permanent,
+        DeadReason::RetriesExhausted,
+        DeadReason::InvalidInput,
+    ];
+
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::RetriesExhausted => "retries_exhausted",
+            DeadReason::InvalidInput => "invalid_input",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadReason {
+    type Err = Error;
+
+    /// Reads a reason's text (`permanent`, `retries_exhausted`, `invalid_input`).
+    fn from_str(s: &str) -> Result<DeadReason> {
+        DeadReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "unknown dead-letter reason '{s}' (expected permanent, retries_exhausted or \
+                     invalid_input)"
+                ))
+            })
+    }
 }
 
 /// What a journaled attempt was: the `outcome` column of `attempts`.
@@ -351,8 +404,8 @@ pub struct AttemptRow {
     pub process_after: Option<DateTime<Utc>>,
     /// Where the record went (column `disposition`).
     pub disposition: Disposition,
-    /// For dead letters: `permanent` or `retries_exhausted`.
-    pub reason: Option<String>,
+    /// For dead letters, why (column `reason`); for a redrive, why the record had died.
+    pub reason: Option<DeadReason>,
     /// The record's retry count after the attempt.
     pub retry_count: i32,
     /// The record's payload.
@@ -561,11 +614,15 @@ impl Rows for DeadRow {
             c.opt_str("payload")?,
             c.opt_str("error_msg")?,
         );
-        let (counts, at, mut reasons) = (
+        let (counts, at, reasons) = (
             c.int("retry_count")?,
             c.time("failed_at")?,
             c.str("reason")?,
         );
+        let reasons = reasons
+            .iter()
+            .map(|r| parse_column(&DeadReason::ALL, r, DeadReason::as_str, "reason"))
+            .collect::<Result<Vec<_>>>()?;
         Ok((0..batch.num_rows())
             .map(|i| DeadRow {
                 sample_id: std::mem::take(&mut ids[i]),
@@ -573,7 +630,7 @@ impl Rows for DeadRow {
                 error_msg: std::mem::take(&mut errors[i]),
                 retry_count: counts[i],
                 failed_at: at[i],
-                reason: std::mem::take(&mut reasons[i]),
+                reason: reasons[i],
             })
             .collect())
     }
@@ -614,7 +671,7 @@ impl AttemptRow {
                 times(rows.iter().map(|r| Some(r.finished_at))),
                 strings(
                     rows.iter()
-                        .map(|r| Some(r.reason.as_deref().unwrap_or_default())),
+                        .map(|r| Some(r.reason.map_or("", DeadReason::as_str))),
                 ),
             ],
         )
@@ -639,7 +696,7 @@ impl Rows for AttemptRow {
                 longs(rows.iter().map(|r| r.duration_ms)),
                 times(rows.iter().map(|r| r.process_after)),
                 strings(rows.iter().map(|r| Some(r.disposition.as_str()))),
-                strings(rows.iter().map(|r| r.reason.as_deref())),
+                strings(rows.iter().map(|r| r.reason.map(DeadReason::as_str))),
                 ints(rows.iter().map(|r| r.retry_count)),
                 strings(rows.iter().map(|r| r.payload.as_deref())),
                 strings(rows.iter().map(|r| r.response.as_deref())),
@@ -668,11 +725,19 @@ impl Rows for AttemptRow {
             c.time("finished_at")?,
             c.long("duration_ms")?,
         );
-        let (after, dispositions, mut reasons) = (
+        let (after, dispositions, reasons) = (
             c.opt_time("process_after")?,
             c.str("disposition")?,
             c.opt_str("reason")?,
         );
+        let reasons = reasons
+            .iter()
+            .map(|r| {
+                r.as_deref()
+                    .map(|r| parse_column(&DeadReason::ALL, r, DeadReason::as_str, "reason"))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let dispositions = dispositions
             .iter()
             .map(|d| parse_column(&Disposition::ALL, d, Disposition::as_str, "disposition"))
@@ -695,7 +760,7 @@ impl Rows for AttemptRow {
                 duration_ms: durations[i],
                 process_after: after[i],
                 disposition: dispositions[i],
-                reason: std::mem::take(&mut reasons[i]),
+                reason: reasons[i],
                 retry_count: counts[i],
                 payload: std::mem::take(&mut payloads[i]),
                 response: std::mem::take(&mut responses[i]),

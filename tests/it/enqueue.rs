@@ -133,7 +133,7 @@ fn an_invalid_line_refuses_the_whole_file() {
         ids(&dead, |r| &r.sample_id),
         ["invalid:bad.jsonl:2", "invalid:bad.jsonl:3"]
     );
-    assert!(dead.iter().all(|d| d.reason == "invalid_input"));
+    assert!(dead.iter().all(|d| d.reason.as_str() == "invalid_input"));
     let line2 = dead
         .iter()
         .find(|d| d.sample_id == "invalid:bad.jsonl:2")
@@ -219,7 +219,7 @@ fn ids_are_checked(env: &Env, input: &std::path::Path, first_bad: usize, good: &
     expected.sort();
     assert_eq!(ids(&dead, |r| &r.sample_id), expected);
     for d in &dead {
-        assert_eq!(d.reason, "invalid_input");
+        assert_eq!(d.reason.as_str(), "invalid_input");
         let line = d.sample_id.rsplit(':').next().unwrap();
         let msg = d.error_msg.as_deref().unwrap();
         assert!(msg.starts_with(&format!("line {line}: id")), "{msg}");

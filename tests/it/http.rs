@@ -74,7 +74,7 @@ fn every_answer_is_classified() {
     );
 
     let m = dead(&env, "missing-1");
-    assert_eq!(m.reason, "permanent");
+    assert_eq!(m.reason.as_str(), "permanent");
     let msg = m.error_msg.unwrap();
     assert!(msg.starts_with("HTTP 404 Not Found: xxx"), "{msg}");
     assert_eq!(
@@ -125,7 +125,7 @@ fn a_configured_transient_list_replaces_the_default() {
         queued(&env, "conflict-1").error_msg.as_deref(),
         Some("HTTP 409 Conflict")
     );
-    assert_eq!(dead(&env, "unavailable-1").reason, "permanent");
+    assert_eq!(dead(&env, "unavailable-1").reason.as_str(), "permanent");
 }
 
 #[test]

@@ -586,7 +586,12 @@ fn a_poison_record_under_a_half_open_breaker_is_charged_and_the_drain_ends() {
             .collect::<Vec<_>>(),
         ["internal-poison"]
     );
-    assert_eq!(dead[0].reason, "retries_exhausted", "{:?}", dead[0]);
+    assert_eq!(
+        dead[0].reason.as_str(),
+        "retries_exhausted",
+        "{:?}",
+        dead[0]
+    );
     assert_eq!(dead[0].retry_count, 3, "{:?}", dead[0]);
     let finals: HashSet<String> = env
         .rows::<FinalRow>()

@@ -59,9 +59,15 @@ fn simulate_drains_every_record_to_exactly_one_table() {
     all.sort();
     let expected: Vec<String> = (0..200).map(|i| format!("S-{i:04}")).collect();
     assert_eq!(all, expected, "every record in exactly one table");
-    assert_eq!(dead.iter().filter(|d| d.reason == "permanent").count(), 20);
+    assert_eq!(
+        dead.iter()
+            .filter(|d| d.reason.as_str() == "permanent")
+            .count(),
+        20
+    );
     assert!(
-        dead.iter().any(|d| d.reason == "retries_exhausted"),
+        dead.iter()
+            .any(|d| d.reason.as_str() == "retries_exhausted"),
         "at 50% some run out"
     );
 
@@ -125,7 +131,7 @@ esac"#;
     let dead = env.rows::<DeadRow>();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].error_msg.as_deref(), Some("invalid record"));
-    assert_eq!(dead[0].reason, "permanent");
+    assert_eq!(dead[0].reason.as_str(), "permanent");
     let queue = env.rows::<QueueRow>();
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].error_msg.as_deref(), Some("exit status 75"));

@@ -126,6 +126,18 @@ fn reading_commands_on_an_empty_s3_prefix_say_so() {
 }
 
 #[test]
+fn an_unknown_dead_letter_reason_is_refused() {
+    let env = Env::new();
+    let err = refused(&env, &["redrive", "--reason", "expired"]);
+    assert!(
+        err.contains("--reason") && err.contains("unknown dead-letter reason 'expired'"),
+        "{err}"
+    );
+    assert!(err.contains("retries_exhausted"), "{err}");
+    assert!(!env.data_dir().exists(), "created the tables");
+}
+
+#[test]
 fn limits_of_zero_are_refused() {
     let env = Env::new();
     for (args, flag) in [

@@ -72,7 +72,7 @@ fn the_original_jobs_example_end_to_end() {
     let dead = env.rows::<DeadRow>();
     assert_eq!(ids(&dead, |r| &r.sample_id), ["S-102"]);
     assert_eq!(dead[0].error_msg.as_deref(), Some("Missing Payload"));
-    assert_eq!(dead[0].reason, "permanent");
+    assert_eq!(dead[0].reason.as_str(), "permanent");
 
     // 14:01: the time lock holds; nothing is touched.
     let r = round(&env, "2025-11-24T14:01:00Z");
@@ -117,7 +117,7 @@ fn the_original_jobs_example_end_to_end() {
     let dead = env.rows::<DeadRow>();
     assert_eq!(ids(&dead, |r| &r.sample_id), ["S-102", "S-999"]);
     let s999 = dead.iter().find(|r| r.sample_id == "S-999").unwrap();
-    assert_eq!(s999.reason, "retries_exhausted");
+    assert_eq!(s999.reason.as_str(), "retries_exhausted");
     assert_eq!(s999.retry_count, 5);
     assert_eq!(s999.error_msg.as_deref(), Some("API Timeout"));
     assert!(env.rows::<QueueRow>().is_empty());
