@@ -736,6 +736,15 @@ fn breaker_state(config: &RoundConfig, clock: &dyn Clock) -> Option<String> {
     config.guard.breaker(clock.now()).map(|s| s.to_string())
 }
 
+/// What the journal's `outcome` column records of a call's outcome.
+fn journaled_kind(outcome: &Outcome) -> AttemptKind {
+    match outcome {
+        Outcome::Success { .. } => AttemptKind::Success,
+        Outcome::Transient { .. } => AttemptKind::Transient,
+        Outcome::Permanent { .. } => AttemptKind::Permanent,
+    }
+}
+
 /// Decides where a record goes after an attempt, as the journal row that records it.
 fn journal_row(
     row: QueueRow,
@@ -750,7 +759,7 @@ fn journal_row(
         worker: worker.to_owned(),
         sample_id: row.sample_id,
         retries_before: row.retry_count,
-        outcome: attempt.outcome.kind().into(),
+        outcome: journaled_kind(&attempt.outcome),
         error_msg: None,
         started_at: attempt.started_at,
         finished_at: attempt.finished_at,

@@ -32,7 +32,7 @@ use deltalake::parquet::file::writer::SerializedFileWriter;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 
 use super::columns::timestamp;
-use super::journal::{IDS_APP, app_id};
+use super::commit::{IDS_APP, app_id};
 use super::{CommitTag, QueueRow, Rows, Store, Table, table_error};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};

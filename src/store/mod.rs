@@ -2,13 +2,14 @@
 //! queue needs (append, the queue MERGE, scans, application-transaction versions).
 
 pub(crate) mod columns;
+mod commit;
 pub(crate) mod due;
 pub(crate) mod journal;
 mod maintenance;
 mod schema;
 
+pub use commit::CommitTag;
 pub use due::FILE_ROWS;
-pub use journal::CommitTag;
 pub use maintenance::{Optimized, Vacuumed};
 pub use schema::Rows;
 pub use schema::{

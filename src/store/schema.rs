@@ -320,16 +320,6 @@ impl AttemptKind {
     }
 }
 
-impl From<crate::outcome::OutcomeKind> for AttemptKind {
-    fn from(kind: crate::outcome::OutcomeKind) -> Self {
-        match kind {
-            crate::outcome::OutcomeKind::Success => AttemptKind::Success,
-            crate::outcome::OutcomeKind::Transient => AttemptKind::Transient,
-            crate::outcome::OutcomeKind::Permanent => AttemptKind::Permanent,
-        }
-    }
-}
-
 /// Where a journaled attempt sent its record: the `disposition` column of `attempts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Disposition {
