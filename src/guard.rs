@@ -461,7 +461,7 @@ impl Guard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -678,7 +678,8 @@ mod tests {
         }
     }
 
-    fn probing_guard() -> Guard {
+    /// A guard whose breaker opens on one failure, for 30 s.
+    pub(crate) fn probing_guard() -> Guard {
         Guard::new(GuardConfig {
             breaker: Some(BreakerConfig {
                 min_calls: 1,

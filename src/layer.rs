@@ -251,7 +251,8 @@ mod tests {
 
     use super::*;
     use crate::clock::FixedClock;
-    use crate::guard::{BreakerConfig, BreakerState, GuardConfig, Rate};
+    use crate::guard::tests::probing_guard;
+    use crate::guard::{BreakerState, GuardConfig, Rate};
     use crate::outcome::RetryAfter;
 
     fn at(secs: i64) -> DateTime<Utc> {
@@ -443,24 +444,12 @@ mod tests {
         assert_eq!(guarded.inner.calls(), 1);
     }
 
-    /// A guard whose breaker opens on one failure, for 30 s.
-    fn touchy_guard() -> Guard {
-        Guard::new(GuardConfig {
-            breaker: Some(BreakerConfig {
-                min_calls: 1,
-                window: 1,
-                ..BreakerConfig::default()
-            }),
-            rate: None,
-        })
-    }
-
     #[tokio::test]
     async fn a_failed_probe_is_held_then_charged_the_second_time() {
         let clock = FixedClock::new(at(0));
         let guarded = Guarded::new(
             Answer::at_once(Outcome::transient("HTTP 503")),
-            touchy_guard(),
+            probing_guard(),
             &clock,
             Duration::from_secs(3600),
         );
@@ -495,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_probe_is_given_up() {
         let clock = FixedClock::new(at(0));
-        let guard = touchy_guard();
+        let guard = probing_guard();
         guard.record(&Outcome::transient("down"), at(0), Duration::ZERO);
         clock.set(at(30));
         let guarded = Guarded::new(
