@@ -504,7 +504,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn opens_at_the_failure_rate_and_refuses_calls_for_the_cool_down() {
+    fn opens_at_the_failure_share_and_refuses_calls_for_the_cool_down() {
         let mut b = breaker();
         for failed in [false, true, false, true] {
             b.record(failed, at(0));

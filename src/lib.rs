@@ -51,7 +51,7 @@ mod hash;
 mod input;
 pub mod layer;
 pub mod metrics;
-mod monitor;
+pub mod monitor;
 mod outcome;
 mod policy;
 pub mod processor;
@@ -86,5 +86,5 @@ pub use round::{
 };
 pub use shard::Shard;
 pub use status::{ErrorCount, Status};
-pub use store::{AsOf, StorageOptions};
+pub use store::{AsOf, Maintained, Maintenance, StorageOptions};
 pub use worker::{Rounds, Shutdown, Until, run_rounds};

@@ -15,9 +15,9 @@ use retrylake::metrics::Metrics;
 use retrylake::store::{DeadReason, Table};
 use retrylake::{
     AsOf, BreakerConfig, EnqueueOptions, Fields, FixedClock, Guard, GuardConfig, InputFormat,
-    Jitter, Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate, RedriveFilter,
-    RetryPolicy, RoundConfig, RoundReport, Rounds, Shard, Shutdown, Status, Until, WorkerName,
-    run_rounds,
+    Jitter, Maintenance, Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate,
+    RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds, Shard, Shutdown, Status, Until,
+    WorkerName, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -278,6 +278,17 @@ struct RunArgs {
     /// rounds, so records enqueued or released by other runners are picked up.
     #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     poll: Duration,
+    /// After every round, keep the tables small: compact the small files of attempts,
+    /// final_results and dead_letter_queue, and remove expired _delta_log entries.
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    maintenance: bool,
+    /// Compact a table once this many of its files are small.
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+    compact_at: usize,
+    /// How long _delta_log entries are kept, so how far back time travel reaches at least
+    /// (a duration such as 2d, or 'forever').
+    #[arg(long, default_value = "2d", value_parser = parse_retention)]
+    log_retention: Retention,
 }
 
 /// The backoff policy's flags, shared by `run`, `worker` and `report`.
@@ -356,6 +367,20 @@ impl GuardArgs {
     }
 }
 
+impl RunArgs {
+    /// The tables' upkeep after every round.
+    fn maintenance(&self) -> Maintenance {
+        if !self.maintenance {
+            return Maintenance::off();
+        }
+        Maintenance {
+            compact_at: Some(self.compact_at),
+            log_retention: self.log_retention.0,
+            ..Maintenance::default()
+        }
+    }
+}
+
 #[derive(Args)]
 struct WorkerArgs {
     #[command(flatten)]
@@ -404,6 +429,7 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
     let (mut queue, processor, config, _clock) = prepare(data, &args.run, kind, None).await?;
     let mut rounds = Rounds::new(Until::Stopped)
         .poll(args.run.poll)
+        .maintenance(args.run.maintenance())
         .shutdown(shutdown);
     if let Some(addr) = &args.metrics_addr {
         let metrics = Arc::new(Mutex::new(Metrics::default()));
@@ -475,6 +501,17 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A count of records: zero would do nothing and look like success.
+/// A log retention: a duration, or forever.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s == "forever" {
+        return Ok(Retention(None));
+    }
+    parse_positive_duration(s).map(|d| Retention(Some(d)))
+}
+
 fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -798,7 +835,9 @@ async fn run(data: &str, command: RunCommand, out: &mut impl Write) -> Result<()
         (false, Some(_)) => Until::OneRound,
         (false, None) => Until::NoneDue,
     };
-    let mut rounds = Rounds::new(until).poll(args.poll);
+    let mut rounds = Rounds::new(until)
+        .poll(args.poll)
+        .maintenance(args.maintenance());
     if let Some(clock) = clock {
         rounds = rounds.virtual_clock(clock);
     }

@@ -18,7 +18,9 @@ use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
 use crate::report;
 use crate::round::{RoundConfig, RoundReport, run_round};
 use crate::status::{Status, status};
-use crate::store::{AsOf, Optimized, StorageOptions, Store, Table, Vacuumed};
+use crate::store::{
+    AsOf, Maintained, Maintenance, Optimized, StorageOptions, Store, Table, Vacuumed,
+};
 
 /// The worker name used when none is given.
 pub const DEFAULT_WORKER: &str = "main";
@@ -130,6 +132,12 @@ impl Queue {
         &self.store
     }
 
+    /// Reloads every table's latest version: what other processes committed becomes
+    /// visible. Rounds, enqueues and status refresh on their own.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.store.refresh().await
+    }
+
     /// The queue's clock.
     pub fn clock(&self) -> &dyn Clock {
         self.clock.as_ref()
@@ -218,6 +226,12 @@ impl Queue {
     pub async fn optimize(&mut self, tables: &[Table]) -> Result<Vec<Optimized>> {
         self.store.refresh().await?;
         self.store.optimize(tables).await
+    }
+
+    /// One maintenance pass under `policy` (see [`Maintenance`]): what
+    /// [`run_rounds`](crate::run_rounds) does after every round.
+    pub async fn maintain(&mut self, policy: &Maintenance) -> Result<Vec<Maintained>> {
+        self.store.maintain(policy).await
     }
 
     /// Deletes the data files no version younger than `retain` refers to (see

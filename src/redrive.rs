@@ -68,7 +68,7 @@ async fn redrive_once(
     // not yet taken out of the queue is in both, and must not be redriven meanwhile.
     store.recover_all().await?;
     let (_ctx, mut frame) = store.frame(Table::DeadLetterQueue).await?;
-    if let Some(reason) = filter.reason {
+    if let Some(reason) = &filter.reason {
         frame = frame.filter(col("reason").eq(lit(reason.as_str())))?;
     }
     if let Some(error) = &filter.error_msg {

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::processor::Processor;
 use crate::queue::Queue;
 use crate::round::{RoundConfig, RoundReport};
+use crate::store::Maintenance;
 
 /// A stop request shared between a signal listener and the worker loop.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +112,7 @@ pub struct Rounds {
     virtual_clock: Option<Arc<FixedClock>>,
     shutdown: Shutdown,
     metrics: Option<Arc<Mutex<Metrics>>>,
+    maintenance: Maintenance,
 }
 
 impl Rounds {
@@ -123,6 +125,7 @@ impl Rounds {
             virtual_clock: None,
             shutdown: Shutdown::new(),
             metrics: None,
+            maintenance: Maintenance::default(),
         }
     }
 
@@ -151,6 +154,13 @@ impl Rounds {
     /// [`crate::metrics::serve`]).
     pub fn metrics(mut self, metrics: Arc<Mutex<Metrics>>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Keeps the tables small under `maintenance` after every round (see [`Maintenance`]).
+    /// Default value is [`Maintenance::default`].
+    pub fn maintenance(mut self, maintenance: Maintenance) -> Self {
+        self.maintenance = maintenance;
         self
     }
 
@@ -251,6 +261,10 @@ pub async fn run_rounds<E: From<Error>>(
     while !rounds.shutdown.is_triggered() {
         let report = queue.run_round(processor, config).await?;
         on_round(&report)?;
+        // Upkeep, not the queue's work: a failed pass is tried again after the next round.
+        if let Err(e) = queue.maintain(&rounds.maintenance).await {
+            tracing::warn!("table maintenance failed; trying again after the next round: {e}");
+        }
         rounds.record(queue, &report).await;
         let Some(wait) = rounds.next(&report, queue.clock().now()) else {
             break;

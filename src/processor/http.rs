@@ -1,7 +1,7 @@
 //! The `http` processor: POST each record as JSON, classify the answer.
 //!
 //! `{"id": sample_id, "data": payload}` goes to the URL with `Content-Type:
-//! application/json` and `Idempotency-Key: <sample_id>:<attempt>`. A 2xx is a success (the
+//! application/json` and `Idempotency-Key: <sample_id>:<retry_count>`. A 2xx is a success (the
 //! body, bounded, becomes the response); 408, 425, 429, 500, 502, 503, 504 (configurable),
 //! connection failures and a connection closed mid-response are transient, honouring
 //! `Retry-After`; every other status is permanent.

@@ -16,6 +16,8 @@ pub struct CommitTag {
     round: Option<(String, i64)>,
     /// The table's id sequence this commit advances to (see [`IDS_APP`]).
     ids: Option<i64>,
+    /// The table's rewrite sequence this commit advances to (see [`REWRITES_APP`]).
+    rewrites: Option<i64>,
     details: BTreeMap<String, Value>,
 }
 
@@ -58,9 +60,24 @@ impl CommitTag {
         if let Some(ids) = self.ids {
             txns.push(Transaction::new(IDS_APP, ids));
         }
+        if let Some(rewrites) = self.rewrites {
+            txns.push(Transaction::new(REWRITES_APP, rewrites));
+        }
+        // delta-rs would list the whole `_delta_log` after every commit to remove expired
+        // entries, a cost that grows with the log: the queue's maintenance does it now and
+        // then instead (`Store::maintain`).
         CommitProperties::default()
             .with_metadata([("retrylake".to_owned(), Value::Object(info))])
             .with_application_transactions(txns)
+            .with_cleanup_expired_logs(Some(false))
+    }
+
+    /// The same tag, for a commit that advances its table's rewrite sequence to `version`.
+    pub(crate) fn with_rewrites(&self, version: i64) -> Self {
+        CommitTag {
+            rewrites: Some(version),
+            ..self.clone()
+        }
     }
 
     /// The same tag, for a commit that advances its table's id sequence to `version`.
@@ -78,6 +95,16 @@ impl CommitTag {
 /// Delta's check and the second re-reads the ids before committing again. Commits that
 /// only move known ids (rounds) leave it alone and never conflict with an enqueue.
 pub(crate) const IDS_APP: &str = "retrylake-ids";
+
+/// The application id of a table's *rewrite sequence*: every commit that removes files of
+/// `attempts`, `final_results` or `dead_letter_queue` (a compaction, a redrive's delete of
+/// dead letters) advances it by one from the version it read, so two such commits built
+/// on the same version conflict. Without it they would not: delta-rs does not count a
+/// compaction's removes (`dataChange: false`) against another commit's, so two
+/// compactions of the same files, or a compaction and a delete, would both commit and
+/// leave every row of those files twice. Rounds only append to these tables and leave the
+/// sequence alone.
+pub(crate) const REWRITES_APP: &str = "retrylake-rewrites";
 
 /// The application id under which `worker`'s rounds are recorded in every table.
 pub(crate) fn app_id(worker: &str) -> String {

@@ -1000,4 +1000,45 @@ mod tests {
         assert_eq!(earliest_lock(r#"{"numRecords":0}"#), None);
         assert_eq!(earliest_lock("not json"), None);
     }
+
+    /// A round journaled by another retrylake (a newer one, in a rolling upgrade) whose
+    /// dead letters carry a reason this version has no name for, and which died before
+    /// applying it: any other worker completes it at its start (`recover_all`), as it did
+    /// while `reason` was passed through as text.
+    #[tokio::test]
+    async fn a_journaled_round_with_an_unknown_dead_reason_is_still_completed() {
+        use deltalake::arrow::array::{ArrayRef, StringArray};
+        let (dir, now, _, mut a) = queue_of_ten().await;
+        let root = dir.path().to_str().unwrap();
+        let claimed = a
+            .claim_due(claim_at(now, "a", 1))
+            .await
+            .unwrap()
+            .claim
+            .unwrap();
+        let journal = successes(&claimed.rows, "a", 1);
+        let batch = <super::super::AttemptRow as Rows>::to_batch(&journal).unwrap();
+        let schema = batch.schema();
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        for (name, value) in [
+            ("outcome", "permanent"),
+            ("disposition", "dead"),
+            ("reason", "expired"),
+        ] {
+            let i = schema.index_of(name).unwrap();
+            columns[i] = Arc::new(StringArray::from(vec![value; n]));
+        }
+        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        a.append_batch(Table::Attempts, batch, &CommitTag::round("round", "a", 1))
+            .await
+            .unwrap();
+        // Another worker starts.
+        let mut b = Store::open(root).await.unwrap();
+        b.recover_all()
+            .await
+            .expect("a journaled round is completed whatever its reasons say");
+        b.refresh().await.unwrap();
+        assert!(b.read::<QueueRow>().await.unwrap().is_empty());
+    }
 }

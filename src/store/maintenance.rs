@@ -1,12 +1,94 @@
-//! Keeping the tables fast: compaction, checkpoints, and vacuum of files no version needs.
+//! Keeping the tables fast: compaction, checkpoints, removal of expired log entries, and
+//! vacuum of files no version needs.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
-use deltalake::operations::optimize::OptimizeType;
+use deltalake::DeltaTableError;
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::DeltaWriter;
 use serde::Serialize;
 
 use super::{CommitTag, Store, Table, table_error};
 use crate::error::{Error, Result};
+
+/// How a queue keeps its tables small as it runs, checked after every round of
+/// `run`, `run --drain` and `worker` (each check reads only the tables' in-memory state):
+///
+/// - `attempts`, `final_results` and `dead_letter_queue`, which every round appends a
+///   small file to, are compacted once `compact_at` of their files are small. A compaction
+///   never conflicts with a round (rounds only append to them) and never touches
+///   `retry_queue`, whose files are rounds' leases and time locks.
+/// - Every table is checkpointed every 100 commits as it is written (delta-rs), so opening
+///   one replays at most 100 commits.
+/// - `_delta_log` entries older than `log_retention` (and than a checkpoint) are removed,
+///   once every `clean_log_every` versions of a table, instead of after every commit
+///   (removing them lists the whole log).
+///
+/// ```
+/// use std::time::Duration;
+/// use retrylake::Maintenance;
+///
+/// let weekly_history = Maintenance {
+///     log_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+///     ..Maintenance::default()
+/// };
+/// assert_eq!(Maintenance::off().compact_at, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Compact a table once this many of its files are smaller than `target_file_size`;
+    /// `None` never compacts. Default value is `Some(32)`.
+    pub compact_at: Option<usize>,
+    /// The size compaction writes files up to; smaller files count as small. Default value
+    /// is 64 MiB.
+    pub target_file_size: NonZeroU64,
+    /// How long `_delta_log` entries are kept: time travel reaches back at least this far
+    /// (and until a vacuum, for the data files). `None` keeps every entry. Default value is
+    /// 2 days.
+    pub log_retention: Option<Duration>,
+    /// Versions of a table between two removals of its expired log entries. Default value
+    /// is `1000`.
+    pub clean_log_every: u64,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance {
+            compact_at: Some(32),
+            target_file_size: NonZeroU64::new(64 << 20).expect("not zero"),
+            log_retention: Some(Duration::from_secs(2 * 24 * 3600)),
+            clean_log_every: 1000,
+        }
+    }
+}
+
+impl Maintenance {
+    /// No compaction and no removal of log entries (checkpoints are still written).
+    pub fn off() -> Self {
+        Maintenance {
+            compact_at: None,
+            log_retention: None,
+            ..Maintenance::default()
+        }
+    }
+}
+
+/// What one maintenance pass did to one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Maintained {
+    /// The table.
+    pub table: &'static str,
+    /// Small files compacted.
+    pub files_compacted: u64,
+    /// Files the compaction wrote.
+    pub files_written: u64,
+    /// Expired `_delta_log` entries removed.
+    pub log_entries_removed: usize,
+}
 
 /// What `optimize` did to one table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,36 +118,161 @@ impl Store {
     pub async fn optimize(&mut self, tables: &[Table]) -> Result<Vec<Optimized>> {
         let mut done = Vec::new();
         for &table in tables {
-            let t = self.table_mut(table);
-            if table == Table::RetryQueue {
-                deltalake::checkpoints::create_checkpoint(t, None)
-                    .await
-                    .map_err(table_error(table))?;
-                done.push(Optimized {
-                    table: table.name(),
-                    files_added: 0,
-                    files_removed: 0,
-                });
-                continue;
+            let mut did = Maintained::default();
+            if table != Table::RetryQueue {
+                let target = Maintenance::default().target_file_size;
+                self.compact(table, target, &mut did).await?;
             }
-            let (optimized, metrics) = t
-                .clone()
-                .optimize()
-                .with_type(OptimizeType::Compact)
-                .with_commit_properties(CommitTag::operation("optimize").properties())
+            deltalake::checkpoints::create_checkpoint(self.table(table), None)
                 .await
                 .map_err(table_error(table))?;
-            deltalake::checkpoints::create_checkpoint(&optimized, None)
-                .await
-                .map_err(table_error(table))?;
-            *t = optimized;
             done.push(Optimized {
                 table: table.name(),
-                files_added: metrics.num_files_added,
-                files_removed: metrics.num_files_removed,
+                files_added: did.files_written,
+                files_removed: did.files_compacted,
             });
         }
         Ok(done)
+    }
+
+    /// One maintenance pass under `policy`: compacts the append-only tables that have
+    /// gathered enough small files, and removes expired log entries of the tables that
+    /// have passed a multiple of `clean_log_every` versions since the last pass (or since
+    /// they were opened). Returns what it did to the tables it changed. A compaction that
+    /// loses a race with another writer is left for a later pass.
+    pub async fn maintain(&mut self, policy: &Maintenance) -> Result<Vec<Maintained>> {
+        let mut done = Vec::new();
+        for table in Table::ALL {
+            let mut did = Maintained {
+                table: table.name(),
+                ..Maintained::default()
+            };
+            if let Some(at) = policy.compact_at
+                && table != Table::RetryQueue
+                && self.small_files(table, policy.target_file_size)? >= at.max(2)
+            {
+                self.compact(table, policy.target_file_size, &mut did)
+                    .await?;
+            }
+            let version = self.table(table).version();
+            let last = std::mem::replace(&mut self.maintained[Store::index(table)], version);
+            let every = policy.clean_log_every.max(1);
+            if let (Some(retention), Some(last), Some(version)) =
+                (policy.log_retention, last, version)
+                && version / every > last / every
+            {
+                let cutoff = chrono::Utc::now()
+                    - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                let t = self.table(table);
+                did.log_entries_removed = deltalake::checkpoints::cleanup_expired_logs_for(
+                    version,
+                    t.log_store().as_ref(),
+                    cutoff.timestamp_millis(),
+                    None,
+                )
+                .await
+                .map_err(table_error(table))?;
+            }
+            if did.files_compacted > 0 || did.log_entries_removed > 0 {
+                tracing::debug!(?did, "maintained");
+                done.push(did);
+            }
+        }
+        Ok(done)
+    }
+
+    /// How many of `table`'s files are smaller than `target`.
+    fn small_files(&self, table: Table, target: NonZeroU64) -> Result<usize> {
+        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
+        let target = i64::try_from(target.get()).unwrap_or(i64::MAX);
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter(|f| f.size() < target)
+            .count())
+    }
+
+    /// Compacts `table`'s small files into one file (up to `target` bytes of them, the
+    /// smallest first), unless another writer removes one of them or compacts first: then
+    /// nothing is committed and the compaction is left for a later pass.
+    ///
+    /// Not delta-rs' `optimize`: its commit cannot carry the rewrite sequence
+    /// ([`super::commit::REWRITES_APP`]), and without it two compactions of the same files
+    /// both commit, doubling their rows.
+    async fn compact(
+        &mut self,
+        table: Table,
+        target: NonZeroU64,
+        did: &mut Maintained,
+    ) -> Result<()> {
+        let fail = |e: DeltaTableError| table_error(table)(e);
+        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
+        let limit = i64::try_from(target.get()).unwrap_or(i64::MAX);
+        let mut small: Vec<(i64, Remove)> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| f.size() < limit)
+            .map(|f| (f.size(), f.remove_action(false)))
+            .collect();
+        small.sort_by_key(|(size, _)| *size);
+        let mut total = 0i64;
+        small.retain(|(size, _)| {
+            total = total.saturating_add(*size);
+            total <= limit
+        });
+        if small.len() < 2 {
+            return Ok(());
+        }
+        let tag = CommitTag::operation("compact").with_rewrites(self.next_rewrite(table).await?);
+        let store = self.table(table).log_store().object_store(None);
+        let mut writer = self.writer(table)?;
+        for (_, remove) in &small {
+            let path = deltalake::Path::parse(&remove.path)
+                .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
+            let bytes = store
+                .get(&path)
+                .await
+                .map_err(|e| fail(e.into()))?
+                .bytes()
+                .await
+                .map_err(|e| fail(e.into()))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(|e| fail(e.into()))?
+                .build()
+                .map_err(|e| fail(e.into()))?;
+            for batch in reader {
+                writer.write(batch?).await.map_err(table_error(table))?;
+            }
+        }
+        let adds = writer.flush().await.map_err(table_error(table))?;
+        did.files_compacted = small.len() as u64;
+        did.files_written = adds.len() as u64;
+        let mut actions: Vec<Action> = small.into_iter().map(|(_, r)| Action::Remove(r)).collect();
+        actions.extend(adds.into_iter().map(|add| {
+            Action::Add(Add {
+                data_change: false,
+                ..add
+            })
+        }));
+        let operation = DeltaOperation::Optimize {
+            predicate: None,
+            target_size: limit,
+        };
+        match self.commit(table, actions, operation, &tag).await {
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(
+                    table = table.name(),
+                    "compaction lost a race; left for later"
+                );
+                *did = Maintained {
+                    table: did.table,
+                    log_entries_removed: did.log_entries_removed,
+                    ..Maintained::default()
+                };
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Deletes the data files no version younger than `retain` refers to. Time travel to

@@ -10,7 +10,7 @@ mod schema;
 
 pub use commit::CommitTag;
 pub use due::FILE_ROWS;
-pub use maintenance::{Optimized, Vacuumed};
+pub use maintenance::{Maintained, Maintenance, Optimized, Vacuumed};
 pub use schema::Rows;
 pub use schema::{
     AttemptKind, AttemptRow, DeadReason, DeadRow, Disposition, FinalRow, QueueRow, Table,
@@ -52,6 +52,8 @@ pub struct Store {
     options: StorageOptions,
     tables: [DeltaTable; 4],
     conflicts: u64,
+    /// Each table's version when this process last maintained it (or opened it).
+    maintained: [Option<u64>; 4],
 }
 
 /// Wraps a delta-rs error with the table it happened on.
@@ -88,11 +90,13 @@ impl Store {
         )
         .await?;
         let tables: [DeltaTable; 4] = tables.try_into().expect("four tables");
+        let maintained = tables.each_ref().map(DeltaTable::version);
         Ok(Store {
             root: root.to_owned(),
             options,
             tables,
             conflicts: 0,
+            maintained,
         })
     }
 
@@ -153,7 +157,7 @@ impl Store {
 
     /// Opens the same tables again, independently of this one (to read old versions).
     pub async fn reopen(&self) -> Result<Store> {
-        Store::open_with(&self.root, self.options.clone()).await
+        Store::open_existing(&self.root, self.options.clone()).await
     }
 
     /// The data root the store was opened with.
@@ -231,6 +235,16 @@ impl Store {
         conflict_pause(conflicts).await;
     }
 
+    /// The version of `table`'s rewrite sequence a commit that removes its files takes
+    /// ([`commit::REWRITES_APP`]).
+    pub(crate) async fn next_rewrite(&self, table: Table) -> Result<i64> {
+        Ok(self
+            .txn_version(table, commit::REWRITES_APP)
+            .await?
+            .unwrap_or(0)
+            + 1)
+    }
+
     /// The application-transaction version `app_id` last committed to `table`.
     pub(crate) async fn txn_version(&self, table: Table, app_id: &str) -> Result<Option<i64>> {
         let t = self.table(table);
@@ -301,6 +315,7 @@ impl Store {
         tag: &CommitTag,
     ) -> Result<()> {
         let table = Table::DeadLetterQueue;
+        let tag = &tag.with_rewrites(self.next_rewrite(table).await?);
         let source = SessionContext::new().read_batch(letters)?;
         let slot = &mut self.tables[Store::index(table)];
         let (updated, _metrics) = slot

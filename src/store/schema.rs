@@ -236,8 +236,9 @@ pub struct DeadRow {
 }
 
 /// Why a record was dead-lettered: the `reason` column of `dead_letter_queue` (and of a
-/// dead attempt in `attempts`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// dead attempt in `attempts`). Text retrylake did not write (a newer version's reason, a
+/// triage edit by another tool) is read as it is, never refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DeadReason {
     /// The processor failed it permanently (`permanent`).
     Permanent,
@@ -245,23 +246,34 @@ pub enum DeadReason {
     RetriesExhausted,
     /// Its input line could not be read as a record (`invalid_input`).
     InvalidInput,
+    /// Any other text in the column.
+    Other(String),
 }
 
 impl DeadReason {
-    /// Every reason.
-    pub const ALL: [DeadReason; 3] = [
+    /// The reasons retrylake writes.
+    pub const KNOWN: [DeadReason; 3] = [
         DeadReason::Permanent,
         DeadReason::RetriesExhausted,
         DeadReason::InvalidInput,
     ];
 
     /// The column's text.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             DeadReason::Permanent => "permanent",
             DeadReason::RetriesExhausted => "retries_exhausted",
             DeadReason::InvalidInput => "invalid_input",
+            DeadReason::Other(text) => text,
         }
+    }
+
+    /// Reads the column's text: a known reason, or [`DeadReason::Other`].
+    pub fn from_column(text: &str) -> DeadReason {
+        DeadReason::KNOWN
+            .into_iter()
+            .find(|r| r.as_str() == text)
+            .unwrap_or_else(|| DeadReason::Other(text.to_owned()))
     }
 }
 
@@ -274,9 +286,10 @@ impl std::fmt::Display for DeadReason {
 impl std::str::FromStr for DeadReason {
     type Err = Error;
 
-    /// Reads a reason's text (`permanent`, `retries_exhausted`, `invalid_input`).
+    /// Reads a reason a user names (`permanent`, `retries_exhausted`, `invalid_input`):
+    /// any other text is refused, as a filter that can match nothing is a mistake.
     fn from_str(s: &str) -> Result<DeadReason> {
-        DeadReason::ALL
+        DeadReason::KNOWN
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
@@ -609,10 +622,8 @@ impl Rows for DeadRow {
             c.time("failed_at")?,
             c.str("reason")?,
         );
-        let reasons = reasons
-            .iter()
-            .map(|r| parse_column(&DeadReason::ALL, r, DeadReason::as_str, "reason"))
-            .collect::<Result<Vec<_>>>()?;
+        let mut reasons: Vec<DeadReason> =
+            reasons.iter().map(|r| DeadReason::from_column(r)).collect();
         Ok((0..batch.num_rows())
             .map(|i| DeadRow {
                 sample_id: std::mem::take(&mut ids[i]),
@@ -620,7 +631,7 @@ impl Rows for DeadRow {
                 error_msg: std::mem::take(&mut errors[i]),
                 retry_count: counts[i],
                 failed_at: at[i],
-                reason: reasons[i],
+                reason: std::mem::replace(&mut reasons[i], DeadReason::Permanent),
             })
             .collect())
     }
@@ -661,7 +672,7 @@ impl AttemptRow {
                 times(rows.iter().map(|r| Some(r.finished_at))),
                 strings(
                     rows.iter()
-                        .map(|r| Some(r.reason.map_or("", DeadReason::as_str))),
+                        .map(|r| Some(r.reason.as_ref().map_or("", DeadReason::as_str))),
                 ),
             ],
         )
@@ -686,7 +697,10 @@ impl Rows for AttemptRow {
                 longs(rows.iter().map(|r| r.duration_ms)),
                 times(rows.iter().map(|r| r.process_after)),
                 strings(rows.iter().map(|r| Some(r.disposition.as_str()))),
-                strings(rows.iter().map(|r| r.reason.map(DeadReason::as_str))),
+                strings(
+                    rows.iter()
+                        .map(|r| r.reason.as_ref().map(DeadReason::as_str)),
+                ),
                 ints(rows.iter().map(|r| r.retry_count)),
                 strings(rows.iter().map(|r| r.payload.as_deref())),
                 strings(rows.iter().map(|r| r.response.as_deref())),
@@ -720,14 +734,10 @@ impl Rows for AttemptRow {
             c.str("disposition")?,
             c.opt_str("reason")?,
         );
-        let reasons = reasons
+        let mut reasons: Vec<Option<DeadReason>> = reasons
             .iter()
-            .map(|r| {
-                r.as_deref()
-                    .map(|r| parse_column(&DeadReason::ALL, r, DeadReason::as_str, "reason"))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|r| r.as_deref().map(DeadReason::from_column))
+            .collect();
         let dispositions = dispositions
             .iter()
             .map(|d| parse_column(&Disposition::ALL, d, Disposition::as_str, "disposition"))
@@ -750,7 +760,7 @@ impl Rows for AttemptRow {
                 duration_ms: durations[i],
                 process_after: after[i],
                 disposition: dispositions[i],
-                reason: reasons[i],
+                reason: reasons[i].take(),
                 retry_count: counts[i],
                 payload: std::mem::take(&mut payloads[i]),
                 response: std::mem::take(&mut responses[i]),

@@ -8,6 +8,7 @@ mod http;
 mod lease;
 mod library;
 mod limits;
+mod maintenance;
 mod monitor;
 mod object_store;
 mod races;

@@ -117,3 +117,47 @@ fn an_interrupted_redrive_loses_and_doubles_nothing() {
         );
     }
 }
+
+/// A dead letter whose `reason` another tool changed (a triage UPDATE in Spark or SQL: the
+/// table is a plain Delta table) is still a dead letter: redrive moves it back as before
+/// the change to a typed `DeadReason` (17b5bcc..HEAD), instead of failing every redrive and
+/// every audit with "attempts is corrupt: unknown reason".
+#[test]
+fn a_dead_letter_with_a_reason_retrylake_did_not_write_is_still_redriven() {
+    let env = Env::new();
+    let input = env.write(
+        "in.jsonl",
+        "{\"sample_id\":\"E-1\",\"payload\":\"\"}\n{\"sample_id\":\"E-2\",\"payload\":\"\"}\n",
+    );
+    env.ok(&[
+        "enqueue",
+        input.to_str().unwrap(),
+        "--now",
+        "2025-01-01T00:00:00Z",
+    ]);
+    env.ok(&["run", "--now", "2025-01-01T00:00:00Z", "--drain"]);
+    assert_eq!(
+        env.rows::<DeadRow>().len(),
+        2,
+        "both dead as Missing Payload"
+    );
+    // Someone triages one dead letter in place.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let path = env.data_dir().join("dead_letter_queue");
+        let url = deltalake::ensure_table_uri(path.to_str().unwrap()).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        table
+            .update()
+            .with_predicate("sample_id = 'E-1'")
+            .with_update("reason", "'reviewed'")
+            .await
+            .unwrap();
+    });
+    // Before the change: redrive moved both back. After: the whole redrive fails.
+    let out = env.ok(&["redrive", "--now", "2025-01-02T00:00:00Z", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["redriven"], 2, "{out}");
+    assert!(env.rows::<DeadRow>().is_empty());
+    assert_eq!(env.rows::<QueueRow>().len(), 2);
+}

@@ -1,0 +1,192 @@
+//! A queue late in its life: a trickle of new records, one round a minute on a virtual
+//! clock, for many rounds, as a worker runs it (one process, tables kept open) and as a
+//! `retrylake run` process per round runs it (measured by running the binary at marks).
+//! Prints, around round 100, 1,000, 10,000 (and the last), the median cost of a worker's
+//! round (its maintenance included), of a `run` process, and of `status`, and each
+//! table's live data files, data files on disk, and `_delta_log` entries.
+//!
+//!     cargo build --release --bin retrylake --example longrun
+//!     target/release/examples/longrun [ROUNDS] [--per-round N] [--maintain off] [--data URL]
+//!
+//! ROUNDS defaults to 1,200. `--data` runs on an object store (credentials from the
+//! environment, as for the binary); files are counted only on a local disk.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use retrylake::store::Table;
+use retrylake::{FixedClock, Maintenance, Queue, RoundConfig, SimulateProcessor};
+
+/// Rounds measured around each mark.
+const WINDOW: usize = 20;
+
+struct Args {
+    rounds: usize,
+    per_round: usize,
+    maintain: bool,
+    data: Option<String>,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        rounds: 1200,
+        per_round: 5,
+        maintain: true,
+        data: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--per-round" => args.per_round = it.next().expect("N").parse().expect("a number"),
+            "--maintain" => args.maintain = it.next().as_deref() != Some("off"),
+            "--data" => args.data = it.next(),
+            n => args.rounds = n.parse().expect("ROUNDS is a number"),
+        }
+    }
+    args
+}
+
+fn binary() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    // target/<profile>/examples/longrun -> target/<profile>/retrylake
+    me.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("retrylake")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Data files and `_delta_log` entries of a local table.
+fn files(table: &Path) -> (usize, usize) {
+    let count = |dir: &Path, pred: &dyn Fn(&str) -> bool| {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| pred(&e.file_name().to_string_lossy()))
+                .count()
+        })
+    };
+    (
+        count(table, &|n| n.ends_with(".parquet")),
+        count(&table.join("_delta_log"), &|n| !n.starts_with('.')),
+    )
+}
+
+#[tokio::main]
+async fn main() -> retrylake::Result<()> {
+    let args = args();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = args
+        .data
+        .clone()
+        .unwrap_or_else(|| dir.path().join("data").to_str().unwrap().to_owned());
+    let local = args.data.is_none();
+    let start = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+    let clock = Arc::new(FixedClock::new(start));
+    let mut queue = Queue::open(&root).await?.with_clock(clock.clone());
+    let maintenance = if args.maintain {
+        Maintenance::default()
+    } else {
+        Maintenance::off()
+    };
+    let config = RoundConfig::default();
+    let processor = SimulateProcessor::new(0.3, 7);
+    let input = dir.path().join("in.jsonl");
+    let marks: Vec<usize> = [100, 1_000, 10_000, 100_000]
+        .into_iter()
+        .filter(|&m| m + WINDOW <= args.rounds)
+        .chain([args.rounds - WINDOW.min(args.rounds)])
+        .collect();
+    println!(
+        "{} rounds, {} new records a round, one round a minute (virtual), maintenance {}",
+        args.rounds,
+        args.per_round,
+        if args.maintain { "on" } else { "off" }
+    );
+    println!(
+        "{:>7} {:>10} {:>10} {:>10}   files live/on disk/log entries: retry_queue final_results dead_letter_queue attempts",
+        "round", "worker ms", "run ms", "status ms"
+    );
+    let mut worker_times = Vec::new();
+    let mut first = None;
+    for i in 0..args.rounds {
+        let now: DateTime<Utc> = start + chrono::Duration::minutes(i as i64);
+        clock.set(now);
+        let lines: String = (0..args.per_round)
+            .map(|k| format!("{{\"sample_id\":\"T-{i:07}-{k}\",\"payload\":\"x\"}}\n"))
+            .collect();
+        std::fs::write(&input, lines).expect("write input");
+        queue.enqueue(&input, &Default::default()).await?;
+        let took = Instant::now();
+        queue.run_round(&processor, &config).await?;
+        queue.maintain(&maintenance).await?;
+        let took = took.elapsed();
+        let Some(&mark) = marks.iter().find(|&&m| i >= m && i < m + WINDOW) else {
+            continue;
+        };
+        worker_times.push(took);
+        if i + 1 < mark + WINDOW {
+            continue;
+        }
+        // The same round as a `run` process per round would make it, a few times.
+        let mut runs = Vec::new();
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let took = Instant::now();
+            let out = Command::new(binary())
+                .args(["run", "--limit", "100", "--now", &now.to_rfc3339()])
+                .arg("--data")
+                .arg(&root)
+                .output()
+                .expect("run the binary");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            runs.push(took.elapsed());
+            let took = Instant::now();
+            queue.status().await?;
+            statuses.push(took.elapsed());
+        }
+        let worker = median(std::mem::take(&mut worker_times));
+        let run = median(runs);
+        let status = median(statuses);
+        let counts = Table::ALL
+            .map(|t| {
+                let active = queue
+                    .store()
+                    .table(t)
+                    .snapshot()
+                    .map_or(0, |s| s.log_data().num_files());
+                if local {
+                    let (f, l) = files(&Path::new(&root).join(t.name()));
+                    format!("{active}/{f}/{l}")
+                } else {
+                    format!("{active}")
+                }
+            })
+            .join(" ");
+        println!(
+            "{:>7} {:>10.1} {:>10.1} {:>10.1}   {counts}",
+            mark + WINDOW / 2,
+            worker.as_secs_f64() * 1e3,
+            run.as_secs_f64() * 1e3,
+            status.as_secs_f64() * 1e3,
+        );
+        let (w0, r0) = *first.get_or_insert((worker, run));
+        println!(
+            "{:>7} {:>10.2}x {:>9.2}x   against the first mark",
+            "",
+            worker.as_secs_f64() / w0.as_secs_f64(),
+            run.as_secs_f64() / r0.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The queue keeps its tables small as it runs: compaction beside live rounds loses and
+//! doubles nothing, and removing expired log entries leaves every table readable.
+
+use std::time::{Duration, SystemTime};
+
+use retrylake::store::{AttemptRow, QueueRow, Table};
+use retrylake::{AsOf, Maintenance};
+
+use super::util::{Env, assert_exactly_once, write_samples};
+
+const PAST: &str = "2020-01-01T00:00:00Z";
+
+/// Compaction at every chance: two small files are enough.
+fn eager() -> Maintenance {
+    Maintenance {
+        compact_at: Some(2),
+        ..Maintenance::default()
+    }
+}
+
+/// How many times `table` was compacted.
+async fn compactions(env: &Env, table: Table) -> usize {
+    let mut queue = env.data().queue().await;
+    queue
+        .history(&[table])
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.job.as_deref() == Some("compact"))
+        .count()
+}
+
+#[test]
+fn compaction_racing_two_workers_loses_and_doubles_nothing() {
+    compaction_racing_workers(Env::new());
+}
+
+#[test]
+fn compaction_racing_two_workers_loses_and_doubles_nothing_on_s3() {
+    compaction_racing_workers(Env::s3());
+}
+
+fn compaction_racing_workers(env: Env) {
+    let (input, ids) = write_samples(&env, "M", 240);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    // Two runners that compact after each of their rounds, and a third process compacting
+    // as fast as it can, all at once.
+    let runners: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|worker| {
+            env.process()
+                .args(["run", "--limit", "15", "--worker", worker, "--drain"])
+                .args(["--base-backoff=20ms", "--max-backoff=200ms", "--poll=100ms"])
+                .args(["--transient-rate=0.3", "--timeout=5s", "--lease=1m"])
+                .args(["--compact-at=2"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = env.data();
+    let passes = std::sync::atomic::AtomicUsize::new(0);
+    let outputs = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            runners
+                .into_iter()
+                .map(|c| c.wait_with_output().unwrap())
+                .collect::<Vec<_>>()
+        });
+        rt.block_on(async {
+            let mut queue = data.queue().await;
+            while !waiting.is_finished() {
+                queue.refresh().await.unwrap();
+                queue.maintain(&eager()).await.unwrap();
+                passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        waiting.join().unwrap()
+    });
+    for out in outputs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(passes.into_inner() > 0);
+    assert_exactly_once(&env.data(), &ids);
+    assert!(env.rows::<QueueRow>().is_empty());
+    // Each attempt journaled once.
+    let attempts = env.rows::<AttemptRow>();
+    let mut seen = std::collections::HashSet::new();
+    for a in &attempts {
+        assert!(
+            seen.insert((a.sample_id.clone(), a.retries_before)),
+            "{} attempt {} twice",
+            a.sample_id,
+            a.retries_before
+        );
+    }
+    // The race happened: the tables were compacted while the rounds ran.
+    let compacted = rt.block_on(async {
+        compactions(&env, Table::Attempts).await + compactions(&env, Table::FinalResults).await
+    });
+    assert!(compacted > 0, "no compaction ran");
+}
+
+#[test]
+fn compaction_keeps_every_row_and_leaves_few_files() {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "K", 120);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    // Small rounds, each appending a file to the tables, compacted along the way.
+    env.ok(&[
+        "run",
+        "--limit",
+        "4",
+        "--drain",
+        "--now",
+        PAST,
+        "--compact-at",
+        "8",
+    ]);
+    assert_exactly_once(&env.data(), &ids);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let queue = rt.block_on(env.data().queue());
+    for table in [Table::Attempts, Table::FinalResults] {
+        let files = queue
+            .store()
+            .table(table)
+            .snapshot()
+            .unwrap()
+            .log_data()
+            .num_files();
+        assert!(files < 8 + 2, "{}: {files} live files", table.name());
+    }
+    assert!(rt.block_on(compactions(&env, Table::Attempts)) > 0);
+    // Off, the same run leaves a file per round.
+    let off = Env::new();
+    let (input, _) = write_samples(&off, "K", 120);
+    off.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    off.ok(&[
+        "run",
+        "--limit",
+        "4",
+        "--drain",
+        "--now",
+        PAST,
+        "--maintenance",
+        "off",
+    ]);
+    assert_eq!(rt.block_on(compactions(&off, Table::Attempts)), 0);
+    let queue = rt.block_on(off.data().queue());
+    let files = queue
+        .store()
+        .table(Table::Attempts)
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .num_files();
+    assert!(files >= 30, "{files} live files without maintenance");
+}
+
+/// Sets the modification time of every `_delta_log` entry of the local tables to `age` ago,
+/// as if they had been written then.
+fn age_logs(env: &Env, age: Duration) {
+    let then = SystemTime::now() - age;
+    for table in Table::ALL {
+        let log = env.data_dir().join(table.name()).join("_delta_log");
+        for entry in std::fs::read_dir(log).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let file = std::fs::File::options().append(true).open(&path).unwrap();
+                file.set_modified(then).unwrap();
+            }
+        }
+    }
+}
+
+fn log_entries(env: &Env, table: Table) -> usize {
+    std::fs::read_dir(env.data_dir().join(table.name()).join("_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".json") || name.contains(".checkpoint")
+        })
+        .count()
+}
+
+#[test]
+fn expired_log_entries_go_and_the_tables_stay_readable() {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "L", 150);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    // Past 100 versions of every table, so each has a checkpoint.
+    env.ok(&[
+        "run",
+        "--limit",
+        "1",
+        "--drain",
+        "--now",
+        PAST,
+        "--maintenance",
+        "off",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = log_entries(&env, Table::RetryQueue);
+    let counts = |sql: &str, as_of| {
+        rt.block_on(async {
+            let mut queue = env.data().queue().await;
+            let batches = queue.query(sql, as_of).await?;
+            Ok::<_, retrylake::Error>(format!("{batches:?}"))
+        })
+    };
+    let latest_rows = counts("SELECT COUNT(*) FROM final_results", AsOf::Latest).unwrap();
+    let version = rt.block_on(async {
+        env.data()
+            .queue()
+            .await
+            .store()
+            .table(Table::FinalResults)
+            .version()
+            .unwrap()
+    });
+
+    // Every entry written three days ago: past the default retention of two days.
+    age_logs(&env, Duration::from_secs(3 * 24 * 3600));
+    rt.block_on(async {
+        let mut queue = env.data().queue().await;
+        let policy = Maintenance {
+            clean_log_every: 1,
+            compact_at: None,
+            ..Maintenance::default()
+        };
+        // Nothing new since the tables were opened: nothing to clean yet.
+        assert!(queue.maintain(&policy).await.unwrap().is_empty());
+        // A new version passes a multiple of `clean_log_every`.
+        let more = env.write(
+            "more.jsonl",
+            "{\"sample_id\":\"L-more\",\"payload\":\"x\"}\n",
+        );
+        queue.enqueue(&more, &Default::default()).await.unwrap();
+        let done = queue.maintain(&policy).await.unwrap();
+        let queue_table = done.iter().find(|d| d.table == "retry_queue").unwrap();
+        assert!(queue_table.log_entries_removed > 50, "{done:?}");
+    });
+    let after = log_entries(&env, Table::RetryQueue);
+    assert!(
+        after < before / 2,
+        "{before} entries, {after} after the cleanup"
+    );
+    // Every table opens and reads as before, here and from Python's `deltalake`.
+    assert_eq!(
+        counts("SELECT COUNT(*) FROM final_results", AsOf::Latest).unwrap(),
+        latest_rows
+    );
+    let mut all = ids.clone();
+    all.push("L-more".into());
+    assert_exactly_once(&env.data(), &all);
+    let status = env.json(&["status"]);
+    assert_eq!(status["waiting"], 1, "{status}");
+    // Time travel reaches the versions since the last checkpoint kept, and refuses one
+    // whose log entries are gone rather than answer from another version.
+    let newest = rt.block_on(async {
+        let queue = env.data().queue().await;
+        Table::ALL
+            .map(|t| queue.store().table(t).version().unwrap())
+            .into_iter()
+            .max()
+            .unwrap()
+    });
+    assert_eq!(
+        counts("SELECT COUNT(*) FROM final_results", AsOf::Version(newest)).unwrap(),
+        latest_rows
+    );
+    let gone = counts("SELECT COUNT(*) FROM final_results", AsOf::Version(5));
+    assert!(gone.is_err(), "{gone:?}");
+    let read = python_counts(&env);
+    assert_eq!(read["retry_queue"], status["waiting"], "{read}");
+    assert_eq!(read["final_results"], status["final"], "{read}");
+    assert_eq!(read["dead_letter_queue"], status["dead"], "{read}");
+}
+
+/// Each table's row count as Python's `deltalake` reads it.
+fn python_counts(env: &Env) -> serde_json::Value {
+    const READ: &str = r#"
+import json, sys
+from deltalake import DeltaTable
+root = sys.argv[1]
+names = ["retry_queue", "final_results", "dead_letter_queue", "attempts"]
+print(json.dumps({n: DeltaTable(f"{root}/{n}").to_pyarrow_table().num_rows for n in names}))
+"#;
+    let out = std::process::Command::new(super::s3::py_tools().join("bin/python"))
+        .args(["-c", READ, &env.data().url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
