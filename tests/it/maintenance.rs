@@ -216,15 +216,6 @@ fn expired_log_entries_go_and_the_tables_stay_readable() {
         })
     };
     let latest_rows = counts("SELECT COUNT(*) FROM final_results", AsOf::Latest).unwrap();
-    let version = rt.block_on(async {
-        env.data()
-            .queue()
-            .await
-            .store()
-            .table(Table::FinalResults)
-            .version()
-            .unwrap()
-    });
 
     // Every entry written three days ago: past the default retention of two days.
     age_logs(&env, Duration::from_secs(3 * 24 * 3600));
