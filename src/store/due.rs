@@ -33,7 +33,7 @@ use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 
 use super::columns::timestamp;
 use super::commit::{IDS_APP, app_id};
-use super::{CommitTag, QueueRow, Rows, Store, Table, table_error};
+use super::{CommitTag, QueueRow, Rows, Store, Table, read_object, table_error};
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
 
@@ -619,15 +619,7 @@ async fn read_file(
     file: &QueueFile,
 ) -> Result<(Bytes, Vec<QueueRow>)> {
     let fail = |e: DeltaTableError| table_error(Table::RetryQueue)(e);
-    let path = deltalake::Path::parse(&file.remove.path)
-        .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
-    let bytes = store
-        .get(&path)
-        .await
-        .map_err(|e| fail(e.into()))?
-        .bytes()
-        .await
-        .map_err(|e| fail(e.into()))?;
+    let bytes = read_object(&store, Table::RetryQueue, &file.remove.path).await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
         .map_err(|e| fail(e.into()))?
         .build()

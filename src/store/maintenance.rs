@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use deltalake::DeltaTableError;
 use deltalake::kernel::{Action, Add, Remove};
-use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
 use serde::Serialize;
 
-use super::{CommitTag, Store, Table, table_error};
+use super::{CommitTag, Store, Table, read_object, table_error};
 use crate::error::{Error, Result};
 
 /// How a queue keeps its tables small as it runs, checked after every round of
@@ -227,15 +226,7 @@ impl Store {
         let store = self.table(table).log_store().object_store(None);
         let mut writer = self.writer(table)?;
         for (_, remove) in &small {
-            let path = deltalake::Path::parse(&remove.path)
-                .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
-            let bytes = store
-                .get(&path)
-                .await
-                .map_err(|e| fail(e.into()))?
-                .bytes()
-                .await
-                .map_err(|e| fail(e.into()))?;
+            let bytes = read_object(&store, table, &remove.path).await?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .map_err(|e| fail(e.into()))?
                 .build()

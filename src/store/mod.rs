@@ -56,6 +56,25 @@ pub struct Store {
     maintained: [Option<u64>; 4],
 }
 
+/// The bytes of the file at `path` (relative to `table`'s root) in `store`.
+pub(crate) async fn read_object(
+    store: &deltalake::logstore::ObjectStoreRef,
+    table: Table,
+    path: &str,
+) -> Result<bytes::Bytes> {
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    let fail = |e: DeltaTableError| table_error(table)(e);
+    let path = deltalake::Path::parse(path)
+        .map_err(|e| fail(deltalake::ObjectStoreError::from(e).into()))?;
+    store
+        .get(&path)
+        .await
+        .map_err(|e| fail(e.into()))?
+        .bytes()
+        .await
+        .map_err(|e| fail(e.into()))
+}
+
 /// Wraps a delta-rs error with the table it happened on.
 pub(crate) fn table_error(table: Table) -> impl FnOnce(DeltaTableError) -> Error {
     move |source| Error::Delta {
