@@ -28,6 +28,9 @@ struct Args {
     per_round: usize,
     maintain: bool,
     data: Option<String>,
+    /// Overrides of the maintenance's log retention (seconds) and cleaning interval.
+    log_retention: Option<u64>,
+    clean_every: Option<u64>,
 }
 
 fn args() -> Args {
@@ -36,6 +39,8 @@ fn args() -> Args {
         per_round: 5,
         maintain: true,
         data: None,
+        log_retention: None,
+        clean_every: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -43,6 +48,10 @@ fn args() -> Args {
             "--per-round" => args.per_round = it.next().expect("N").parse().expect("a number"),
             "--maintain" => args.maintain = it.next().as_deref() != Some("off"),
             "--data" => args.data = it.next(),
+            "--log-retention-secs" => {
+                args.log_retention = it.next().map(|n| n.parse().expect("secs"))
+            }
+            "--clean-log-every" => args.clean_every = it.next().map(|n| n.parse().expect("N")),
             n => args.rounds = n.parse().expect("ROUNDS is a number"),
         }
     }
@@ -90,11 +99,17 @@ async fn main() -> retrylake::Result<()> {
     let start = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
     let clock = Arc::new(FixedClock::new(start));
     let mut queue = Queue::open(&root).await?.with_clock(clock.clone());
-    let maintenance = if args.maintain {
+    let mut maintenance = if args.maintain {
         Maintenance::default()
     } else {
         Maintenance::off()
     };
+    if let Some(secs) = args.log_retention {
+        maintenance.log_retention = Some(Duration::from_secs(secs));
+    }
+    if let Some(n) = args.clean_every {
+        maintenance.clean_log_every = n;
+    }
     let config = RoundConfig::default();
     let processor = SimulateProcessor::new(0.3, 7);
     let input = dir.path().join("in.jsonl");
@@ -110,10 +125,13 @@ async fn main() -> retrylake::Result<()> {
         if args.maintain { "on" } else { "off" }
     );
     println!(
-        "{:>7} {:>10} {:>10} {:>10}   files live/on disk/log entries: retry_queue final_results dead_letter_queue attempts",
+        "{:>7} {:>10} {:>10} {:>10}   files live/on disk/log entries: attempts final_results dead_letter_queue retry_queue",
         "round", "worker ms", "run ms", "status ms"
     );
     let mut worker_times = Vec::new();
+    // Per round: opening work outside the phases (refresh, recovery), the claim, the
+    // calls, the commits, and the upkeep.
+    let mut parts: Vec<[Duration; 5]> = Vec::new();
     let mut first = None;
     for i in 0..args.rounds {
         let now: DateTime<Utc> = start + chrono::Duration::minutes(i as i64);
@@ -124,13 +142,24 @@ async fn main() -> retrylake::Result<()> {
         std::fs::write(&input, lines).expect("write input");
         queue.enqueue(&input, &Default::default()).await?;
         let took = Instant::now();
-        queue.run_round(&processor, &config).await?;
+        let report = queue.run_round(&processor, &config).await?;
+        let kept = Instant::now();
         queue.maintain(&maintenance).await?;
+        let upkeep = kept.elapsed();
         let took = took.elapsed();
+        let p = &report.phases;
+        let inside = p.read + p.process + p.commit();
         let Some(&mark) = marks.iter().find(|&&m| i >= m && i < m + WINDOW) else {
             continue;
         };
         worker_times.push(took);
+        parts.push([
+            took - upkeep - inside,
+            p.read,
+            p.process,
+            p.commit(),
+            upkeep,
+        ]);
         if i + 1 < mark + WINDOW {
             continue;
         }
@@ -156,6 +185,13 @@ async fn main() -> retrylake::Result<()> {
             statuses.push(took.elapsed());
         }
         let worker = median(std::mem::take(&mut worker_times));
+        let split: Vec<String> = (0..5)
+            .map(|k| {
+                let m = median(parts.iter().map(|p| p[k]).collect());
+                format!("{:.1}", m.as_secs_f64() * 1e3)
+            })
+            .collect();
+        parts.clear();
         let run = median(runs);
         let status = median(statuses);
         let counts = Table::ALL
@@ -179,6 +215,10 @@ async fn main() -> retrylake::Result<()> {
             worker.as_secs_f64() * 1e3,
             run.as_secs_f64() * 1e3,
             status.as_secs_f64() * 1e3,
+        );
+        println!(
+            "{:>7} worker round: refresh+recover {} claim {} calls {} commits {} upkeep {} ms",
+            "", split[0], split[1], split[2], split[3], split[4]
         );
         let (w0, r0) = *first.get_or_insert((worker, run));
         println!(

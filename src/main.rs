@@ -287,7 +287,7 @@ struct RunArgs {
     compact_at: usize,
     /// How long _delta_log entries are kept, so how far back time travel reaches at least
     /// (a duration such as 2d, or 'forever').
-    #[arg(long, default_value = "2d", value_parser = parse_retention)]
+    #[arg(long, default_value = "1d", value_parser = parse_retention)]
     log_retention: Retention,
 }
 

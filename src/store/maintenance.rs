@@ -47,10 +47,12 @@ pub struct Maintenance {
     pub target_file_size: NonZeroU64,
     /// How long `_delta_log` entries are kept: time travel reaches back at least this far
     /// (and until a vacuum, for the data files). `None` keeps every entry. Default value is
-    /// 2 days.
+    /// 1 day. On a local disk every read of a table's new versions lists its whole log, so
+    /// a round's cost grows with the entries kept (see the README's figures); on an object
+    /// store it does not.
     pub log_retention: Option<Duration>,
     /// Versions of a table between two removals of its expired log entries. Default value
-    /// is `1000`.
+    /// is `100`.
     pub clean_log_every: u64,
 }
 
@@ -59,8 +61,8 @@ impl Default for Maintenance {
         Maintenance {
             compact_at: Some(32),
             target_file_size: NonZeroU64::new(64 << 20).expect("not zero"),
-            log_retention: Some(Duration::from_secs(2 * 24 * 3600)),
-            clean_log_every: 1000,
+            log_retention: Some(Duration::from_secs(24 * 3600)),
+            clean_log_every: 100,
         }
     }
 }
