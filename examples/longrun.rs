@@ -7,6 +7,7 @@
 //!
 //!     cargo build --release --bin retrylake --example longrun
 //!     target/release/examples/longrun [ROUNDS] [--per-round N] [--maintain off] [--data URL]
+//!         [--log-retention-secs S] [--clean-log-every N]
 //!
 //! ROUNDS defaults to 1,200. `--data` runs on an object store (credentials from the
 //! environment, as for the binary); files are counted only on a local disk.
