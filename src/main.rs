@@ -500,7 +500,6 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A count of records: zero would do nothing and look like success.
 /// A log retention: a duration, or forever.
 #[derive(Debug, Clone, Copy)]
 struct Retention(Option<Duration>);
@@ -509,9 +508,17 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
     if s == "forever" {
         return Ok(Retention(None));
     }
-    parse_positive_duration(s).map(|d| Retention(Some(d)))
+    match parse_positive_duration(s)? {
+        d if d < Duration::from_secs(3600) => Err(
+            "expected at least 1h (or 'forever'): a process still working on an older version \
+             (a round under its lease, a paused worker) must find its log entries"
+                .to_owned(),
+        ),
+        d => Ok(Retention(Some(d))),
+    }
 }
 
+/// A count of records: zero would do nothing and look like success.
 fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use deltalake::DeltaTableError;
 use deltalake::kernel::{Action, Add, Remove};
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
@@ -39,17 +40,18 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Maintenance {
-    /// Compact a table once this many of its files are smaller than `target_file_size`;
+    /// Compact a table once this many of its files are small (see `target_file_size`);
     /// `None` never compacts. Default value is `Some(32)`.
     pub compact_at: Option<usize>,
-    /// The size compaction writes files up to; smaller files count as small. Default value
-    /// is 64 MiB.
+    /// The size compaction writes files up to; files under a quarter of it count as small.
+    /// Default value is 64 MiB.
     pub target_file_size: NonZeroU64,
     /// How long `_delta_log` entries are kept: time travel reaches back at least this far
     /// (and until a vacuum, for the data files). `None` keeps every entry. Default value is
     /// 1 day. On a local disk every read of a table's new versions lists its whole log, so
     /// a round's cost grows with the entries kept (see the README's figures); on an object
-    /// store it does not.
+    /// store it does not. Keep it longer than any process may work on an older version (a
+    /// round under its lease, a paused worker): the command line refuses less than 1 hour.
     pub log_retention: Option<Duration>,
     /// Versions of a table between two removals of its expired log entries. Default value
     /// is `100`.
@@ -143,27 +145,50 @@ impl Store {
     /// loses a race with another writer is left for a later pass.
     pub async fn maintain(&mut self, policy: &Maintenance) -> Result<Vec<Maintained>> {
         let mut done = Vec::new();
+        // A table whose upkeep fails does not hold back the others'; the first error is
+        // returned once every table had its turn.
+        let mut failed = None;
         for table in Table::ALL {
             let mut did = Maintained {
                 table: table.name(),
                 ..Maintained::default()
             };
-            if let Some(at) = policy.compact_at
-                && table != Table::RetryQueue
-                && self.small_files(table, policy.target_file_size)? >= at.max(2)
-            {
-                self.compact(table, policy.target_file_size, &mut did)
-                    .await?;
+            if let Err(e) = self.maintain_table(table, policy, &mut did).await {
+                tracing::warn!(table = table.name(), "table maintenance failed: {e}");
+                failed.get_or_insert(e);
             }
-            let version = self.table(table).version();
-            let last = std::mem::replace(&mut self.maintained[Store::index(table)], version);
-            let every = policy.clean_log_every.max(1);
-            if let (Some(retention), Some(last), Some(version)) =
-                (policy.log_retention, last, version)
-                && version / every > last / every
-            {
-                let cutoff = chrono::Utc::now()
-                    - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+            if did.files_compacted > 0 || did.log_entries_removed > 0 {
+                tracing::debug!(?did, "maintained");
+                done.push(did);
+            }
+        }
+        failed.map_or(Ok(done), Err)
+    }
+
+    /// One table's share of [`Store::maintain`].
+    async fn maintain_table(
+        &mut self,
+        table: Table,
+        policy: &Maintenance,
+        did: &mut Maintained,
+    ) -> Result<()> {
+        if let Some(at) = policy.compact_at
+            && table != Table::RetryQueue
+            && self.small_files(table, policy.target_file_size)?.len() >= at.max(2)
+        {
+            self.compact(table, policy.target_file_size, did).await?;
+        }
+        let version = self.table(table).version();
+        let every = policy.clean_log_every.max(1);
+        let last = self.maintained[Store::index(table)];
+        if let (Some(retention), Some(last), Some(version)) = (policy.log_retention, last, version)
+            && version / every > last / every
+        {
+            // Nothing is older than the beginning of time.
+            let cutoff = chrono::Duration::from_std(retention)
+                .ok()
+                .and_then(|r| chrono::Utc::now().checked_sub_signed(r));
+            if let Some(cutoff) = cutoff {
                 let t = self.table(table);
                 did.log_entries_removed = deltalake::checkpoints::cleanup_expired_logs_for(
                     version,
@@ -174,23 +199,26 @@ impl Store {
                 .await
                 .map_err(table_error(table))?;
             }
-            if did.files_compacted > 0 || did.log_entries_removed > 0 {
-                tracing::debug!(?did, "maintained");
-                done.push(did);
-            }
         }
-        Ok(done)
+        // Only once done: a failed cleanup is tried again after the next round.
+        self.maintained[Store::index(table)] = version;
+        Ok(())
     }
 
-    /// How many of `table`'s files are smaller than `target`.
-    fn small_files(&self, table: Table, target: NonZeroU64) -> Result<usize> {
+    /// `table`'s small files, smallest first, as removes: those under a quarter of
+    /// `target`, so that a compaction's own output is not rewritten again and again as it
+    /// grows.
+    fn small_files(&self, table: Table, target: NonZeroU64) -> Result<Vec<(i64, Remove)>> {
         let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
-        let target = i64::try_from(target.get()).unwrap_or(i64::MAX);
-        Ok(snapshot
+        let small = i64::try_from(target.get() / 4).unwrap_or(i64::MAX);
+        let mut files: Vec<(i64, Remove)> = snapshot
             .log_data()
             .iter()
-            .filter(|f| f.size() < target)
-            .count())
+            .filter(|f| f.size() < small)
+            .map(|f| (f.size(), f.remove_action(false)))
+            .collect();
+        files.sort_by_key(|(size, _)| *size);
+        Ok(files)
     }
 
     /// Compacts `table`'s small files into one file (up to `target` bytes of them, the
@@ -207,15 +235,8 @@ impl Store {
         did: &mut Maintained,
     ) -> Result<()> {
         let fail = |e: DeltaTableError| table_error(table)(e);
-        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
         let limit = i64::try_from(target.get()).unwrap_or(i64::MAX);
-        let mut small: Vec<(i64, Remove)> = snapshot
-            .log_data()
-            .iter()
-            .filter(|f| f.size() < limit)
-            .map(|f| (f.size(), f.remove_action(false)))
-            .collect();
-        small.sort_by_key(|(size, _)| *size);
+        let mut small = self.small_files(table, target)?;
         let mut total = 0i64;
         small.retain(|(size, _)| {
             total = total.saturating_add(*size);
@@ -238,6 +259,7 @@ impl Store {
             }
         }
         let adds = writer.flush().await.map_err(table_error(table))?;
+        let written: Vec<String> = adds.iter().map(|a| a.path.clone()).collect();
         did.files_compacted = small.len() as u64;
         did.files_written = adds.len() as u64;
         let mut actions: Vec<Action> = small.into_iter().map(|(_, r)| Action::Remove(r)).collect();
@@ -257,6 +279,12 @@ impl Store {
                     table = table.name(),
                     "compaction lost a race; left for later"
                 );
+                // Its file is referenced by no version: remove it (vacuum would not).
+                for path in written {
+                    if let Ok(path) = deltalake::Path::parse(&path) {
+                        let _ = store.delete(&path).await;
+                    }
+                }
                 *did = Maintained {
                     table: did.table,
                     log_entries_removed: did.log_entries_removed,

@@ -217,7 +217,7 @@ fn expired_log_entries_go_and_the_tables_stay_readable() {
     };
     let latest_rows = counts("SELECT COUNT(*) FROM final_results", AsOf::Latest).unwrap();
 
-    // Every entry written three days ago: past the default retention of two days.
+    // Every entry written three days ago: past the default retention of one day.
     age_logs(&env, Duration::from_secs(3 * 24 * 3600));
     rt.block_on(async {
         let mut queue = env.data().queue().await;
@@ -294,4 +294,53 @@ print(json.dumps({n: DeltaTable(f"{root}/{n}").to_pyarrow_table().num_rows for n
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn two_compactions_of_the_same_files_never_both_commit() {
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "D", 60);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    env.ok(&[
+        "run",
+        "--limit",
+        "3",
+        "--drain",
+        "--now",
+        PAST,
+        "--maintenance",
+        "off",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Both read the same version, both see the same small files.
+        let mut a = env.data().queue().await;
+        let mut b = env.data().queue().await;
+        let before = a.store().read::<AttemptRow>().await.unwrap().len();
+        let first = a.maintain(&eager()).await.unwrap();
+        assert!(first.iter().any(|d| d.table == "attempts"), "{first:?}");
+        // `b` compacts from the version before `a`'s compaction: it must lose.
+        let second = b.maintain(&eager()).await.unwrap();
+        assert!(second.iter().all(|d| d.files_compacted == 0), "{second:?}");
+        let fresh = env.data().queue().await;
+        let after = fresh.store().read::<AttemptRow>().await.unwrap().len();
+        assert_eq!(
+            after, before,
+            "rows of attempts before and after two compactions"
+        );
+    });
+    assert_exactly_once(&env.data(), &ids);
+}
+
+#[test]
+fn a_log_retention_under_an_hour_is_refused() {
+    let env = Env::new();
+    for short in ["1s", "59m"] {
+        let err = env.fails(&["run", "--log-retention", short]);
+        assert!(
+            err.contains("--log-retention") && err.contains("at least 1h"),
+            "{err}"
+        );
+    }
+    assert!(!env.data_dir().exists(), "created the tables");
 }
