@@ -1,12 +1,11 @@
 //! Several `run` processes on one data directory at once.
 
-use std::collections::HashSet;
 use std::process::Output;
 
 use retrylake::Shard;
 use retrylake::store::{AttemptRow, QueueRow};
 
-use super::util::{Env, assert_exactly_once, write_samples};
+use super::util::{Env, assert_each_attempt_once, assert_exactly_once, write_samples};
 
 /// Records enqueued in the past are due now on the real clock. Concurrent runners share the
 /// real clock (a virtual `--now` per process would let one jump into another's lease), with
@@ -80,17 +79,7 @@ fn workers_with_their_own_names(env: Env) {
     assert_all_succeed(spawn_all(&env, runners));
     assert_exactly_once(&env.data(), &ids);
     assert!(env.rows::<QueueRow>().is_empty());
-    // No record was ever called twice for the same attempt.
-    let attempts = env.rows::<AttemptRow>();
-    let mut seen = HashSet::new();
-    for a in &attempts {
-        assert!(
-            seen.insert((a.sample_id.clone(), a.retries_before)),
-            "{} attempt {} twice",
-            a.sample_id,
-            a.retries_before
-        );
-    }
+    assert_each_attempt_once(&env);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use retrylake::store::{AttemptRow, QueueRow, Table};
 use retrylake::{AsOf, Maintenance};
 
-use super::util::{Env, assert_exactly_once, write_samples};
+use super::util::{Env, assert_each_attempt_once, assert_exactly_once, write_samples};
 
 const PAST: &str = "2020-01-01T00:00:00Z";
 
@@ -16,6 +16,24 @@ fn eager() -> Maintenance {
         compact_at: Some(2),
         ..Maintenance::default()
     }
+}
+
+/// Enqueues `n` samples due at [`PAST`] and drains them in rounds of `limit` records on
+/// the virtual clock, with `maintenance` (the run's flags for it); returns their ids.
+fn drained(env: &Env, prefix: &str, n: usize, limit: &str, maintenance: &[&str]) -> Vec<String> {
+    let (input, ids) = write_samples(env, prefix, n);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    let mut args = vec!["run", "--limit", limit, "--drain", "--now", PAST];
+    args.extend(maintenance);
+    env.ok(&args);
+    ids
+}
+
+/// `table`'s live data files.
+async fn live_files(env: &Env, table: Table) -> usize {
+    let queue = env.data().queue().await;
+    let snapshot = queue.store().table(table).snapshot().unwrap();
+    snapshot.log_data().num_files()
 }
 
 /// How many times `table` was compacted.
@@ -89,17 +107,7 @@ fn compaction_racing_workers(env: Env) {
     assert!(passes.into_inner() > 0);
     assert_exactly_once(&env.data(), &ids);
     assert!(env.rows::<QueueRow>().is_empty());
-    // Each attempt journaled once.
-    let attempts = env.rows::<AttemptRow>();
-    let mut seen = std::collections::HashSet::new();
-    for a in &attempts {
-        assert!(
-            seen.insert((a.sample_id.clone(), a.retries_before)),
-            "{} attempt {} twice",
-            a.sample_id,
-            a.retries_before
-        );
-    }
+    assert_each_attempt_once(&env);
     // The race happened: the tables were compacted while the rounds ran.
     let compacted = rt.block_on(async {
         compactions(&env, Table::Attempts).await + compactions(&env, Table::FinalResults).await
@@ -110,56 +118,20 @@ fn compaction_racing_workers(env: Env) {
 #[test]
 fn compaction_keeps_every_row_and_leaves_few_files() {
     let env = Env::new();
-    let (input, ids) = write_samples(&env, "K", 120);
-    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
     // Small rounds, each appending a file to the tables, compacted along the way.
-    env.ok(&[
-        "run",
-        "--limit",
-        "4",
-        "--drain",
-        "--now",
-        PAST,
-        "--compact-at",
-        "8",
-    ]);
+    let ids = drained(&env, "K", 120, "4", &["--compact-at", "8"]);
     assert_exactly_once(&env.data(), &ids);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let queue = rt.block_on(env.data().queue());
     for table in [Table::Attempts, Table::FinalResults] {
-        let files = queue
-            .store()
-            .table(table)
-            .snapshot()
-            .unwrap()
-            .log_data()
-            .num_files();
+        let files = rt.block_on(live_files(&env, table));
         assert!(files < 8 + 2, "{}: {files} live files", table.name());
     }
     assert!(rt.block_on(compactions(&env, Table::Attempts)) > 0);
     // Off, the same run leaves a file per round.
     let off = Env::new();
-    let (input, _) = write_samples(&off, "K", 120);
-    off.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
-    off.ok(&[
-        "run",
-        "--limit",
-        "4",
-        "--drain",
-        "--now",
-        PAST,
-        "--maintenance",
-        "off",
-    ]);
+    drained(&off, "K", 120, "4", &["--maintenance", "off"]);
     assert_eq!(rt.block_on(compactions(&off, Table::Attempts)), 0);
-    let queue = rt.block_on(off.data().queue());
-    let files = queue
-        .store()
-        .table(Table::Attempts)
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .num_files();
+    let files = rt.block_on(live_files(&off, Table::Attempts));
     assert!(files >= 30, "{files} live files without maintenance");
 }
 
@@ -193,19 +165,8 @@ fn log_entries(env: &Env, table: Table) -> usize {
 #[test]
 fn expired_log_entries_go_and_the_tables_stay_readable() {
     let env = Env::new();
-    let (input, ids) = write_samples(&env, "L", 150);
-    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
     // Past 100 versions of every table, so each has a checkpoint.
-    env.ok(&[
-        "run",
-        "--limit",
-        "1",
-        "--drain",
-        "--now",
-        PAST,
-        "--maintenance",
-        "off",
-    ]);
+    let ids = drained(&env, "L", 150, "1", &["--maintenance", "off"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let before = log_entries(&env, Table::RetryQueue);
     let counts = |sql: &str, as_of| {
@@ -299,18 +260,7 @@ print(json.dumps({n: DeltaTable(f"{root}/{n}").to_pyarrow_table().num_rows for n
 #[test]
 fn two_compactions_of_the_same_files_never_both_commit() {
     let env = Env::new();
-    let (input, ids) = write_samples(&env, "D", 60);
-    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
-    env.ok(&[
-        "run",
-        "--limit",
-        "3",
-        "--drain",
-        "--now",
-        PAST,
-        "--maintenance",
-        "off",
-    ]);
+    let ids = drained(&env, "D", 60, "3", &["--maintenance", "off"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Both read the same version, both see the same small files.

@@ -156,6 +156,19 @@ pub fn bare_cmd() -> Command {
     cmd
 }
 
+/// No record was journaled twice for the same attempt (its retry count before the call).
+pub fn assert_each_attempt_once(env: &Env) {
+    let mut seen = std::collections::HashSet::new();
+    for a in env.rows::<retrylake::store::AttemptRow>() {
+        assert!(
+            seen.insert((a.sample_id.clone(), a.retries_before)),
+            "{} attempt {} twice",
+            a.sample_id,
+            a.retries_before
+        );
+    }
+}
+
 /// Audits the tables on disk and asserts every invariant holds for exactly `expected` ids.
 pub fn assert_exactly_once(data: &Root, expected: &[String]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
