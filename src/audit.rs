@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
+
 use crate::error::Result;
 use crate::store::{AttemptKind, AttemptRow, DeadRow, FinalRow, QueueRow, Store, Table};
 
@@ -13,10 +15,12 @@ pub struct Audit {
     pub ids: BTreeSet<String>,
     /// Ids found in more than one table, or twice in one table, with where.
     pub doubled: Vec<(String, Vec<&'static str>)>,
-    /// Final records without a journaled success.
+    /// Final records without a journaled success (among those processed since the
+    /// journal's retention last pruned it).
     pub unjournaled_finals: Vec<String>,
     /// Queued records whose retry count is not their number of journaled transient
-    /// failures since their last redrive.
+    /// failures since their last redrive (among those enqueued since the journal's
+    /// retention last pruned it).
     pub count_mismatches: Vec<String>,
 }
 
@@ -35,6 +39,11 @@ pub async fn audit(store: &Store) -> Result<Audit> {
     let finals: Vec<FinalRow> = store.read().await?;
     let dead: Vec<DeadRow> = store.read().await?;
     let attempts: Vec<AttemptRow> = store.read().await?;
+    // Journal rows finished before this may have been pruned by its retention: records
+    // that old cannot be checked against the journal (a final's success finished at its
+    // `processed_at`, a queued record's failures after its `enqueued_at`).
+    let pruned = store.pruned_before(Table::Attempts).await?;
+    let checkable = |t: DateTime<Utc>| pruned.is_none_or(|p| t >= p);
 
     let mut places: HashMap<&str, Vec<&'static str>> = HashMap::new();
     let all = queue
@@ -84,11 +93,13 @@ pub async fn audit(store: &Store) -> Result<Audit> {
     }
     audit.unjournaled_finals = finals
         .iter()
+        .filter(|f| checkable(f.processed_at))
         .filter(|f| !journaled.get(f.sample_id.as_str()).is_some_and(|j| j.1))
         .map(|f| f.sample_id.clone())
         .collect();
     audit.count_mismatches = queue
         .iter()
+        .filter(|q| checkable(q.enqueued_at))
         .filter(|q| {
             journaled.get(q.sample_id.as_str()).map_or(0, |j| j.0) != q.retry_count as usize
         })

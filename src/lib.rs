@@ -86,5 +86,5 @@ pub use round::{
 };
 pub use shard::Shard;
 pub use status::{ErrorCount, Status};
-pub use store::{AsOf, Maintained, Maintenance, StorageOptions};
+pub use store::{AsOf, Maintained, Maintenance, RowRetention, StorageOptions};
 pub use worker::{Rounds, Shutdown, Until, run_rounds};

@@ -16,8 +16,8 @@ use retrylake::store::{DeadReason, Table};
 use retrylake::{
     AsOf, BreakerConfig, EnqueueOptions, Fields, FixedClock, Guard, GuardConfig, InputFormat,
     Jitter, Maintenance, Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate,
-    RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds, Shard, Shutdown, Status, Until,
-    WorkerName, run_rounds,
+    RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds, RowRetention, Shard, Shutdown,
+    Status, Until, WorkerName, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -289,6 +289,17 @@ struct RunArgs {
     /// (a duration such as 2d, or 'forever').
     #[arg(long, default_value = "1d", value_parser = parse_retention)]
     log_retention: Retention,
+    /// How long attempts rows are kept, by finished_at (a duration such as 30d, or
+    /// 'forever'); pruned rows leave a DELETE in the table's history. Applies with
+    /// --maintenance off too.
+    #[arg(long, value_name = "DUR", default_value = "forever", value_parser = parse_retention)]
+    keep_attempts: Retention,
+    /// How long final_results rows are kept, by processed_at (or 'forever').
+    #[arg(long, value_name = "DUR", default_value = "forever", value_parser = parse_retention)]
+    keep_final: Retention,
+    /// How long dead_letter_queue rows are kept, by failed_at (or 'forever').
+    #[arg(long, value_name = "DUR", default_value = "forever", value_parser = parse_retention)]
+    keep_dead: Retention,
 }
 
 /// The backoff policy's flags, shared by `run`, `worker` and `report`.
@@ -370,12 +381,21 @@ impl GuardArgs {
 impl RunArgs {
     /// The tables' upkeep after every round.
     fn maintenance(&self) -> Maintenance {
+        let keep_rows = RowRetention {
+            attempts: self.keep_attempts.0,
+            final_results: self.keep_final.0,
+            dead_letter_queue: self.keep_dead.0,
+        };
         if !self.maintenance {
-            return Maintenance::off();
+            return Maintenance {
+                keep_rows,
+                ..Maintenance::off()
+            };
         }
         Maintenance {
             compact_at: Some(self.compact_at),
             log_retention: self.log_retention.0,
+            keep_rows,
             ..Maintenance::default()
         }
     }
@@ -500,7 +520,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A log retention: a duration, or forever.
+/// A retention (of log entries, of rows): a duration, or forever.
 #[derive(Debug, Clone, Copy)]
 struct Retention(Option<Duration>);
 
@@ -511,7 +531,7 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
     match parse_positive_duration(s)? {
         d if d < Duration::from_secs(3600) => Err(
             "expected at least 1h (or 'forever'): a process still working on an older version \
-             (a round under its lease, a paused worker) must find its log entries"
+             (a round under its lease, a paused worker) must find what it reads"
                 .to_owned(),
         ),
         d => Ok(Retention(Some(d))),

@@ -229,9 +229,11 @@ impl Queue {
     }
 
     /// One maintenance pass under `policy` (see [`Maintenance`]): what
-    /// [`run_rounds`](crate::run_rounds) does after every round.
+    /// [`run_rounds`](crate::run_rounds) does after every round. Rows' ages
+    /// ([`RowRetention`](crate::RowRetention)) are measured on the queue's clock.
     pub async fn maintain(&mut self, policy: &Maintenance) -> Result<Vec<Maintained>> {
-        self.store.maintain(policy).await
+        let now = self.clock.now();
+        self.store.maintain(policy, now).await
     }
 
     /// Deletes the data files no version younger than `retain` refers to (see

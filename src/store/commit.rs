@@ -18,6 +18,8 @@ pub struct CommitTag {
     ids: Option<i64>,
     /// The table's rewrite sequence this commit advances to (see [`REWRITES_APP`]).
     rewrites: Option<i64>,
+    /// The time before which the table's rows may have been pruned (see [`PRUNED_APP`]).
+    pruned: Option<i64>,
     details: BTreeMap<String, Value>,
 }
 
@@ -63,6 +65,9 @@ impl CommitTag {
         if let Some(rewrites) = self.rewrites {
             txns.push(Transaction::new(REWRITES_APP, rewrites));
         }
+        if let Some(pruned) = self.pruned {
+            txns.push(Transaction::new(PRUNED_APP, pruned));
+        }
         // delta-rs would list the whole `_delta_log` after every commit to remove expired
         // entries, a cost that grows with the log: the queue's maintenance does it now and
         // then instead (`Store::maintain`).
@@ -76,6 +81,15 @@ impl CommitTag {
     pub(crate) fn with_rewrites(&self, version: i64) -> Self {
         CommitTag {
             rewrites: Some(version),
+            ..self.clone()
+        }
+    }
+
+    /// The same tag, for a commit that deletes the table's rows older than `micros`
+    /// (microseconds since the Unix epoch).
+    pub(crate) fn with_pruned(&self, micros: i64) -> Self {
+        CommitTag {
+            pruned: Some(micros),
             ..self.clone()
         }
     }
@@ -105,6 +119,12 @@ pub(crate) const IDS_APP: &str = "retrylake-ids";
 /// leave every row of those files twice. Rounds only append to these tables and leave the
 /// sequence alone.
 pub(crate) const REWRITES_APP: &str = "retrylake-rewrites";
+
+/// The application id whose version is the time (microseconds since the Unix epoch)
+/// before which a table's rows may have been pruned by its retention: an audit cannot
+/// expect journal rows older than that. Kept in every checkpoint, unlike the prune's
+/// commit, whose log entry expires.
+pub(crate) const PRUNED_APP: &str = "retrylake-pruned";
 
 /// The application id under which `worker`'s rounds are recorded in every table.
 pub(crate) fn app_id(worker: &str) -> String {

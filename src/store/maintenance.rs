@@ -4,6 +4,10 @@
 use std::num::NonZeroU64;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::datafusion::scalar::ScalarValue;
+
 use deltalake::DeltaTableError;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
@@ -27,6 +31,8 @@ use crate::error::{Error, Result};
 /// - `_delta_log` entries older than `log_retention` (and than a checkpoint) are removed,
 ///   once every `clean_log_every` versions of a table, instead of after every commit
 ///   (removing them lists the whole log).
+/// - Rows of `attempts`, `final_results` and `dead_letter_queue` are kept forever unless
+///   `keep_rows` says otherwise (see [`RowRetention`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -56,6 +62,39 @@ pub struct Maintenance {
     /// Versions of a table between two removals of its expired log entries. Default value
     /// is `100`.
     pub clean_log_every: u64,
+    /// How long each table's rows are kept. Default value keeps every row.
+    pub keep_rows: RowRetention,
+}
+
+/// How long rows are kept, per table, by age: `attempts` by `finished_at`, `final_results`
+/// by `processed_at`, `dead_letter_queue` by `failed_at`, measured on the queue's clock.
+/// `None` (the default) keeps every row: nothing is dropped unless configured.
+///
+/// Expired rows are deleted by one Delta `DELETE` per table whose history names the
+/// predicate, the retention and the rows removed; time travel to a version before it still
+/// reads them until a vacuum. A row lives at least its retention and at most a tenth longer
+/// (a table is pruned once its oldest row is that far past, so a busy table is not rewritten
+/// at every round). `retry_queue` rows are the queue itself and never expire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowRetention {
+    /// How long `attempts` rows are kept.
+    pub attempts: Option<Duration>,
+    /// How long `final_results` rows are kept.
+    pub final_results: Option<Duration>,
+    /// How long `dead_letter_queue` rows are kept.
+    pub dead_letter_queue: Option<Duration>,
+}
+
+impl RowRetention {
+    /// The retention of `table`'s rows, and the column that dates them.
+    pub fn of(&self, table: Table) -> Option<(Duration, &'static str)> {
+        match table {
+            Table::Attempts => self.attempts.map(|d| (d, "finished_at")),
+            Table::FinalResults => self.final_results.map(|d| (d, "processed_at")),
+            Table::DeadLetterQueue => self.dead_letter_queue.map(|d| (d, "failed_at")),
+            Table::RetryQueue => None,
+        }
+    }
 }
 
 impl Default for Maintenance {
@@ -65,16 +104,18 @@ impl Default for Maintenance {
             target_file_size: NonZeroU64::new(64 << 20).expect("not zero"),
             log_retention: Some(Duration::from_secs(24 * 3600)),
             clean_log_every: 100,
+            keep_rows: RowRetention::default(),
         }
     }
 }
 
 impl Maintenance {
-    /// No compaction and no removal of log entries (checkpoints are still written).
+    /// No compaction, no removal of log entries or rows (checkpoints are still written).
     pub fn off() -> Self {
         Maintenance {
             compact_at: None,
             log_retention: None,
+            keep_rows: RowRetention::default(),
             ..Maintenance::default()
         }
     }
@@ -91,6 +132,8 @@ pub struct Maintained {
     pub files_written: u64,
     /// Expired `_delta_log` entries removed.
     pub log_entries_removed: usize,
+    /// Expired rows deleted ([`RowRetention`]).
+    pub rows_pruned: u64,
 }
 
 /// What `optimize` did to one table.
@@ -142,8 +185,13 @@ impl Store {
     /// gathered enough small files, and removes expired log entries of the tables that
     /// have passed a multiple of `clean_log_every` versions since the last pass (or since
     /// they were opened). Returns what it did to the tables it changed. A compaction that
-    /// loses a race with another writer is left for a later pass.
-    pub async fn maintain(&mut self, policy: &Maintenance) -> Result<Vec<Maintained>> {
+    /// loses a race with another writer is left for a later pass, as is a prune. `now` is
+    /// the queue's clock, which rows' ages are measured on.
+    pub async fn maintain(
+        &mut self,
+        policy: &Maintenance,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Maintained>> {
         let mut done = Vec::new();
         // A table whose upkeep fails does not hold back the others'; the first error is
         // returned once every table had its turn.
@@ -153,11 +201,11 @@ impl Store {
                 table: table.name(),
                 ..Maintained::default()
             };
-            if let Err(e) = self.maintain_table(table, policy, &mut did).await {
+            if let Err(e) = self.maintain_table(table, policy, now, &mut did).await {
                 tracing::warn!(table = table.name(), "table maintenance failed: {e}");
                 failed.get_or_insert(e);
             }
-            if did.files_compacted > 0 || did.log_entries_removed > 0 {
+            if did.files_compacted > 0 || did.log_entries_removed > 0 || did.rows_pruned > 0 {
                 tracing::debug!(?did, "maintained");
                 done.push(did);
             }
@@ -170,8 +218,12 @@ impl Store {
         &mut self,
         table: Table,
         policy: &Maintenance,
+        now: DateTime<Utc>,
         did: &mut Maintained,
     ) -> Result<()> {
+        if let Some((keep, column)) = policy.keep_rows.of(table) {
+            self.prune(table, keep, column, now, did).await?;
+        }
         if let Some(at) = policy.compact_at
             && table != Table::RetryQueue
             && self.small_files(table, policy.target_file_size)?.len() >= at.max(2)
@@ -294,6 +346,105 @@ impl Store {
             }
             other => other,
         }
+    }
+
+    /// Deletes `table`'s rows whose `column` is older than `keep` before `now`, once its
+    /// oldest row (by the files' statistics) is a tenth of `keep` past that. One `DELETE`
+    /// commit, tagged `prune` with the retention, taking the rewrite sequence; one that
+    /// loses a race is left for a later pass.
+    async fn prune(
+        &mut self,
+        table: Table,
+        keep: Duration,
+        column: &str,
+        now: DateTime<Utc>,
+        did: &mut Maintained,
+    ) -> Result<()> {
+        let keep_for = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let slack = chrono::Duration::from_std(keep / 10).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = now.checked_sub_signed(keep_for) else {
+            return Ok(());
+        };
+        let due = match self.oldest(table, column)? {
+            Some(oldest) => cutoff
+                .checked_sub_signed(slack)
+                .is_some_and(|late| oldest < late),
+            // Files without statistics: let the delete find out.
+            None => true,
+        };
+        if !due {
+            return Ok(());
+        }
+        let cutoff_micros = cutoff.timestamp_micros();
+        let predicate = col(column).lt(lit(ScalarValue::TimestampMicrosecond(
+            Some(cutoff_micros),
+            Some("UTC".into()),
+        )));
+        let horizon = self
+            .pruned_before(table)
+            .await?
+            .map_or(cutoff_micros, |h| h.timestamp_micros().max(cutoff_micros));
+        let tag = CommitTag::operation("prune")
+            .with("keep", humantime::format_duration(keep).to_string())
+            .with("older_than", cutoff.to_rfc3339())
+            .with_rewrites(self.next_rewrite(table).await?)
+            .with_pruned(horizon);
+        let slot = &mut self.tables[Store::index(table)];
+        match slot
+            .clone()
+            .delete()
+            .with_predicate(predicate)
+            .with_commit_properties(tag.properties())
+            .await
+        {
+            Ok((pruned, metrics)) => {
+                *slot = pruned;
+                did.rows_pruned = metrics.num_deleted_rows.unwrap_or(0) as u64;
+                Ok(())
+            }
+            Err(e) => match table_error(table)(e) {
+                e if e.is_conflict() => {
+                    tracing::debug!(table = table.name(), "prune lost a race; left for later");
+                    Ok(())
+                }
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The time before which `table`'s rows may have been pruned by a retention
+    /// ([`RowRetention`]); `None` if they never were.
+    pub async fn pruned_before(&self, table: Table) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .txn_version(table, super::commit::PRUNED_APP)
+            .await?
+            .and_then(DateTime::from_timestamp_micros))
+    }
+
+    /// The least `column` value of `table`'s live files by their statistics; `None` when a
+    /// file has none.
+    fn oldest(&self, table: Table, column: &str) -> Result<Option<DateTime<Utc>>> {
+        let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for file in snapshot.log_data().iter() {
+            let least = file
+                .stats()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|s| {
+                    s.get("minValues")?
+                        .get(column)?
+                        .as_str()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                });
+            match least {
+                Some(t) => {
+                    let t = t.with_timezone(&Utc);
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(oldest)
     }
 
     /// Deletes the data files no version younger than `retain` refers to. Time travel to

@@ -5,12 +5,14 @@ pub(crate) mod columns;
 mod commit;
 pub(crate) mod due;
 pub(crate) mod journal;
+mod local_log;
 mod maintenance;
 mod schema;
+mod txns;
 
 pub use commit::CommitTag;
 pub use due::FILE_ROWS;
-pub use maintenance::{Maintained, Maintenance, Optimized, Vacuumed};
+pub use maintenance::{Maintained, Maintenance, Optimized, RowRetention, Vacuumed};
 pub use schema::Rows;
 pub use schema::{
     AttemptKind, AttemptRow, DeadReason, DeadRow, Disposition, FinalRow, QueueRow, Table,
@@ -54,6 +56,8 @@ pub struct Store {
     conflicts: u64,
     /// Each table's version when this process last maintained it (or opened it).
     maintained: [Option<u64>; 4],
+    /// Application-transaction versions, kept up to date from the commits read.
+    txns: txns::TxnCache,
 }
 
 /// The bytes of the file at `path` (relative to `table`'s root) in `store`.
@@ -95,6 +99,7 @@ impl Store {
     /// [`Store::open`] with object store settings given here rather than (or on top of)
     /// the environment's.
     pub async fn open_with(root: &str, options: StorageOptions) -> Result<Store> {
+        local_log::install();
         let local = !root.contains("://");
         if local {
             std::fs::create_dir_all(root).map_err(|source| Error::DataDir {
@@ -116,6 +121,7 @@ impl Store {
             tables,
             conflicts: 0,
             maintained,
+            txns: Default::default(),
         })
     }
 
@@ -125,6 +131,7 @@ impl Store {
     /// [`Error::MissingTables`]. With all four there, their schemas are checked as in
     /// [`Store::open_with`].
     pub async fn open_existing(root: &str, options: StorageOptions) -> Result<Store> {
+        local_log::install();
         let local = !root.contains("://");
         if !local {
             refuse_unsafe_commits(root, &options)?;
@@ -262,16 +269,6 @@ impl Store {
             .await?
             .unwrap_or(0)
             + 1)
-    }
-
-    /// The application-transaction version `app_id` last committed to `table`.
-    pub(crate) async fn txn_version(&self, table: Table, app_id: &str) -> Result<Option<i64>> {
-        let t = self.table(table);
-        let snapshot = t.snapshot().map_err(table_error(table))?;
-        snapshot
-            .transaction_version(t.log_store().as_ref(), app_id)
-            .await
-            .map_err(table_error(table))
     }
 
     /// Appends `rows` to their table in one commit. An empty slice still commits, so the

@@ -283,14 +283,138 @@ fn two_compactions_of_the_same_files_never_both_commit() {
 }
 
 #[test]
-fn a_log_retention_under_an_hour_is_refused() {
+fn a_retention_under_an_hour_is_refused() {
     let env = Env::new();
-    for short in ["1s", "59m"] {
-        let err = env.fails(&["run", "--log-retention", short]);
-        assert!(
-            err.contains("--log-retention") && err.contains("at least 1h"),
-            "{err}"
-        );
+    for flag in [
+        "--log-retention",
+        "--keep-attempts",
+        "--keep-final",
+        "--keep-dead",
+    ] {
+        for short in ["1s", "59m"] {
+            let err = env.fails(&["run", flag, short]);
+            assert!(err.contains(flag) && err.contains("at least 1h"), "{err}");
+        }
     }
     assert!(!env.data_dir().exists(), "created the tables");
+}
+
+/// Enqueues `n` samples `<prefix>-...` and drains them at `now` on the virtual clock, some
+/// failing for good; returns their ids.
+fn drained_at(env: &Env, prefix: &str, n: usize, now: &str) -> Vec<String> {
+    let (input, ids) = write_samples(env, prefix, n);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", now]);
+    env.ok(&[
+        "run",
+        "--drain",
+        "--now",
+        now,
+        "--transient-rate=0.4",
+        "--max-retries=1",
+    ]);
+    ids
+}
+
+/// `(rows of the old batch, rows of the new one)` in `table`, at `version` if given.
+fn old_and_new(env: &Env, table: &str, version: Option<u64>) -> (u64, u64) {
+    let sql = format!(
+        "SELECT SUM(CASE WHEN sample_id LIKE 'OLD%' THEN 1 ELSE 0 END) AS old, \
+         SUM(CASE WHEN sample_id LIKE 'NEW%' THEN 1 ELSE 0 END) AS new FROM {table}"
+    );
+    let version = version.map(|v| v.to_string());
+    let mut args = vec!["query", sql.as_str(), "--format", "json"];
+    if let Some(v) = &version {
+        args.extend(["--version", v.as_str()]);
+    }
+    let rows: serde_json::Value = serde_json::from_str(&env.ok(&args)).unwrap();
+    let n = |k: &str| rows[0][k].as_u64().unwrap_or(0);
+    (n("old"), n("new"))
+}
+
+/// The prune commits of `table`, newest first.
+fn prunes(env: &Env, table: Table) -> Vec<retrylake::monitor::Commit> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut queue = env.data().queue().await;
+        let history = queue.history(&[table]).await.unwrap();
+        history
+            .into_iter()
+            .filter(|c| c.job.as_deref() == Some("prune"))
+            .collect()
+    })
+}
+
+#[test]
+fn rows_past_their_retention_are_pruned_with_an_audit_line() {
+    let env = Env::new();
+    let old = drained_at(&env, "OLD", 40, "2020-01-01T00:00:00Z");
+    let new = drained_at(&env, "NEW", 40, "2020-01-11T00:00:00Z");
+    let tables = ["attempts", "final_results", "dead_letter_queue"];
+    let before: Vec<(u64, u64)> = tables.iter().map(|t| old_and_new(&env, t, None)).collect();
+    for (table, (old, new)) in tables.iter().zip(&before) {
+        assert!(*old > 0 && *new > 0, "{table}: {old} old, {new} new rows");
+    }
+
+    // Nothing is dropped unless configured, however old.
+    env.ok(&["run", "--now", "2021-01-01T00:00:00Z"]);
+    for (table, counts) in tables.iter().zip(&before) {
+        assert_eq!(old_and_new(&env, table, None), *counts, "{table}");
+    }
+
+    // Three days of attempts and dead letters, final results forever, at 2020-01-12.
+    let keep = [
+        "run",
+        "--now",
+        "2020-01-12T00:00:00Z",
+        "--keep-attempts=3d",
+        "--keep-dead=3d",
+    ];
+    env.ok(&keep);
+    assert_eq!(old_and_new(&env, "attempts", None), (0, before[0].1));
+    assert_eq!(old_and_new(&env, "final_results", None), before[1], "kept");
+    assert_eq!(
+        old_and_new(&env, "dead_letter_queue", None),
+        (0, before[2].1)
+    );
+
+    for (table, (_, (old, _))) in [Table::Attempts, Table::DeadLetterQueue]
+        .into_iter()
+        .zip([&before[0], &before[2]].iter().enumerate())
+    {
+        // One audited DELETE per table: operation, retention, cutoff.
+        let pruned = prunes(&env, table);
+        assert_eq!(pruned.len(), 1, "{table:?}: {pruned:?}");
+        let commit = &pruned[0];
+        assert_eq!(commit.operation.as_deref(), Some("DELETE"), "{commit:?}");
+        assert_eq!(commit.details["keep"], "3days", "{commit:?}");
+        assert_eq!(commit.details["older_than"], "2020-01-09T00:00:00+00:00");
+        // Time travel to the version before it still reads the pruned rows.
+        let (was, _) = old_and_new(&env, table.name(), Some(commit.version - 1));
+        assert_eq!(was, *old, "{table:?} before the prune");
+    }
+    assert!(prunes(&env, Table::FinalResults).is_empty());
+
+    // Pruned once, not again at every round inside the slack.
+    env.ok(&keep);
+    env.ok(&[
+        "run",
+        "--now",
+        "2020-01-12T06:00:00Z",
+        "--keep-attempts=3d",
+        "--keep-dead=3d",
+    ]);
+    assert_eq!(prunes(&env, Table::Attempts).len(), 1);
+
+    // The audit still holds: the old finals outlive their journal rows, which the
+    // journal's pruning horizon accounts for; every id is still in exactly one table.
+    let mut left: Vec<String> = new.clone();
+    let finals: Vec<retrylake::store::FinalRow> = env.rows();
+    left.extend(
+        finals
+            .iter()
+            .map(|f| f.sample_id.clone())
+            .filter(|id| id.starts_with("OLD")),
+    );
+    assert!(old.iter().any(|id| left.contains(id)));
+    assert_exactly_once(&env.data(), &left);
 }
