@@ -112,3 +112,49 @@ fn create_bucket(endpoint: &str) {
     });
     assert!(status.is_success(), "create bucket: {status}");
 }
+
+/// One request the S3 server received: its method and URL.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub url: String,
+}
+
+/// The requests the S3 server receives while `f` runs whose URL contains `marker` (a
+/// test's prefix), by moto's request recorder. Other tests' requests are left out; only
+/// one test may record at a time.
+pub fn recorded<T>(marker: &str, f: impl FnOnce() -> T) -> (T, Vec<Request>) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = |path: &str, post: bool| {
+        let url = format!("{}/moto-api/recorder/{path}", endpoint());
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let request = if post {
+                client.post(url)
+            } else {
+                client.get(url)
+            };
+            let response = request.send().await.expect("reach the S3 server");
+            assert!(response.status().is_success(), "recorder {path}");
+            response.text().await.expect("recorder answer")
+        })
+    };
+    api("reset-recording", true);
+    api("start-recording", true);
+    let out = f();
+    api("stop-recording", true);
+    let log = api("download-recording", false);
+    api("reset-recording", true);
+    let requests = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|r| Request {
+            method: r["method"].as_str().unwrap_or_default().to_owned(),
+            url: r["url"].as_str().unwrap_or_default().to_owned(),
+        })
+        .filter(|r| r.url.contains(marker))
+        .collect();
+    (out, requests)
+}

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use retrylake::store::{AttemptRow, QueueRow};
 
-use super::util::{Env, assert_exactly_once, write_samples};
+use super::s3;
+use super::util::{Background, Env, assert_exactly_once, write_samples};
 
 const PAST: &str = "2020-01-01T00:00:00Z";
 
@@ -142,4 +143,63 @@ fn sigterm_finishes_the_round_in_flight() {
     assert_eq!(attempts.len(), 4, "the whole round, not a part of it");
     assert_exactly_once(&env.data(), &all);
     assert!(env.rows::<QueueRow>().is_empty());
+}
+
+/// An idle worker on S3 costs a bounded number of requests per poll (the README's "What
+/// an idle worker costs"): for each table, one listing of its log from the version it
+/// has and one read of `_last_checkpoint`; nothing written, no data file read.
+#[test]
+fn an_idle_worker_makes_two_requests_a_table_a_poll_on_s3() {
+    let env = Env::s3();
+    let (input, _) = write_samples(&env, "IDLE", 5);
+    // Due tomorrow: nothing for a worker on the system clock to do.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", &tomorrow]);
+    let worker = Background::spawn(
+        &env,
+        "idle",
+        &["worker", "--processor", "simulate", "--poll", "200ms"],
+        &[],
+    );
+    // Past its start: opening the tables and the first rounds.
+    std::thread::sleep(Duration::from_secs(4));
+    let prefix = env.data().url.rsplit('/').next().unwrap().to_owned();
+    let ((), requests) = s3::recorded(&prefix, || std::thread::sleep(Duration::from_secs(4)));
+    let finished = worker.stop(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for r in &requests {
+        let table = [
+            "attempts",
+            "final_results",
+            "dead_letter_queue",
+            "retry_queue",
+        ]
+        .into_iter()
+        .find(|t| r.url.contains(t))
+        .unwrap_or("?");
+        let what = if r.url.contains("list-type=2") {
+            "LIST"
+        } else if r.method == "GET" && r.url.ends_with("/_last_checkpoint") {
+            "GET _last_checkpoint"
+        } else {
+            r.method.as_str()
+        };
+        *kinds.entry(format!("{what} {table}")).or_default() += 1;
+    }
+    // Each poll lists retry_queue's log once.
+    let polls = kinds.get("LIST retry_queue").copied().unwrap_or(0);
+    assert!(polls >= 4, "too few polls to judge: {kinds:?}");
+    let expected = ["LIST", "GET _last_checkpoint"];
+    for (kind, n) in &kinds {
+        assert!(
+            expected.iter().any(|e| kind.starts_with(e)),
+            "an idle worker sent {n} {kind}: {kinds:?}"
+        );
+        // A poll cut by the window's edges may count once more.
+        assert!(
+            *n <= polls + 1,
+            "{kind} {n} times in {polls} polls: {kinds:?}"
+        );
+    }
 }
