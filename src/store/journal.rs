@@ -408,15 +408,9 @@ impl Store {
         let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
         let mut workers = BTreeSet::new();
         for view in snapshot.log_data().iter() {
-            let Some(stats) = view.stats() else {
-                return Ok(None);
-            };
-            let stats: Value = serde_json::from_str(&stats).unwrap_or_default();
-            let name = |bound: &str| stats.get(bound)?.get("worker")?.as_str().map(str::to_owned);
-            match (name("minValues"), name("maxValues")) {
-                // Parquet may cut long statistics short; only short names are whole.
-                (Some(min), Some(max)) if min == max && min.len() < 64 => workers.insert(min),
-                _ => return Ok(None),
+            match view.stats().and_then(|s| only_worker(&s)) {
+                Some(worker) => workers.insert(worker),
+                None => return Ok(None),
             };
         }
         Ok(Some(workers))
@@ -670,4 +664,16 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
             Arc::new(after),
         ],
     )?)
+}
+
+/// The one worker whose rounds a journal file holds, from its statistics (`None` when its
+/// least and greatest `worker` differ, or may be cut short: Parquet may truncate long
+/// statistics, so only short names are whole).
+pub(super) fn only_worker(stats: &str) -> Option<String> {
+    let stats: Value = serde_json::from_str(stats).ok()?;
+    let name = |bound: &str| stats.get(bound)?.get("worker")?.as_str();
+    match (name("minValues"), name("maxValues")) {
+        (Some(min), Some(max)) if min == max && min.len() < 64 => Some(min.to_owned()),
+        _ => None,
+    }
 }

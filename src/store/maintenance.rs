@@ -1,6 +1,7 @@
 //! Keeping the tables fast: compaction, checkpoints, removal of expired log entries, and
 //! vacuum of files no version needs.
 
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
@@ -166,8 +167,18 @@ impl Store {
         for &table in tables {
             let mut did = Maintained::default();
             if table != Table::RetryQueue {
+                // Pass after pass (one per worker's group of journal files), each leaving
+                // fewer files, until none is left to compact.
                 let target = Maintenance::default().target_file_size;
-                self.compact(table, target, &mut did).await?;
+                loop {
+                    let mut pass = Maintained::default();
+                    self.compact(table, target, &mut pass).await?;
+                    if pass.files_compacted == 0 {
+                        break;
+                    }
+                    did.files_compacted += pass.files_compacted;
+                    did.files_written += pass.files_written;
+                }
             }
             deltalake::checkpoints::create_checkpoint(self.table(table), None)
                 .await
@@ -259,16 +270,29 @@ impl Store {
 
     /// `table`'s small files, smallest first, as removes: those under a quarter of
     /// `target`, so that a compaction's own output is not rewritten again and again as it
-    /// grows.
+    /// grows. Of `attempts`, only the largest group of one worker's files (by their
+    /// statistics): each journal file then keeps holding one worker's rounds, which is how
+    /// recovery finds the workers without reading the whole journal
+    /// (`workers_from_statistics`).
     fn small_files(&self, table: Table, target: NonZeroU64) -> Result<Vec<(i64, Remove)>> {
         let snapshot = self.table(table).snapshot().map_err(table_error(table))?;
         let small = i64::try_from(target.get() / 4).unwrap_or(i64::MAX);
-        let mut files: Vec<(i64, Remove)> = snapshot
-            .log_data()
-            .iter()
-            .filter(|f| f.size() < small)
-            .map(|f| (f.size(), f.remove_action(false)))
-            .collect();
+        let mut groups: HashMap<Option<String>, Vec<(i64, Remove)>> = HashMap::new();
+        for f in snapshot.log_data().iter().filter(|f| f.size() < small) {
+            let group = if table == Table::Attempts {
+                f.stats().and_then(|s| super::journal::only_worker(&s))
+            } else {
+                None
+            };
+            groups
+                .entry(group)
+                .or_default()
+                .push((f.size(), f.remove_action(false)));
+        }
+        let mut files = groups
+            .into_values()
+            .max_by_key(Vec::len)
+            .unwrap_or_default();
         files.sort_by_key(|(size, _)| *size);
         Ok(files)
     }

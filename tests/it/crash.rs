@@ -111,8 +111,8 @@ fn sigkill_at_random_moments(env: Env) {
 
 #[test]
 fn another_worker_completes_a_crashed_workers_round() {
-    // With the journal as written (one worker per file) and after `optimize` has mixed the
-    // workers' journal files together.
+    // With the journal as written (one worker per file) and after `optimize` has compacted
+    // each worker's journal files apart.
     for optimize in [false, true] {
         let env = Env::new();
         let (first, mut ids) = write_samples(&env, "A", 20);
@@ -146,7 +146,7 @@ fn another_worker_completes_a_crashed_workers_round() {
         assert!(!out.status.success(), "the failpoint did not fire");
         if optimize {
             let out = env.ok(&["optimize", "attempts"]);
-            assert!(out.contains("files compacted into 1"), "{out}");
+            assert!(out.contains("4 files compacted into 2"), "{out}");
         }
         // w1 never comes back; w2 finds its half-applied round and completes it.
         let r = env.json(&[
