@@ -12,7 +12,7 @@ use deltalake::protocol::DeltaOperation;
 
 use deltalake::arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
-use deltalake::datafusion::prelude::{SessionContext, col, lit};
+use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
 use serde_json::Value;
 
 use super::columns::{strings, timestamp_type};
@@ -323,15 +323,7 @@ impl Store {
     /// rounds it re-applied.
     pub async fn recover(&mut self, worker: &str) -> Result<Vec<i64>> {
         let last = self.last_round(worker).await?;
-        let app = app_id(worker);
-        let mut applied = BTreeMap::new();
-        for table in [
-            Table::FinalResults,
-            Table::DeadLetterQueue,
-            Table::RetryQueue,
-        ] {
-            applied.insert(table, self.txn_version(table, &app).await?.unwrap_or(0));
-        }
+        let applied = self.applied_rounds(worker).await?;
         let oldest = applied.values().copied().min().unwrap_or(last);
         if oldest >= last {
             return Ok(Vec::new());
@@ -370,9 +362,46 @@ impl Store {
         Ok(by_round.into_keys().collect())
     }
 
+    /// The last round of `worker` each of the tables its rounds settle into carries.
+    async fn applied_rounds(&self, worker: &str) -> Result<BTreeMap<Table, i64>> {
+        let app = app_id(worker);
+        let mut applied = BTreeMap::new();
+        for table in [
+            Table::FinalResults,
+            Table::DeadLetterQueue,
+            Table::RetryQueue,
+        ] {
+            applied.insert(table, self.txn_version(table, &app).await?.unwrap_or(0));
+        }
+        Ok(applied)
+    }
+
+    /// Which journal rows are settled: those of rounds every table carries, per worker.
+    /// Only those may be pruned: the rows of a round a crash left half-applied are the
+    /// only record of its outcomes until a recovery applies them.
+    pub(crate) async fn settled_journal(&self) -> Result<Expr> {
+        let mut settled = lit(false);
+        for worker in self.journal_workers().await? {
+            let applied = self.applied_rounds(&worker).await?;
+            let round = applied.values().copied().min().unwrap_or(0);
+            settled = settled.or(col("worker")
+                .eq(lit(worker))
+                .and(col("round").lt_eq(lit(round))));
+        }
+        Ok(settled)
+    }
+
     /// Brings the tables up to date with every worker's journal: a worker that crashed and
     /// never came back must not leave its last round half-applied.
     pub async fn recover_all(&mut self) -> Result<()> {
+        for worker in self.journal_workers().await? {
+            self.recover(&worker).await?;
+        }
+        Ok(())
+    }
+
+    /// The workers in the journal: from its files' statistics where they tell, else read.
+    async fn journal_workers(&self) -> Result<BTreeSet<String>> {
         let workers = match self.workers_from_statistics()? {
             Some(workers) => workers,
             None => {
@@ -393,10 +422,7 @@ impl Store {
                 workers
             }
         };
-        for worker in workers {
-            self.recover(&worker).await?;
-        }
-        Ok(())
+        Ok(workers)
     }
 
     /// The workers in the journal, from its files' statistics alone: every round writes

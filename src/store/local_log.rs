@@ -9,8 +9,10 @@
 //! looking up, for each version from the offset on, its commit `N.json` and its checkpoint
 //! `N.checkpoint.parquet`, until a commit is missing, and `_last_checkpoint`. A Delta log
 //! has no gaps after its oldest kept entry, so that finds every commit and every
-//! checkpoint delta-rs writes. Where the offset's version and the one before are both
-//! missing (a log cleaned past it, an empty folder) it lists the whole folder as before.
+//! checkpoint delta-rs writes. It lists the whole folder as before where it cannot tell:
+//! the offset's version and the one before are both missing (a log cleaned past it, an
+//! empty folder), or `_last_checkpoint` names a version past the last commit found (a
+//! cleanup in progress, deleting the commits below a checkpoint in no order, left a gap).
 //! Kinds of log file retrylake never writes (`.crc` checksums, multi-part and UUID-named
 //! checkpoints, compacted commits) are not looked up: a reader then replays the commits
 //! themselves, which are all there.
@@ -141,10 +143,28 @@ fn probe(dir: &std::path::Path, prefix: &Path, offset: &Path, version: u64) -> P
             None => break,
         }
     }
+    // A cleanup in progress deletes commits below the last checkpoint in no order, so a
+    // gap may end the run of commits early: past the gap, only a listing sees them.
+    let last_found = v.saturating_sub(1);
+    if last_checkpoint(dir).is_some_and(|checkpoint| checkpoint > last_found) {
+        return Probe::ListAll;
+    }
     found.extend(meta("_last_checkpoint"));
     found.retain(|m| m.location > *offset);
     found.sort_by(|a, b| a.location.cmp(&b.location));
     Probe::Found(found)
+}
+
+/// The version `_last_checkpoint` in `dir` names, if it can be read.
+fn last_checkpoint(dir: &std::path::Path) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Hint {
+        version: u64,
+    }
+    let bytes = std::fs::read(dir.join("_last_checkpoint")).ok()?;
+    serde_json::from_slice::<Hint>(&bytes)
+        .ok()
+        .map(|h| h.version)
 }
 
 /// An [`ObjectMeta`] as [`LocalFileSystem`] makes one (same e-tag).
@@ -326,7 +346,7 @@ mod tests {
         }
         touch(&log, &format!("{:020}.checkpoint.parquet", 3));
         touch(&log, &format!("{:020}.checkpoint.parquet", 6));
-        touch(&log, "_last_checkpoint");
+        std::fs::write(log.join("_last_checkpoint"), br#"{"version":6,"size":9}"#).unwrap();
         std::fs::create_dir(log.join("_staged_commits")).unwrap();
 
         let plain = LocalFileSystem::new();
@@ -354,6 +374,18 @@ mod tests {
                 names(&ours, &prefix, &offset).await,
                 names(&plain, &prefix, &offset).await,
                 "listing after {name}"
+            );
+        }
+        // A cleanup in progress has removed version 4 but not yet 3 and 5: from 3, the
+        // probe would stop at the gap, before the checkpoint; it lists instead.
+        std::fs::remove_file(log.join(format!("{:020}.json", 4))).unwrap();
+        for name in [format!("{:020}", 3), format!("{:020}.json", 3)] {
+            let offset = prefix.clone().join(name.as_str());
+            assert!(matches!(probe(&log, &prefix, &offset, 3), Probe::ListAll));
+            assert_eq!(
+                names(&ours, &prefix, &offset).await,
+                names(&plain, &prefix, &offset).await,
+                "listing after {name} with a gap"
             );
         }
         // Not a log folder, or not a version: the plain listing.

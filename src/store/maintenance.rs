@@ -6,7 +6,8 @@ use std::num::NonZeroU64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deltalake::datafusion::prelude::{col, lit};
+use deltalake::datafusion::functions_aggregate::expr_fn::max;
+use deltalake::datafusion::prelude::{Expr, col, lit};
 use deltalake::datafusion::scalar::ScalarValue;
 
 use deltalake::DeltaTableError;
@@ -75,7 +76,9 @@ pub struct Maintenance {
 /// predicate, the retention and the rows removed; time travel to a version before it still
 /// reads them until a vacuum. A row lives at least its retention and at most a tenth longer
 /// (a table is pruned once its oldest row is that far past, so a busy table is not rewritten
-/// at every round). `retry_queue` rows are the queue itself and never expire.
+/// at every round). Journal rows of a round a crash left half-applied are kept until a
+/// recovery applies it: they are its only record. `retry_queue` rows are the queue itself
+/// and never expire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RowRetention {
     /// How long `attempts` rows are kept.
@@ -399,15 +402,24 @@ impl Store {
         if !due {
             return Ok(());
         }
-        let cutoff_micros = cutoff.timestamp_micros();
-        let predicate = col(column).lt(lit(ScalarValue::TimestampMicrosecond(
-            Some(cutoff_micros),
+        let mut predicate = col(column).lt(lit(ScalarValue::TimestampMicrosecond(
+            Some(cutoff.timestamp_micros()),
             Some("UTC".into()),
         )));
-        let horizon = self
-            .pruned_before(table)
-            .await?
-            .map_or(cutoff_micros, |h| h.timestamp_micros().max(cutoff_micros));
+        if table == Table::Attempts {
+            // Never the rows of a round a crash left half-applied: its only record.
+            predicate = predicate.and(self.settled_journal().await?);
+        }
+        // The horizon is what is deleted, not the clock's cutoff: one run on a clock far
+        // ahead must not leave every later record unauditable.
+        let Some(newest) = self.newest(table, column, predicate.clone()).await? else {
+            return Ok(());
+        };
+        let horizon = newest.timestamp_micros().saturating_add(1);
+        let horizon = match self.pruned_before(table).await? {
+            Some(before) => horizon.max(before.timestamp_micros()),
+            None => horizon,
+        };
         let tag = CommitTag::operation("prune")
             .with("keep", humantime::format_duration(keep).to_string())
             .with("older_than", cutoff.to_rfc3339())
@@ -434,6 +446,34 @@ impl Store {
                 e => Err(e),
             },
         }
+    }
+
+    /// The greatest `column` value among `table`'s rows that match `predicate`; `None`
+    /// when none do.
+    async fn newest(
+        &self,
+        table: Table,
+        column: &str,
+        predicate: Expr,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let (_ctx, frame) = self.frame(table).await?;
+        let batches = frame
+            .filter(predicate)?
+            .aggregate(vec![], vec![max(col(column))])?
+            .collect()
+            .await?;
+        let newest = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| ScalarValue::try_from_array(b.column(0), 0))
+            .next()
+            .transpose()?;
+        Ok(match newest {
+            Some(ScalarValue::TimestampMicrosecond(Some(micros), _)) => {
+                DateTime::from_timestamp_micros(micros)
+            }
+            _ => None,
+        })
     }
 
     /// The time before which `table`'s rows may have been pruned by a retention

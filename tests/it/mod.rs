@@ -17,6 +17,7 @@ mod round;
 mod s3;
 mod server;
 mod traps;
+mod upkeep_races;
 mod util;
 mod worked_example;
 mod worker;
