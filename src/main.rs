@@ -289,6 +289,10 @@ struct RunArgs {
     /// (a duration such as 2d, or 'forever').
     #[arg(long, default_value = "1d", value_parser = parse_retention)]
     log_retention: Retention,
+    /// How long data files the tables no longer use stay on storage before a vacuum
+    /// deletes them, so how long time travel reads a version's data (or 'forever').
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_vacuum_after)]
+    vacuum_after: Retention,
     /// How long attempts rows are kept, by finished_at (a duration such as 30d, or
     /// 'forever'); pruned rows leave a DELETE in the table's history. Applies with
     /// --maintenance off too.
@@ -395,6 +399,7 @@ impl RunArgs {
         Maintenance {
             compact_at: Some(self.compact_at),
             log_retention: self.log_retention.0,
+            vacuum_after: self.vacuum_after.0,
             keep_rows,
             ..Maintenance::default()
         }
@@ -535,6 +540,18 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
                 .to_owned(),
         ),
         d => Ok(Retention(Some(d))),
+    }
+}
+
+/// How long unused data files are kept: at least a day, or forever.
+fn parse_vacuum_after(s: &str) -> Result<Retention, String> {
+    match parse_retention(s)? {
+        Retention(Some(d)) if d < Duration::from_secs(24 * 3600) => Err(
+            "expected at least 1d (or 'forever'): a round stalled past it could commit a file \
+             the vacuum deleted"
+                .to_owned(),
+        ),
+        r => Ok(r),
     }
 }
 

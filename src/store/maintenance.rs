@@ -13,6 +13,7 @@ use deltalake::datafusion::scalar::ScalarValue;
 use deltalake::DeltaTableError;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
@@ -61,9 +62,16 @@ pub struct Maintenance {
     /// store it does not. Keep it longer than any process may work on an older version (a
     /// round under its lease, a paused worker): the command line refuses less than 1 hour.
     pub log_retention: Option<Duration>,
-    /// Versions of a table between two removals of its expired log entries. Default value
-    /// is `100`.
+    /// Versions of a table between two removals of its expired log entries (and two
+    /// vacuums). Default value is `100`.
     pub clean_log_every: u64,
+    /// How long data files a table no longer uses (removed by a claim, a compaction, a
+    /// prune) stay on storage before a vacuum deletes them, with any file no version
+    /// references (a crashed round's) this old: time travel reads a version's data until
+    /// then. `None` never vacuums. Default value is 7 days (Delta's own). Keep it longer
+    /// than any round may run between writing its files and committing them (its lease):
+    /// the command line refuses less than 1 day.
+    pub vacuum_after: Option<Duration>,
     /// How long each table's rows are kept. Default value keeps every row.
     pub keep_rows: RowRetention,
 }
@@ -108,17 +116,20 @@ impl Default for Maintenance {
             target_file_size: NonZeroU64::new(64 << 20).expect("not zero"),
             log_retention: Some(Duration::from_secs(24 * 3600)),
             clean_log_every: 100,
+            vacuum_after: Some(Duration::from_secs(7 * 24 * 3600)),
             keep_rows: RowRetention::default(),
         }
     }
 }
 
 impl Maintenance {
-    /// No compaction, no removal of log entries or rows (checkpoints are still written).
+    /// No compaction, no removal of log entries, files or rows (checkpoints are still
+    /// written).
     pub fn off() -> Self {
         Maintenance {
             compact_at: None,
             log_retention: None,
+            vacuum_after: None,
             keep_rows: RowRetention::default(),
             ..Maintenance::default()
         }
@@ -138,6 +149,8 @@ pub struct Maintained {
     pub log_entries_removed: usize,
     /// Expired rows deleted ([`RowRetention`]).
     pub rows_pruned: u64,
+    /// Data files a vacuum deleted.
+    pub files_vacuumed: usize,
 }
 
 /// What `optimize` did to one table.
@@ -219,7 +232,11 @@ impl Store {
                 tracing::warn!(table = table.name(), "table maintenance failed: {e}");
                 failed.get_or_insert(e);
             }
-            if did.files_compacted > 0 || did.log_entries_removed > 0 || did.rows_pruned > 0 {
+            if did.files_compacted > 0
+                || did.log_entries_removed > 0
+                || did.rows_pruned > 0
+                || did.files_vacuumed > 0
+            {
                 tracing::debug!(?did, "maintained");
                 done.push(did);
             }
@@ -247,9 +264,12 @@ impl Store {
         let version = self.table(table).version();
         let every = policy.clean_log_every.max(1);
         let last = self.maintained[Store::index(table)];
-        if let (Some(retention), Some(last), Some(version)) = (policy.log_retention, last, version)
-            && version / every > last / every
-        {
+        let due = matches!((last, version), (Some(last), Some(version)) if version / every > last / every);
+        if let (true, Some(after)) = (due, policy.vacuum_after) {
+            did.files_vacuumed = self.vacuum_table(table, after, VacuumMode::Full).await?;
+        }
+        let version = self.table(table).version();
+        if let (true, Some(retention), Some(version)) = (due, policy.log_retention, version) {
             // Nothing is older than the beginning of time.
             let cutoff = chrono::Duration::from_std(retention)
                 .ok()
@@ -514,25 +534,38 @@ impl Store {
     /// Deletes the data files no version younger than `retain` refers to. Time travel to
     /// versions older than `retain` stops working.
     pub async fn vacuum(&mut self, retain: Duration) -> Result<Vec<Vacuumed>> {
-        let retain = chrono::Duration::from_std(retain)
-            .map_err(|_| Error::InvalidConfig("--retain is too long".into()))?;
         let mut done = Vec::new();
         for table in Table::ALL {
-            let t = self.table_mut(table);
-            let (vacuumed, metrics) = t
-                .clone()
-                .vacuum()
-                .with_retention_period(retain)
-                .with_enforce_retention_duration(false)
-                .with_commit_properties(CommitTag::operation("vacuum").properties())
-                .await
-                .map_err(table_error(table))?;
-            *t = vacuumed;
             done.push(Vacuumed {
                 table: table.name(),
-                files_deleted: metrics.files_deleted.len(),
+                files_deleted: self.vacuum_table(table, retain, VacuumMode::Lite).await?,
             });
         }
         Ok(done)
+    }
+
+    /// Vacuums one table: deletes the files removed from it more than `retain` ago (and,
+    /// in [`VacuumMode::Full`], any file no version refers to that is that old). Returns
+    /// how many it deleted.
+    async fn vacuum_table(
+        &mut self,
+        table: Table,
+        retain: Duration,
+        mode: VacuumMode,
+    ) -> Result<usize> {
+        let retain = chrono::Duration::from_std(retain)
+            .map_err(|_| Error::InvalidConfig("the vacuum retention is too long".into()))?;
+        let t = self.table_mut(table);
+        let (vacuumed, metrics) = t
+            .clone()
+            .vacuum()
+            .with_retention_period(retain)
+            .with_enforce_retention_duration(false)
+            .with_mode(mode)
+            .with_commit_properties(CommitTag::operation("vacuum").properties())
+            .await
+            .map_err(table_error(table))?;
+        *t = vacuumed;
+        Ok(metrics.files_deleted.len())
     }
 }

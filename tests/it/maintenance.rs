@@ -293,6 +293,69 @@ fn two_compactions_of_the_same_files_never_both_commit() {
     assert_exactly_once(&env.data(), &ids);
 }
 
+/// Parquet files under a local table's folder.
+fn files_on_disk(env: &Env, table: Table) -> usize {
+    std::fs::read_dir(env.data_dir().join(table.name()))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("parquet".as_ref()))
+        .count()
+}
+
+#[test]
+fn vacuum_keeps_the_files_on_disk_to_those_in_use() {
+    let env = Env::new();
+    // Small rounds compacted as they go: files claimed, compacted and removed pile up.
+    let ids = drained(&env, "V", 60, "3", &["--compact-at", "4"]);
+    let before: Vec<usize> = Table::ALL.iter().map(|&t| files_on_disk(&env, t)).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let done = rt.block_on(async {
+        let mut queue = env.data().queue().await;
+        let policy = Maintenance {
+            // The command line refuses under a day; the library lets a test see it act.
+            vacuum_after: Some(Duration::ZERO),
+            clean_log_every: 1,
+            ..Maintenance::off()
+        };
+        // A new version of every table passes a multiple of `clean_log_every`.
+        let more = env.write(
+            "more.jsonl",
+            "{\"sample_id\":\"V-more\",\"payload\":\"x\"}\n",
+        );
+        queue.enqueue(&more, &Default::default()).await.unwrap();
+        queue
+            .run_round(
+                &retrylake::SimulateProcessor::new(0.0, 1),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        queue.maintain(&policy).await.unwrap()
+    });
+    for (table, before) in Table::ALL.into_iter().zip(before) {
+        let (on_disk, live) = (
+            files_on_disk(&env, table),
+            rt.block_on(live_files(&env, table)),
+        );
+        assert_eq!(on_disk, live, "{table:?}: {before} files before, {done:?}");
+    }
+    assert!(done.iter().any(|d| d.files_vacuumed > 0), "{done:?}");
+    let mut all = ids;
+    all.push("V-more".into());
+    assert_exactly_once(&env.data(), &all);
+    // Time travel to a version whose files are gone is an error, not a panic or rows
+    // from another version.
+    let err = env.fails(&[
+        "query",
+        "SELECT sample_id, payload FROM attempts",
+        "--version",
+        "2",
+    ]);
+    assert!(
+        err.contains("attempts") || err.contains("not found"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_retention_under_an_hour_is_refused() {
     let env = Env::new();
@@ -306,6 +369,13 @@ fn a_retention_under_an_hour_is_refused() {
             let err = env.fails(&["run", flag, short]);
             assert!(err.contains(flag) && err.contains("at least 1h"), "{err}");
         }
+    }
+    for short in ["1h", "23h"] {
+        let err = env.fails(&["run", "--vacuum-after", short]);
+        assert!(
+            err.contains("--vacuum-after") && err.contains("at least 1d"),
+            "{err}"
+        );
     }
     assert!(!env.data_dir().exists(), "created the tables");
 }
