@@ -7,7 +7,7 @@
 //!
 //!     cargo build --release --bin retrylake --example longrun
 //!     target/release/examples/longrun [ROUNDS] [--per-round N] [--maintain off] [--data URL]
-//!         [--log-retention-secs S] [--clean-log-every N]
+//!         [--log-retention-secs S] [--vacuum-after-secs S] [--clean-log-every N]
 //!
 //! ROUNDS defaults to 1,200. `--data` runs on an object store (credentials from the
 //! environment, as for the binary); files are counted only on a local disk.
@@ -31,6 +31,7 @@ struct Args {
     data: Option<String>,
     /// Overrides of the maintenance's log retention (seconds) and cleaning interval.
     log_retention: Option<u64>,
+    vacuum_after: Option<u64>,
     clean_every: Option<u64>,
 }
 
@@ -41,6 +42,7 @@ fn args() -> Args {
         maintain: true,
         data: None,
         log_retention: None,
+        vacuum_after: None,
         clean_every: None,
     };
     let mut it = std::env::args().skip(1);
@@ -51,6 +53,9 @@ fn args() -> Args {
             "--data" => args.data = it.next(),
             "--log-retention-secs" => {
                 args.log_retention = it.next().map(|n| n.parse().expect("secs"))
+            }
+            "--vacuum-after-secs" => {
+                args.vacuum_after = it.next().map(|n| n.parse().expect("secs"))
             }
             "--clean-log-every" => args.clean_every = it.next().map(|n| n.parse().expect("N")),
             n => args.rounds = n.parse().expect("ROUNDS is a number"),
@@ -107,6 +112,9 @@ async fn main() -> retrylake::Result<()> {
     };
     if let Some(secs) = args.log_retention {
         maintenance.log_retention = Some(Duration::from_secs(secs));
+    }
+    if let Some(secs) = args.vacuum_after {
+        maintenance.vacuum_after = Some(Duration::from_secs(secs));
     }
     if let Some(n) = args.clean_every {
         maintenance.clean_log_every = n;

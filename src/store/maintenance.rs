@@ -1,5 +1,5 @@
-//! Keeping the tables fast: compaction, checkpoints, removal of expired log entries, and
-//! vacuum of files no version needs.
+//! Keeping the tables fast and bounded: compaction, checkpoints, removal of expired log
+//! entries, vacuum of files no version needs, and retention of rows.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -34,6 +34,8 @@ use crate::error::{Error, Result};
 /// - `_delta_log` entries older than `log_retention` (and than a checkpoint) are removed,
 ///   once every `clean_log_every` versions of a table, instead of after every commit
 ///   (removing them lists the whole log).
+/// - At the same pace, each table is vacuumed: files it stopped using `vacuum_after` ago,
+///   and unreferenced files that old, are deleted.
 /// - Rows of `attempts`, `final_results` and `dead_letter_queue` are kept forever unless
 ///   `keep_rows` says otherwise (see [`RowRetention`]).
 ///
