@@ -124,9 +124,15 @@ impl Store {
     /// The last round `worker` journaled (0 before its first).
     pub async fn last_round(&self, worker: &str) -> Result<i64> {
         Ok(self
-            .txn_version(Table::Attempts, &app_id(worker))
+            .applied_round(Table::Attempts, worker)
             .await?
             .unwrap_or(0))
+    }
+
+    /// The last round of `worker` that `table` carries at its loaded version (its
+    /// application-transaction version), `None` before its first.
+    pub async fn applied_round(&self, table: Table, worker: &str) -> Result<Option<i64>> {
+        self.txn_version(table, &app_id(worker)).await
     }
 
     /// Commits a round: the journal, then `final_results`, `dead_letter_queue` and

@@ -18,6 +18,10 @@ use serde::Deserialize;
 use super::{Store, Table, read_object};
 use crate::error::Result;
 
+/// The most commits read one by one to catch up; further behind (a process paused for
+/// long), one replay by delta-rs costs less than a request per commit.
+const MAX_CATCH_UP: u64 = 100;
+
 /// What one table's commits said about applications, as of one version.
 #[derive(Debug, Default)]
 struct Known {
@@ -79,8 +83,8 @@ impl Store {
                     }
                     None
                 }
-                Some(v) if v < version => Some(v),
-                // First question, or the table travelled back: start again.
+                Some(v) if v < version && version - v <= MAX_CATCH_UP => Some(v),
+                // First question, far behind, or the table travelled back: start again.
                 _ => {
                     *known = Known::default();
                     None

@@ -257,3 +257,75 @@ async fn a_reader_updating_during_a_log_cleanup_reaches_the_latest_version() {
         "the reader took an old version for the latest"
     );
 }
+
+/// The application-transaction cache answers as delta-rs's replay does: after another
+/// worker's commits (caught up commit by commit, and from far behind), and after time
+/// travel back.
+#[test]
+fn cached_round_versions_match_a_fresh_reading() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let env = Env::new();
+    let (input, _) = write_samples(&env, "T", 70);
+    env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    let clock = Arc::new(FixedClock::new(past()));
+    let mut watcher = rt.block_on(env.data().queue());
+    rt.block_on(watcher.store().applied_round(Table::RetryQueue, "w2"))
+        .unwrap();
+    let mut w2 = rt
+        .block_on(env.data().queue())
+        .with_worker("w2")
+        .unwrap()
+        .with_clock(clock);
+    let sim = SimulateProcessor::new(0.0, 1);
+    // What a process that opens the tables now reads: delta-rs's replay, nothing cached.
+    let fresh = |table: Table| {
+        rt.block_on(async {
+            let store = env.data().open().await;
+            store.applied_round(table, "w2").await.unwrap()
+        })
+    };
+    let cached = |watcher: &retrylake::Queue, table: Table| {
+        rt.block_on(watcher.store().applied_round(table, "w2"))
+            .unwrap()
+    };
+    for (rounds, what) in [(3, "a few commits"), (60, "far behind")] {
+        assert_eq!(
+            cached(&watcher, Table::RetryQueue),
+            fresh(Table::RetryQueue)
+        );
+        for _ in 0..rounds {
+            rt.block_on(w2.run_round(&sim, &limit(1))).unwrap();
+        }
+        rt.block_on(watcher.refresh()).unwrap();
+        for table in Table::ALL {
+            assert_eq!(
+                cached(&watcher, table),
+                fresh(table),
+                "{table:?} after {what}"
+            );
+        }
+    }
+    assert!(cached(&watcher, Table::Attempts).unwrap() >= 63);
+    // Asked at the latest version, then travelled back: what a store that travelled
+    // there first answers (version 1 of attempts is w2's first round, 0 before it).
+    rt.block_on(async {
+        for version in [1, 0] {
+            let mut store = env.data().open().await;
+            assert!(store.applied_round(Table::Attempts, "w2").await.unwrap() >= Some(63));
+            store
+                .travel(retrylake::AsOf::Version(version))
+                .await
+                .unwrap();
+            let mut first = env.data().open().await;
+            first
+                .travel(retrylake::AsOf::Version(version))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.applied_round(Table::Attempts, "w2").await.unwrap(),
+                first.applied_round(Table::Attempts, "w2").await.unwrap(),
+                "at version {version}"
+            );
+        }
+    });
+}
