@@ -26,6 +26,8 @@ flock -u 9
 
 case "${1:-}" in
     "") echo "$venv" ;;
-    s3-server) exec "$venv/bin/moto_server" -H 127.0.0.1 -p "${2:?port}" ;;
+    # Its request recorder (which the idle-worker test reads) writes under target/.
+    s3-server) MOTO_RECORDER_FILEPATH="$root/target/moto_recording" \
+        exec "$venv/bin/moto_server" -H 127.0.0.1 -p "${2:?port}" ;;
     *) echo "usage: $0 [s3-server PORT]" >&2; exit 2 ;;
 esac

@@ -69,6 +69,10 @@ fn start() -> String {
     std::thread::spawn(move || {
         let mut cmd = Command::new(server);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env(
+                "MOTO_RECORDER_FILEPATH",
+                concat!(env!("CARGO_TARGET_TMPDIR"), "/moto_recording"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe. The server is killed when the thread that
