@@ -268,7 +268,7 @@ impl Store {
         let last = self.maintained[Store::index(table)];
         let due = matches!((last, version), (Some(last), Some(version)) if version / every > last / every);
         if let (true, Some(after)) = (due, policy.vacuum_after) {
-            did.files_vacuumed = self.vacuum_table(table, after, VacuumMode::Full).await?;
+            did.files_vacuumed = self.vacuum_table(table, after).await?;
         }
         let version = self.table(table).version();
         if let (true, Some(retention), Some(version)) = (due, policy.log_retention, version) {
@@ -533,28 +533,26 @@ impl Store {
         Ok(oldest)
     }
 
-    /// Deletes the data files no version younger than `retain` refers to. Time travel to
-    /// versions older than `retain` stops working.
+    /// Deletes the data files no version younger than `retain` refers to, and files no
+    /// version refers to that are that old. Time travel to versions older than `retain`
+    /// stops working. While rounds run, keep `retain` longer than any round takes between
+    /// writing its files and committing them.
     pub async fn vacuum(&mut self, retain: Duration) -> Result<Vec<Vacuumed>> {
         let mut done = Vec::new();
         for table in Table::ALL {
             done.push(Vacuumed {
                 table: table.name(),
-                files_deleted: self.vacuum_table(table, retain, VacuumMode::Lite).await?,
+                files_deleted: self.vacuum_table(table, retain).await?,
             });
         }
         Ok(done)
     }
 
-    /// Vacuums one table: deletes the files removed from it more than `retain` ago (and,
-    /// in [`VacuumMode::Full`], any file no version refers to that is that old). Returns
-    /// how many it deleted.
-    async fn vacuum_table(
-        &mut self,
-        table: Table,
-        retain: Duration,
-        mode: VacuumMode,
-    ) -> Result<usize> {
+    /// Vacuums one table: deletes the files it stopped using more than `retain` ago, and
+    /// any file no version refers to that is that old (Delta's full mode: a removed file's
+    /// tombstone is kept only a day, [`super::TOMBSTONE_RETENTION`], so older removes are
+    /// found by listing). Returns how many it deleted.
+    async fn vacuum_table(&mut self, table: Table, retain: Duration) -> Result<usize> {
         let retain = chrono::Duration::from_std(retain)
             .map_err(|_| Error::InvalidConfig("the vacuum retention is too long".into()))?;
         let t = self.table_mut(table);
@@ -563,7 +561,7 @@ impl Store {
             .vacuum()
             .with_retention_period(retain)
             .with_enforce_retention_duration(false)
-            .with_mode(mode)
+            .with_mode(VacuumMode::Full)
             .with_commit_properties(CommitTag::operation("vacuum").properties())
             .await
             .map_err(table_error(table))?;

@@ -47,6 +47,10 @@ pub type StorageOptions = HashMap<String, String>;
 /// with a conditional put (`If-None-Match: *`): two writers could then both win a version.
 const UNSAFE_S3_SETTINGS: [&str; 2] = ["AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_S3_LOCKING_PROVIDER"];
 
+/// How long a new table keeps its removed files' tombstones (its
+/// `delta.deletedFileRetentionDuration`).
+pub const TOMBSTONE_RETENTION: &str = "interval 1 days";
+
 /// The four tables under one data root.
 #[derive(Debug)]
 pub struct Store {
@@ -565,6 +569,15 @@ async fn open_or_create(
             .create()
             .with_table_name(table.name())
             .with_columns(table.delta_columns())
+            // Removed files' tombstones stay in every checkpoint this long, not Delta's
+            // week: a week of a busy queue's removes made each checkpoint megabytes that
+            // every process opening the table reads. A day covers the log's retention,
+            // so time travel as far as the log reaches finds its files (vacuum keeps the
+            // files of unexpired tombstones).
+            .with_configuration_property(
+                deltalake::TableProperty::DeletedFileRetentionDuration,
+                Some(TOMBSTONE_RETENTION),
+            )
             .with_save_mode(SaveMode::Ignore)
             .with_commit_properties(CommitTag::operation("create").properties())
             .await;

@@ -53,7 +53,9 @@ fn every_answer_is_classified() {
         "hostile-1",
     ];
     enqueue(&env, &ids);
-    // All ten in flight at once: a Retry-After answer pauses the calls not yet started.
+    // All ten in flight at once (the server answers none before all ten arrived): a
+    // Retry-After answer pauses the calls not yet started.
+    server.gather(ids.len());
     let r = run_http(&env, &server.url(), &["--concurrency", "10"]);
     assert_eq!(r["processed"], 10);
 

@@ -499,3 +499,27 @@ fn rows_past_their_retention_are_pruned_with_an_audit_line() {
     assert!(old.iter().any(|id| left.contains(id)));
     assert_exactly_once(&env.data(), &left);
 }
+
+/// New tables keep removed files' tombstones a day, not Delta's week: checkpoints stay
+/// small however busy the queue (a week of removes made a checkpoint of `retry_queue`
+/// over a megabyte, which every process opening the table read).
+#[test]
+fn new_tables_keep_tombstones_a_day() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let queue = env.data().queue().await;
+        for table in Table::ALL {
+            let snapshot = queue.store().table(table).snapshot().unwrap();
+            let config = snapshot.metadata().configuration();
+            assert_eq!(
+                config
+                    .get("delta.deletedFileRetentionDuration")
+                    .map(String::as_str),
+                Some("interval 1 days"),
+                "{table:?}"
+            );
+        }
+    });
+}

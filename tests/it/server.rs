@@ -51,6 +51,10 @@ struct Shared {
     held_calls: AtomicUsize,
     /// Whether `held-*` calls are answered (200) rather than held.
     held_released: AtomicBool,
+    /// Calls every answer waits for ([`Server::gather`]); 0 answers at once.
+    gather: AtomicUsize,
+    /// Calls arrived since gathering began.
+    arrived: AtomicUsize,
 }
 
 /// Serves `app` on a free loopback port, on a thread of its own until the test ends.
@@ -111,6 +115,13 @@ impl Server {
         self.shared.held_calls.load(Ordering::SeqCst)
     }
 
+    /// Holds every answer until `calls` calls have arrived (or 10 seconds passed), so that
+    /// a test sees that many calls in flight at once however loaded the machine is.
+    pub fn gather(&self, calls: usize) {
+        self.shared.arrived.store(0, Ordering::SeqCst);
+        self.shared.gather.store(calls, Ordering::SeqCst);
+    }
+
     /// Answers the `held-*` calls held so far, and every later one, with 200.
     pub fn release_held(&self) {
         self.shared.held_released.store(true, Ordering::SeqCst);
@@ -140,6 +151,14 @@ async fn answer(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         *n += 1;
         *n
     };
+    let gather = shared.gather.load(Ordering::SeqCst);
+    if gather > 0 {
+        shared.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.arrived.load(Ordering::SeqCst) < gather && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let kind = id.split('-').next().unwrap_or_default();
     if kind == "api" {
         let api = *shared.api.lock().unwrap();
