@@ -370,14 +370,14 @@ impl Store {
 
     /// The last round of `worker` each of the tables its rounds settle into carries.
     async fn applied_rounds(&self, worker: &str) -> Result<BTreeMap<Table, i64>> {
-        let app = app_id(worker);
         let mut applied = BTreeMap::new();
         for table in [
             Table::FinalResults,
             Table::DeadLetterQueue,
             Table::RetryQueue,
         ] {
-            applied.insert(table, self.txn_version(table, &app).await?.unwrap_or(0));
+            let round = self.applied_round(table, worker).await?.unwrap_or(0);
+            applied.insert(table, round);
         }
         Ok(applied)
     }

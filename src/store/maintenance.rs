@@ -270,6 +270,7 @@ impl Store {
         if let (true, Some(after)) = (due, policy.vacuum_after) {
             did.files_vacuumed = self.vacuum_table(table, after).await?;
         }
+        // The vacuum commits too: clean up to (and remember) the version it left.
         let version = self.table(table).version();
         if let (true, Some(retention), Some(version)) = (due, policy.log_retention, version) {
             // Nothing is older than the beginning of time.
