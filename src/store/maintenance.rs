@@ -78,6 +78,9 @@ pub struct Maintenance {
     pub keep_rows: RowRetention,
 }
 
+/// The youngest a file no version refers to may be when a vacuum deletes it.
+const UNREFERENCED_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// How long rows are kept, per table, by age: `attempts` by `finished_at`, `final_results`
 /// by `processed_at`, `dead_letter_queue` by `failed_at`, measured on the queue's clock.
 /// `None` (the default) keeps every row: nothing is dropped unless configured.
@@ -534,10 +537,10 @@ impl Store {
         Ok(oldest)
     }
 
-    /// Deletes the data files no version younger than `retain` refers to, and files no
-    /// version refers to that are that old. Time travel to versions older than `retain`
-    /// stops working. While rounds run, keep `retain` longer than any round takes between
-    /// writing its files and committing them.
+    /// Deletes the data files no version younger than `retain` refers to, and, when
+    /// `retain` is a day or more, files no version refers to that are that old (a running
+    /// round's files are younger). Time travel to versions older than `retain` stops
+    /// working.
     pub async fn vacuum(&mut self, retain: Duration) -> Result<Vec<Vacuumed>> {
         let mut done = Vec::new();
         for table in Table::ALL {
@@ -549,11 +552,19 @@ impl Store {
         Ok(done)
     }
 
-    /// Vacuums one table: deletes the files it stopped using more than `retain` ago, and
-    /// any file no version refers to that is that old (Delta's full mode: a removed file's
-    /// tombstone is kept only a day, [`super::TOMBSTONE_RETENTION`], so older removes are
-    /// found by listing). Returns how many it deleted.
+    /// Vacuums one table: deletes the files it stopped using more than `retain` ago, and,
+    /// when `retain` is a day or more, any file no version refers to that is that old
+    /// (Delta's full mode: a removed file's tombstone is kept only a day,
+    /// [`super::TOMBSTONE_RETENTION`], so older removes are found by listing). Returns how
+    /// many it deleted.
     async fn vacuum_table(&mut self, table: Table, retain: Duration) -> Result<usize> {
+        // Under a day, only files the table removed (their tombstones): an unreferenced
+        // file that young may be a running round's, written and not yet committed.
+        let mode = if retain < UNREFERENCED_AFTER {
+            VacuumMode::Lite
+        } else {
+            VacuumMode::Full
+        };
         let retain = chrono::Duration::from_std(retain)
             .map_err(|_| Error::InvalidConfig("the vacuum retention is too long".into()))?;
         let t = self.table_mut(table);
@@ -562,7 +573,7 @@ impl Store {
             .vacuum()
             .with_retention_period(retain)
             .with_enforce_retention_duration(false)
-            .with_mode(VacuumMode::Full)
+            .with_mode(mode)
             .with_commit_properties(CommitTag::operation("vacuum").properties())
             .await
             .map_err(table_error(table))?;

@@ -356,6 +356,27 @@ fn vacuum_keeps_the_files_on_disk_to_those_in_use() {
     );
 }
 
+/// A manual vacuum with a short retention deletes only files the tables removed: a file
+/// no version refers to yet may be a running round's, written and not yet committed.
+#[test]
+fn a_short_vacuum_keeps_files_a_round_has_not_committed_yet() {
+    let env = Env::new();
+    drained(&env, "S", 20, "5", &[]);
+    let dir = env.data_dir().join("attempts");
+    let live = dir.read_dir().unwrap().find_map(|e| {
+        let path = e.unwrap().path();
+        (path.extension() == Some("parquet".as_ref())).then_some(path)
+    });
+    // A round's staged journal file: written, its commit not yet made.
+    let staged = dir.join("part-00000-staged-by-a-running-round-c000.snappy.parquet");
+    std::fs::copy(live.unwrap(), &staged).unwrap();
+    env.ok(&["vacuum", "--retain", "0s"]);
+    assert!(
+        staged.exists(),
+        "vacuum deleted a file a round was about to commit"
+    );
+}
+
 #[test]
 fn a_retention_under_an_hour_is_refused() {
     let env = Env::new();
