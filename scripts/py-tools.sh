@@ -5,7 +5,8 @@
 #
 #   scripts/py-tools.sh                 install if missing, print the venv folder
 #   scripts/py-tools.sh s3-server PORT  install if missing, then run moto's server on
-#                                       127.0.0.1:PORT in the foreground
+#                                       127.0.0.1:PORT in the foreground, with S3's
+#                                       conditional writes atomic (scripts/s3_server.py)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${RETRYLAKE_PY_VENV:-$root/target/py-tools}"
@@ -28,6 +29,6 @@ case "${1:-}" in
     "") echo "$venv" ;;
     # Its request recorder (which the idle-worker test reads) writes under target/.
     s3-server) MOTO_RECORDER_FILEPATH="$root/target/moto_recording" \
-        exec "$venv/bin/moto_server" -H 127.0.0.1 -p "${2:?port}" ;;
+        exec "$venv/bin/python" "$root/scripts/s3_server.py" -H 127.0.0.1 -p "${2:?port}" ;;
     *) echo "usage: $0 [s3-server PORT]" >&2; exit 2 ;;
 esac

@@ -183,3 +183,45 @@ fn python_deltalake_reads_local_tables() {
 fn python_deltalake_reads_tables_on_s3() {
     python_reads_what_retrylake_wrote(Env::s3());
 }
+
+/// Delta's commits on S3 rest on one promise: of writers racing to create one log entry
+/// with `If-None-Match: *`, exactly one succeeds. moto's server checks and stores in two
+/// steps on concurrent threads, so two racing writers could both "win" and one commit
+/// vanish (a round's claim, then a worker refused at its settle). `scripts/s3_server.py`
+/// makes the check and the store one step; this holds the test server to the promise.
+#[test]
+fn racing_conditional_puts_have_one_winner() {
+    let fresh = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let base = format!("{}/{}/conditional-{fresh}", s3::endpoint(), s3::bucket());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let doubled: Vec<usize> = rt.block_on(async {
+        let mut doubled = Vec::new();
+        // Without the lock, a key had two winners now and then, more often on a loaded
+        // machine (when a server thread is preempted between the check and the store).
+        for key in 0..100 {
+            let url = format!("{base}/{key}.json");
+            let puts = (0..8).map(|writer| {
+                let request = client
+                    .put(&url)
+                    .header("If-None-Match", "*")
+                    .body(format!("writer {writer}"))
+                    .send();
+                async move { request.await.expect("reach the S3 server").status() }
+            });
+            let statuses = futures::future::join_all(puts).await;
+            let won = statuses.iter().filter(|s| s.is_success()).count();
+            if won != 1 {
+                doubled.push(won);
+            }
+        }
+        doubled
+    });
+    assert!(
+        doubled.is_empty(),
+        "keys with other than one winner (winners each): {doubled:?}"
+    );
+}

@@ -57,18 +57,20 @@ pub fn py_tools() -> PathBuf {
     .clone()
 }
 
-/// Starts moto's server on a free port, on a thread that lives as long as the test
+/// Starts moto's server (`scripts/s3_server.py`: with S3's conditional writes atomic) on a
+/// free port, on a thread that lives as long as the test
 /// process, and waits until it answers.
 fn start() -> String {
-    let server = py_tools().join("bin/moto_server");
+    let python = py_tools().join("bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3_server.py");
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut cmd = Command::new(server);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(python);
+        cmd.args([script, "-H", "127.0.0.1", "-p", &port.to_string()])
             .env(
                 "MOTO_RECORDER_FILEPATH",
                 concat!(env!("CARGO_TARGET_TMPDIR"), "/moto_recording"),
