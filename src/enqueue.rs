@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::clock::floor_millis;
 use crate::error::{Error, Result};
-use crate::input::{Fields, InputFormat, Records, read_input, synthetic_id};
+use crate::input::{Fields, InputFormat, ParsedInput, Records, read_input, synthetic_id};
 use crate::store::{CommitTag, DeadReason, DeadRow, FILE_ROWS, QueueRow, Rows, Store, Table};
 
 /// How to read and admit an input file.
@@ -43,17 +43,30 @@ pub(crate) async fn enqueue(
     path: &Path,
     options: &EnqueueOptions,
 ) -> Result<EnqueueReport> {
-    // Whole milliseconds, so the files' statistics hold the time lock exactly.
-    let now = floor_millis(now);
     let format = options
         .format
         .unwrap_or_else(|| InputFormat::from_path(path));
     let input = read_input(path, format, &options.fields)?;
+    enqueue_parsed(store, now, path, input, options.skip_invalid).await
+}
+
+/// Enqueues the records of an input already read (from `path`, which names it in errors,
+/// dead letters and the commit) as due at `now`. Writes nothing unless the whole input is
+/// valid (or `skip_invalid` is set).
+pub(crate) async fn enqueue_parsed(
+    store: &mut Store,
+    now: DateTime<Utc>,
+    path: &Path,
+    input: ParsedInput,
+    skip_invalid: bool,
+) -> Result<EnqueueReport> {
+    // Whole milliseconds, so the files' statistics hold the time lock exactly.
+    let now = floor_millis(now);
     let fail = |message: String| Error::InvalidInput {
         path: path.to_path_buf(),
         message,
     };
-    if !input.invalid.is_empty() && !options.skip_invalid {
+    if !input.invalid.is_empty() && !skip_invalid {
         let shown: Vec<String> = input
             .invalid
             .iter()

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use deltalake::arrow::array::{Array, StringArray};
 use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::DataType;
+use deltalake::arrow::datatypes::{DataType, Schema};
+use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -152,6 +153,11 @@ impl Records {
     /// How many records there are.
     pub fn len(&self) -> usize {
         self.lines.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
     }
 
     /// The `i`-th record.
@@ -517,6 +523,20 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| format!("not a readable Parquet file: {e}"))?;
     let schema = builder.schema().clone();
+    let reader = builder
+        .build()
+        .map_err(|e| format!("cannot read Parquet: {e}"))?;
+    parse_batches(&schema, reader, fields)
+}
+
+/// Parses Arrow record batches of `schema` (a Parquet file's, a DataFrame's): the id
+/// column may be any type that casts to a string, as may the payload column; rows are
+/// numbered from 1.
+pub fn parse_batches<E: std::fmt::Display>(
+    schema: &Schema,
+    batches: impl IntoIterator<Item = std::result::Result<RecordBatch, E>>,
+    fields: &Fields,
+) -> std::result::Result<ParsedInput, String> {
     let columns: HashMap<&str, &DataType> = schema
         .fields()
         .iter()
@@ -527,7 +547,7 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
             None => {
                 let names: Vec<&str> = columns.keys().copied().collect();
                 return Err(format!(
-                    "no column '{field}' in the Parquet schema (columns: {})",
+                    "no column '{field}' in the schema (columns: {})",
                     names.join(", ")
                 ));
             }
@@ -544,15 +564,14 @@ pub fn parse_parquet(file: File, fields: &Fields) -> std::result::Result<ParsedI
             Some(_) => {}
         }
     }
-    let reader = builder
-        .build()
-        .map_err(|e| format!("cannot read Parquet: {e}"))?;
     let mut parsed = ParsedInput::default();
     let mut row = 0usize;
-    for batch in reader {
-        let batch = batch.map_err(|e| format!("cannot read Parquet after row {row}: {e}"))?;
+    for batch in batches {
+        let batch = batch.map_err(|e| format!("cannot read after row {row}: {e}"))?;
         let as_strings = |name: &str| -> std::result::Result<StringArray, String> {
-            let column = batch.column_by_name(name).expect("column checked above");
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("no column '{name}' in the batch after row {row}"))?;
             let utf8 =
                 cast(column, &DataType::Utf8).map_err(|e| format!("column '{name}': {e}"))?;
             Ok(utf8

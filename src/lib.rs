@@ -48,7 +48,7 @@ mod enqueue;
 mod error;
 mod guard;
 mod hash;
-mod input;
+pub mod input;
 pub mod layer;
 pub mod metrics;
 pub mod monitor;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use deltalake::datafusion::prelude::{SQLOptions, SessionContext};
@@ -51,13 +51,20 @@ pub fn read_only() -> SQLOptions {
 /// `DESCRIBE`); anything that would write or read beyond the four tables is
 /// [`Error::ReadOnly`], refused before it runs (see [`read_only`]).
 pub async fn query(store: &Store, sql: &str) -> Result<Vec<RecordBatch>> {
+    Ok(query_with_schema(store, sql).await?.1)
+}
+
+/// Like [`query`], with the result's schema, which an empty result has too.
+pub async fn query_with_schema(store: &Store, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let ctx = session(store).await?;
     let plan = ctx.state().create_logical_plan(sql).await?;
     read_only().verify_plan(&plan).map_err(|e| match e {
         DataFusionError::Plan(message) => Error::ReadOnly(message),
         other => Error::ReadOnly(other.strip_backtrace()),
     })?;
-    Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let schema = frame.schema().inner().clone();
+    Ok((schema, frame.collect().await?))
 }
 
 /// One commit of one table, as `history` shows it.

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::SchemaRef;
 
 use crate::audit::{self, Audit};
 use crate::clock::{Clock, SystemClock};
-use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue};
+use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue, enqueue_parsed};
 use crate::error::{Error, Result};
+use crate::input::ParsedInput;
 use crate::monitor::{self, Commit};
 use crate::policy::RetryPolicy;
 use crate::processor::Processor;
@@ -101,6 +103,11 @@ impl Queue {
         self
     }
 
+    /// Uses `clock` for every "now" from here on (see [`Queue::with_clock`]).
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
     /// Runs rounds as `worker`: its name in the journal and in the tables' application
     /// transactions. Concurrent runners need distinct names. Default value is `main`.
     ///
@@ -161,6 +168,22 @@ impl Queue {
         enqueue(&mut self.store, now, path, options).await
     }
 
+    /// Adds the new records of an input already read ([`crate::input::parse_batches`],
+    /// [`crate::input::parse_jsonl_from`]) to `retry_queue`, due now. `source` names the
+    /// input in errors, in the dead letters of invalid records and in the commit. Like
+    /// [`Queue::enqueue`], writes nothing unless every record is valid or `skip_invalid`.
+    pub async fn enqueue_input(
+        &mut self,
+        source: &Path,
+        input: ParsedInput,
+        skip_invalid: bool,
+    ) -> Result<EnqueueReport> {
+        self.store.refresh().await?;
+        self.recover().await?;
+        let now = self.clock.now();
+        enqueue_parsed(&mut self.store, now, source, input, skip_invalid).await
+    }
+
     /// Runs one round: every due record (up to the limit) through `processor`.
     pub async fn run_round(
         &mut self,
@@ -207,13 +230,22 @@ impl Queue {
     /// Runs one read-only SQL statement over the four tables (named `retry_queue`,
     /// `final_results`, `dead_letter_queue` and `attempts`) as they are at `as_of`.
     pub async fn query(&mut self, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>> {
+        Ok(self.query_with_schema(sql, as_of).await?.1)
+    }
+
+    /// Like [`Queue::query`], with the result's schema, which an empty result has too.
+    pub async fn query_with_schema(
+        &mut self,
+        sql: &str,
+        as_of: AsOf,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         if as_of == AsOf::Latest {
             self.store.refresh().await?;
-            return monitor::query(&self.store, sql).await;
+            return monitor::query_with_schema(&self.store, sql).await;
         }
         let mut past = self.store.reopen().await?;
         past.travel(as_of).await?;
-        monitor::query(&past, sql).await
+        monitor::query_with_schema(&past, sql).await
     }
 
     /// The commits of `tables`, newest first: the audit trail of every change.

@@ -1,0 +1,615 @@
+//! The native module of the `retrylake` Python package (`retrylake._retrylake`): the queue
+//! of the Rust library behind a Python class, a Python callable as its processor, and Arrow
+//! in and out through the Arrow PyCapsule interface. The package's Python code
+//! (`retrylake/__init__.py`) gives it its documented API; this module is not meant to be
+//! used directly.
+//!
+//! The GIL is released while the engine reads, calls and commits. A processor call takes
+//! it on a thread of the runtime's blocking pool, so plain functions run side by side up to
+//! the round's concurrency (and `async def` ones on the package's event loop).
+
+// The methods mirror the Python API's keyword arguments, one parameter each.
+#![allow(clippy::too_many_arguments)]
+
+use std::ffi::{CStr, c_void};
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
+use deltalake::arrow::record_batch::{RecordBatchIterator, RecordBatchReader};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
+use retrylake::input::{Fields, InputFormat, parse_batches, parse_jsonl_from};
+use retrylake::store::Table;
+use retrylake::{
+    AsOf, BreakerConfig, Clock, EnqueueOptions, Error, FixedClock, Guard, GuardConfig, Maintenance,
+    Outcome, Processor, Record, RedriveFilter, RetryAfter, RetryPolicy, RoundConfig, Rounds,
+    Shutdown, SystemClock, Until,
+};
+use tokio::sync::Mutex as AsyncMutex;
+
+pyo3::create_exception!(
+    _retrylake,
+    RetrylakeError,
+    PyException,
+    "The queue could not do what was asked: storage, tables, a lost lease."
+);
+
+/// The one runtime every queue of the process runs on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("retrylake")
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+/// A library error as a Python exception: bad input and settings are `ValueError`s.
+fn py_err(e: Error) -> PyErr {
+    match e {
+        Error::InvalidConfig(_) | Error::InvalidPolicy(_) | Error::InvalidInput { .. } => {
+            PyValueError::new_err(e.to_string())
+        }
+        other => RetrylakeError::new_err(other.to_string()),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> PyErr {
+    PyValueError::new_err(message.into())
+}
+
+/// A duration from seconds, refusing what no duration is.
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        invalid(format!(
+            "{name} must be a non-negative number of seconds, got {value}"
+        ))
+    })
+}
+
+/// A time from RFC 3339 text (the package sends `datetime.isoformat()` in UTC).
+fn time(name: &str, value: &str) -> PyResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| invalid(format!("{name}: {e}: {value:?}")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| RetrylakeError::new_err(e.to_string()))
+}
+
+/// Runs the work `make` builds on a thread of its own (on the runtime), with the GIL
+/// released, checking for signals (Ctrl-C) every 100 ms. On a signal, or when
+/// `interrupted` says the processor raised `KeyboardInterrupt`, it calls `stop` (the
+/// rounds end after the round in flight), waits for the work to finish, and then raises
+/// the interruption: nothing is left half-done.
+fn drive<T, F>(
+    py: Python<'_>,
+    make: impl FnOnce() -> F + Send + 'static,
+    interrupted: impl Fn(Python<'_>) -> PyResult<()>,
+    stop: impl Fn(),
+) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: Future<Output = retrylake::Result<T>>,
+{
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("retrylake-rounds".into())
+        .spawn(move || {
+            let _ = done.send(runtime().block_on(make()));
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the rounds: {e}")))?;
+    let mut interruption: Option<PyErr> = None;
+    let mut outcome = Some(outcome);
+    loop {
+        // The receiver goes to the detached closure and back (it is not `Sync`).
+        let receiver = outcome.take().expect("given back every time");
+        let (answer, receiver) = py.detach(move || {
+            let answer = receiver.recv_timeout(Duration::from_millis(100));
+            (answer, receiver)
+        });
+        outcome = Some(receiver);
+        match answer {
+            Ok(out) => {
+                let out = out.map_err(py_err);
+                return match interruption {
+                    Some(e) => Err(e),
+                    None => out,
+                };
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err(
+                    "retrylake's rounds ended without an answer",
+                ));
+            }
+        }
+        if interruption.is_none()
+            && let Err(e) = py.check_signals().and_then(|()| interrupted(py))
+        {
+            stop();
+            interruption = Some(e);
+        }
+    }
+}
+
+/// Runs a short piece of work (open, enqueue, status, query), built by `make`, with the
+/// GIL released.
+fn block<T, F>(py: Python<'_>, make: impl FnOnce() -> F + Send) -> PyResult<T>
+where
+    T: Send,
+    F: Future<Output = retrylake::Result<T>>,
+{
+    py.detach(move || runtime().block_on(make()))
+        .map_err(py_err)
+}
+
+/// A Python callable as the processor: `call(id, payload, retry_count)` returns
+/// `(kind, text, retry_after_seconds)`, kind being `success`, `transient` or `permanent`.
+/// The package's wrapper builds it from the user's function and does the classifying.
+struct PyProcessor {
+    call: Py<PyAny>,
+}
+
+#[async_trait::async_trait]
+impl Processor for PyProcessor {
+    async fn process(&self, record: &Record) -> Outcome {
+        let call = Python::attach(|py| self.call.clone_ref(py));
+        let args = (
+            record.sample_id.clone(),
+            record.payload.clone(),
+            record.retry_count,
+        );
+        let answer = tokio::task::spawn_blocking(move || {
+            Python::attach(|py| {
+                call.call1(py, args)?
+                    .extract::<(String, Option<String>, Option<f64>)>(py)
+            })
+        })
+        .await;
+        match answer {
+            Ok(Ok((kind, text, retry_after))) => match kind.as_str() {
+                "success" => Outcome::Success { response: text },
+                "permanent" => Outcome::permanent(text.unwrap_or_default()),
+                _ => Outcome::Transient {
+                    error: text.unwrap_or_default(),
+                    retry_after: retry_after
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                        .map(RetryAfter::Delay),
+                },
+            },
+            // The wrapper classifies every exception; this is a broken wrapper or answer.
+            Ok(Err(e)) => Outcome::transient(format!("the processor's answer: {e}")),
+            Err(e) => Outcome::transient(format!("the processor's call failed: {e}")),
+        }
+    }
+}
+
+/// An Arrow stream of a query's result, read through `__arrow_c_stream__` (pyarrow,
+/// polars, DuckDB and others read it without a copy).
+#[pyclass(module = "retrylake._retrylake", frozen)]
+struct ArrowStream {
+    result: Mutex<Option<(SchemaRef, Vec<RecordBatch>)>>,
+}
+
+const STREAM_NAME: &CStr = c"arrow_array_stream";
+
+#[pymethods]
+impl ArrowStream {
+    /// Exports the result as an `ArrowArrayStream` capsule, once.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_stream__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = requested_schema;
+        let (schema, batches) = self
+            .result
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this result was already read"))?;
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let stream = FFI_ArrowArrayStream::new(Box::new(reader));
+        PyCapsule::new_with_value(py, stream, STREAM_NAME)
+    }
+}
+
+/// Reads an object that has `__arrow_c_stream__` as a record batch reader.
+fn arrow_reader(data: &Bound<'_, PyAny>) -> PyResult<ArrowArrayStreamReader> {
+    let capsule = data.call_method1("__arrow_c_stream__", (data.py().None(),))?;
+    let capsule = capsule
+        .cast_into::<PyCapsule>()
+        .map_err(|_| invalid("__arrow_c_stream__ did not return a capsule"))?;
+    let pointer: *mut c_void = capsule.pointer_checked(Some(STREAM_NAME))?.as_ptr();
+    // SAFETY: the capsule is named `arrow_array_stream`, so by the Arrow PyCapsule
+    // interface it points to an `FFI_ArrowArrayStream`; `from_raw` moves the stream out
+    // and leaves a released one behind, which the capsule's destructor then ignores.
+    unsafe { ArrowArrayStreamReader::from_raw(pointer.cast::<FFI_ArrowArrayStream>()) }
+        .map_err(|e| invalid(format!("not a readable Arrow stream: {e}")))
+}
+
+/// The queue: the Rust library's [`retrylake::Queue`], shared by the calls of one Python
+/// object (they take turns).
+#[pyclass(module = "retrylake._retrylake", frozen)]
+struct Queue {
+    inner: Arc<AsyncMutex<retrylake::Queue>>,
+}
+
+impl Queue {
+    /// The queue, for work on the runtime.
+    fn queue(&self) -> Arc<AsyncMutex<retrylake::Queue>> {
+        self.inner.clone()
+    }
+}
+
+fn fields(id_field: String, payload_field: String) -> Fields {
+    Fields {
+        id: id_field,
+        payload: payload_field,
+    }
+}
+
+#[pymethods]
+impl Queue {
+    /// Opens (creating if needed) the four tables under `root`, a folder or a URL.
+    #[new]
+    #[pyo3(signature = (root, storage_options=None, worker="main"))]
+    fn new(
+        py: Python<'_>,
+        root: String,
+        storage_options: Option<std::collections::HashMap<String, String>>,
+        worker: &str,
+    ) -> PyResult<Self> {
+        let queue = block(py, || async {
+            retrylake::Queue::open_with(&root, storage_options.unwrap_or_default()).await
+        })?
+        .with_worker(worker)
+        .map_err(py_err)?;
+        Ok(Queue {
+            inner: Arc::new(AsyncMutex::new(queue)),
+        })
+    }
+
+    /// The worker name.
+    #[getter]
+    fn worker(&self, py: Python<'_>) -> String {
+        let queue = self.queue();
+        py.detach(|| runtime().block_on(async { queue.lock().await.worker().to_owned() }))
+    }
+
+    /// Enqueues a file (JSON Lines, CSV, Parquet); returns the report as JSON.
+    #[pyo3(signature = (path, format, id_field, payload_field, skip_invalid, now))]
+    fn enqueue_file(
+        &self,
+        py: Python<'_>,
+        path: String,
+        format: Option<String>,
+        id_field: String,
+        payload_field: String,
+        skip_invalid: bool,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let format = format
+            .map(|f| f.parse::<InputFormat>().map_err(invalid))
+            .transpose()?;
+        let options = EnqueueOptions {
+            format,
+            fields: fields(id_field, payload_field),
+            skip_invalid,
+        };
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let queue = self.queue();
+        let report = block(py, move || async move {
+            let mut queue = queue.lock().await;
+            queue.set_clock(clock(now));
+            queue.enqueue(Path::new(&path), &options).await
+        })?;
+        json(&report)
+    }
+
+    /// Enqueues JSON Lines held in memory (the package writes a list of dicts so);
+    /// `source` names the input in errors and dead letters.
+    #[pyo3(signature = (data, source, id_field, payload_field, skip_invalid, now))]
+    fn enqueue_jsonl(
+        &self,
+        py: Python<'_>,
+        data: Vec<u8>,
+        source: String,
+        id_field: String,
+        payload_field: String,
+        skip_invalid: bool,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let fields = fields(id_field, payload_field);
+        let input = py
+            .detach(|| parse_jsonl_from(data.as_slice(), &fields))
+            .map_err(|e| invalid(format!("{source}: {e}")))?;
+        self.enqueue_parsed(py, source, input, skip_invalid, now)
+    }
+
+    /// Enqueues an Arrow-compatible object (anything with `__arrow_c_stream__`).
+    #[pyo3(signature = (data, source, id_field, payload_field, skip_invalid, now))]
+    fn enqueue_arrow(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        source: String,
+        id_field: String,
+        payload_field: String,
+        skip_invalid: bool,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let reader = arrow_reader(data)?;
+        let schema = reader.schema();
+        let fields = fields(id_field, payload_field);
+        // The stream may call back into Python (a pyarrow reader over a generator): read it
+        // on this thread, which holds the GIL.
+        let input = parse_batches(&schema, reader, &fields)
+            .map_err(|e| invalid(format!("{source}: {e}")))?;
+        self.enqueue_parsed(py, source, input, skip_invalid, now)
+    }
+
+    /// Runs rounds with `call` as the processor (see `PyProcessor`) until `until` (`one`,
+    /// `none_due`, `drained`, `stopped`); returns the rounds' reports as JSON. `now` runs
+    /// them on a virtual clock that jumps to each next due time.
+    #[pyo3(signature = (
+        call, until, now, poll, limit, concurrency, timeout, lease, max_retries,
+        base_backoff, multiplier, max_backoff, jitter, seed, shard, rate, breaker,
+        breaker_failure_rate, breaker_window, breaker_min_calls, breaker_cool_down,
+        allow_empty_payload, max_retry_after, maintenance
+    ))]
+    fn rounds(
+        &self,
+        py: Python<'_>,
+        call: Py<PyAny>,
+        until: &str,
+        now: Option<String>,
+        poll: f64,
+        limit: usize,
+        concurrency: usize,
+        timeout: f64,
+        lease: f64,
+        max_retries: u32,
+        base_backoff: f64,
+        multiplier: f64,
+        max_backoff: f64,
+        jitter: &str,
+        seed: u64,
+        shard: Option<&str>,
+        rate: Option<&str>,
+        breaker: bool,
+        breaker_failure_rate: f64,
+        breaker_window: usize,
+        breaker_min_calls: usize,
+        breaker_cool_down: f64,
+        allow_empty_payload: bool,
+        max_retry_after: f64,
+        maintenance: bool,
+    ) -> PyResult<String> {
+        let policy = RetryPolicy::builder()
+            .base(seconds("base_backoff", base_backoff)?)
+            .multiplier(multiplier)
+            .max_retries(max_retries)
+            .max_backoff(seconds("max_backoff", max_backoff)?)
+            .jitter(
+                jitter
+                    .parse()
+                    .map_err(|e| invalid(format!("jitter: {e}")))?,
+            )
+            .build()
+            .map_err(py_err)?;
+        let breaker_config = BreakerConfig {
+            failure_share: breaker_failure_rate,
+            window: breaker_window,
+            min_calls: breaker_min_calls,
+            cool_down: seconds("breaker_cool_down", breaker_cool_down)?,
+        };
+        breaker_config.check().map_err(py_err)?;
+        let rate = rate
+            .map(|r| r.parse().map_err(|e| invalid(format!("rate: {e}"))))
+            .transpose()?;
+        let shard = shard
+            .map(|s| s.parse().map_err(|e| invalid(format!("shard: {e}"))))
+            .transpose()?;
+        let config = RoundConfig {
+            policy,
+            limit,
+            concurrency,
+            timeout: seconds("timeout", timeout)?,
+            allow_empty_payload,
+            seed,
+            max_retry_after: seconds("max_retry_after", max_retry_after)?,
+            shard,
+            progress: None,
+            lease: seconds("lease", lease)?,
+            guard: Guard::new(GuardConfig {
+                breaker: breaker.then_some(breaker_config),
+                rate,
+            }),
+        };
+        config.check().map_err(py_err)?;
+        let until = match until {
+            "one" => Until::OneRound,
+            "none_due" => Until::NoneDue,
+            "drained" => Until::Drained,
+            "stopped" => Until::Stopped,
+            other => return Err(invalid(format!("until: unknown {other:?}"))),
+        };
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let shutdown = Shutdown::new();
+        let mut rounds = Rounds::new(until)
+            .poll(seconds("poll", poll)?)
+            .shutdown(shutdown.clone())
+            .maintenance(if maintenance {
+                Maintenance::default()
+            } else {
+                Maintenance::off()
+            });
+        let virtual_clock = now.map(|t| Arc::new(FixedClock::new(t)));
+        if let Some(clock) = &virtual_clock {
+            rounds = rounds.virtual_clock(clock.clone());
+        }
+        let interrupted_flag = call.clone_ref(py);
+        let processor = PyProcessor { call };
+        let queue = self.queue();
+        let work = move || async move {
+            let mut queue = queue.lock().await;
+            match virtual_clock {
+                Some(virtual_clock) => queue.set_clock(virtual_clock),
+                None => queue.set_clock(clock(None)),
+            }
+            let mut reports = Vec::new();
+            let ran = retrylake::run_rounds(&mut queue, &processor, &config, &rounds, |r| {
+                reports.push(r.clone());
+                Ok::<(), Error>(())
+            })
+            .await;
+            ran.map(|()| reports)
+        };
+        let reports = drive(
+            py,
+            work,
+            |py| match interrupted_flag.getattr(py, "interrupted")?.is_truthy(py)? {
+                true => Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                    "the processor raised KeyboardInterrupt",
+                )),
+                false => Ok(()),
+            },
+            || shutdown.trigger(),
+        )?;
+        json(&reports)
+    }
+
+    /// The queue's state, as JSON.
+    #[pyo3(signature = (now=None))]
+    fn status(&self, py: Python<'_>, now: Option<String>) -> PyResult<String> {
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let queue = self.queue();
+        let status = block(py, move || async move {
+            let mut queue = queue.lock().await;
+            queue.set_clock(clock(now));
+            queue.status().await
+        })?;
+        json(&status)
+    }
+
+    /// A read-only SQL query over the four tables, at a version or a time.
+    #[pyo3(signature = (sql, version=None, as_of=None))]
+    fn query(
+        &self,
+        py: Python<'_>,
+        sql: String,
+        version: Option<u64>,
+        as_of: Option<String>,
+    ) -> PyResult<ArrowStream> {
+        let as_of = match (version, as_of) {
+            (Some(_), Some(_)) => return Err(invalid("give version or as_of, not both")),
+            (Some(v), None) => AsOf::Version(v),
+            (None, Some(t)) => AsOf::Time(time("as_of", &t)?),
+            (None, None) => AsOf::Latest,
+        };
+        let queue = self.queue();
+        let result = block(py, move || async move {
+            queue.lock().await.query_with_schema(&sql, as_of).await
+        })?;
+        Ok(ArrowStream {
+            result: Mutex::new(Some(result)),
+        })
+    }
+
+    /// The commits of `tables` (all four when empty), newest first, as JSON.
+    #[pyo3(signature = (tables))]
+    fn history(&self, py: Python<'_>, tables: Vec<String>) -> PyResult<String> {
+        let tables = if tables.is_empty() {
+            Table::ALL.to_vec()
+        } else {
+            tables
+                .iter()
+                .map(|t| t.parse::<Table>().map_err(py_err))
+                .collect::<PyResult<Vec<_>>>()?
+        };
+        let queue = self.queue();
+        let commits = block(py, move || async move {
+            queue.lock().await.history(&tables).await
+        })?;
+        json(&commits)
+    }
+
+    /// Moves matching dead letters back into the queue, due now; the report as JSON.
+    #[pyo3(signature = (ids, reason, error_msg, limit, now))]
+    fn redrive(
+        &self,
+        py: Python<'_>,
+        ids: Vec<String>,
+        reason: Option<String>,
+        error_msg: Option<String>,
+        limit: Option<usize>,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let filter = RedriveFilter {
+            reason: reason.map(|r| r.parse().map_err(py_err)).transpose()?,
+            error_msg,
+            ids,
+            limit,
+        };
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let queue = self.queue();
+        let report = block(py, move || async move {
+            let mut queue = queue.lock().await;
+            queue.set_clock(clock(now));
+            queue.redrive(&filter).await
+        })?;
+        json(&report)
+    }
+}
+
+impl Queue {
+    fn enqueue_parsed(
+        &self,
+        py: Python<'_>,
+        source: String,
+        input: retrylake::input::ParsedInput,
+        skip_invalid: bool,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let queue = self.queue();
+        let report = block(py, move || async move {
+            let mut queue = queue.lock().await;
+            queue.set_clock(clock(now));
+            queue
+                .enqueue_input(Path::new(&source), input, skip_invalid)
+                .await
+        })?;
+        json(&report)
+    }
+}
+
+/// The clock a call runs on: fixed at `now` when given, else the system's.
+fn clock(now: Option<DateTime<Utc>>) -> Arc<dyn Clock> {
+    match now {
+        Some(now) => Arc::new(FixedClock::new(now)),
+        None => Arc::new(SystemClock),
+    }
+}
+
+#[pymodule]
+fn _retrylake(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Queue>()?;
+    m.add_class::<ArrowStream>()?;
+    m.add("RetrylakeError", m.py().get_type::<RetrylakeError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
