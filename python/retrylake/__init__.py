@@ -244,11 +244,14 @@ class Queue:
             report = self._native.enqueue_jsonl(lines.encode(), "<records>", *args)
         return json.loads(report)
 
-    def run(self, processor: Callable[[Record], Any], **options: Any) -> dict:
-        """Runs one round: every due record (up to ``limit``) through ``processor``.
-        Returns the round's report (``round``, ``processed``, ``succeeded``,
-        ``retried``, ``dead``, ...). Options as for :meth:`drain`."""
-        reports = self._rounds(processor, "one", options)
+    def run(
+        self, processor: Callable[[Record], Any], *, now: Optional[Time] = None, **options: Any
+    ) -> dict:
+        """Runs one round: every due record (up to ``limit``) through ``processor``, as of
+        ``now`` (the system clock by default). Returns the round's report (``round``,
+        ``processed``, ``succeeded``, ``retried``, ``dead_lettered``, ``next_due``, ...).
+        Options as for :meth:`drain`."""
+        reports = self._rounds(processor, "one", options, now=now)
         return reports[0] if reports else {}
 
     def drain(
