@@ -161,7 +161,7 @@ class _Caller:
         except Permanent as e:
             return ("permanent", str(e) or "Permanent", None)
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
-            return ("transient", f"timed out after {self.timeout:g}s", None)
+            return ("transient", f"timeout after {self.timeout:g}s", None)
         except KeyboardInterrupt:
             self.interrupted = True
             return ("transient", "interrupted (KeyboardInterrupt)", None)
