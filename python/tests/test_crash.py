@@ -72,3 +72,51 @@ def test_kill_9_mid_round_loses_and_doubles_nothing(tmp_path, kill_after):
         "GROUP BY sample_id HAVING count(*) > 1"
     )
     assert doubled.num_rows == 0, doubled.to_pylist()
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time, retrylake
+    root, calls = sys.argv[1], sys.argv[2]
+    q = retrylake.Queue(root)
+
+    def slow(record):
+        with open(calls, "a") as f:
+            f.write(record.idempotency_key + "\\n")
+        time.sleep(0.02)
+        return "ok"
+
+    try:
+        q.worker(slow, poll=0.2, limit=5, concurrency=2, breaker=False)
+    except KeyboardInterrupt:
+        print("stopped after the round in flight")
+        sys.exit(0)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_stops_on_a_signal_after_its_round(tmp_path, sig):
+    root, calls = str(tmp_path / "data"), str(tmp_path / "calls.log")
+    q = retrylake.Queue(root)
+    q.enqueue([{"sample_id": f"w{i:02}", "payload": "p"} for i in range(40)])
+    child = subprocess.Popen(
+        [sys.executable, "-c", WORKER, root, calls], stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while calls_so_far(calls) < 8:
+        assert child.poll() is None, "the worker ended on its own"
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.005)
+    child.send_signal(sig)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0 and "stopped" in out, out
+    # Every call it made was committed, and every record is in exactly one table.
+    journaled = q.query("SELECT count(*) AS n FROM attempts").column(0)[0].as_py()
+    assert journaled == calls_so_far(calls)
+    total = sum(
+        q.query(f"SELECT count(*) AS n FROM {t}").column(0)[0].as_py()
+        for t in ("retry_queue", "final_results", "dead_letter_queue")
+    )
+    assert total == 40
+    assert 8 <= q.status()["final"] < 40

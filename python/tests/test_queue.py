@@ -285,3 +285,20 @@ def test_dataframes_in_and_out(q):
         {"sample_id": "pl2", "response": "B"},
     ]
     assert list(result.to_pandas()["sample_id"]) == ["pd1", "pl1", "pl2"]
+
+
+def test_a_hung_plain_function_costs_its_record_a_retry_not_the_round(q):
+    q.enqueue([{"sample_id": "hang", "payload": "p"}, {"sample_id": "fine", "payload": "p"}], now=START)
+    release = threading.Event()
+
+    def hangs(record):
+        if record.id == "hang":
+            release.wait(30)
+        return "ok"
+
+    try:
+        r = q.run(hangs, now=START, timeout=0.2, breaker=False)
+    finally:
+        release.set()
+    assert (r["succeeded"], r["retried"]) == (1, 1)
+    assert where_is(q, "hang") == ["retry_queue"]
