@@ -14,6 +14,7 @@
 use std::ffi::{CStr, c_void};
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -245,12 +246,45 @@ fn arrow_reader(data: &Bound<'_, PyAny>) -> PyResult<ArrowArrayStreamReader> {
 #[pyclass(module = "retrylake._retrylake", frozen)]
 struct Queue {
     inner: Arc<AsyncMutex<retrylake::Queue>>,
+    worker: String,
+    /// Set while rounds run: every other call then fails at once instead of waiting for
+    /// them (a worker runs until stopped, and a processor calling its own queue would
+    /// wait for itself).
+    running: AtomicBool,
 }
 
 impl Queue {
-    /// The queue, for work on the runtime.
-    fn queue(&self) -> Arc<AsyncMutex<retrylake::Queue>> {
-        self.inner.clone()
+    /// The queue, for work on the runtime; an error while rounds run.
+    fn queue(&self) -> PyResult<Arc<AsyncMutex<retrylake::Queue>>> {
+        if self.running.load(Ordering::SeqCst) {
+            return Err(PyRuntimeError::new_err(
+                "this Queue is running rounds (run, drain or worker); open another \
+                 retrylake.Queue on the same tables to use them meanwhile",
+            ));
+        }
+        Ok(self.inner.clone())
+    }
+}
+
+/// Marks a queue as running rounds while it lives.
+struct Running<'a>(&'a AtomicBool);
+
+impl<'a> Running<'a> {
+    fn start(flag: &'a AtomicBool) -> PyResult<Self> {
+        flag.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .map_err(|_| {
+                PyRuntimeError::new_err(
+                    "this Queue is already running rounds; open another retrylake.Queue \
+                     (with another worker name) to run more at once",
+                )
+            })?;
+        Ok(Running(flag))
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -278,15 +312,16 @@ impl Queue {
         .with_worker(worker)
         .map_err(py_err)?;
         Ok(Queue {
+            worker: queue.worker().to_owned(),
             inner: Arc::new(AsyncMutex::new(queue)),
+            running: AtomicBool::new(false),
         })
     }
 
     /// The worker name.
     #[getter]
-    fn worker(&self, py: Python<'_>) -> String {
-        let queue = self.queue();
-        py.detach(|| runtime().block_on(async { queue.lock().await.worker().to_owned() }))
+    fn worker(&self) -> String {
+        self.worker.clone()
     }
 
     /// Enqueues a file (JSON Lines, CSV, Parquet); returns the report as JSON.
@@ -310,7 +345,7 @@ impl Queue {
             skip_invalid,
         };
         let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue();
+        let queue = self.queue()?;
         let report = block(py, move || async move {
             let mut queue = queue.lock().await;
             queue.set_clock(clock(now));
@@ -463,7 +498,9 @@ impl Queue {
         }
         let interrupted_flag = call.clone_ref(py);
         let processor = PyProcessor { call };
-        let queue = self.queue();
+        let queue = self.queue()?;
+        // Until the rounds end: `drive` returns only once the work has finished.
+        let _running = Running::start(&self.running)?;
         let work = move || async move {
             let mut queue = queue.lock().await;
             match virtual_clock {
@@ -496,7 +533,7 @@ impl Queue {
     #[pyo3(signature = (now=None))]
     fn status(&self, py: Python<'_>, now: Option<String>) -> PyResult<String> {
         let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue();
+        let queue = self.queue()?;
         let status = block(py, move || async move {
             let mut queue = queue.lock().await;
             queue.set_clock(clock(now));
@@ -520,7 +557,7 @@ impl Queue {
             (None, Some(t)) => AsOf::Time(time("as_of", &t)?),
             (None, None) => AsOf::Latest,
         };
-        let queue = self.queue();
+        let queue = self.queue()?;
         let result = block(py, move || async move {
             queue.lock().await.query_with_schema(&sql, as_of).await
         })?;
@@ -540,7 +577,7 @@ impl Queue {
                 .map(|t| t.parse::<Table>().map_err(py_err))
                 .collect::<PyResult<Vec<_>>>()?
         };
-        let queue = self.queue();
+        let queue = self.queue()?;
         let commits = block(py, move || async move {
             queue.lock().await.history(&tables).await
         })?;
@@ -565,7 +602,7 @@ impl Queue {
             limit,
         };
         let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue();
+        let queue = self.queue()?;
         let report = block(py, move || async move {
             let mut queue = queue.lock().await;
             queue.set_clock(clock(now));
@@ -585,7 +622,7 @@ impl Queue {
         now: Option<String>,
     ) -> PyResult<String> {
         let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue();
+        let queue = self.queue()?;
         let report = block(py, move || async move {
             let mut queue = queue.lock().await;
             queue.set_clock(clock(now));

@@ -302,3 +302,20 @@ def test_a_hung_plain_function_costs_its_record_a_retry_not_the_round(q):
         release.set()
     assert (r["succeeded"], r["retried"]) == (1, 1)
     assert where_is(q, "hang") == ["retry_queue"]
+
+
+def test_a_processor_calling_its_own_queue_fails_that_call_not_the_process(q, tmp_path):
+    q.enqueue([{"sample_id": "r", "payload": "p"}], now=START)
+
+    def reentrant(record):
+        return str(q.status())
+
+    # Without the check, the call would wait for the rounds that wait for it: a deadlock.
+    r = q.run(reentrant, now=START, breaker=False)
+    assert r["retried"] == 1
+    error = q.query("SELECT error_msg FROM retry_queue").column(0)[0].as_py()
+    assert error.startswith("RuntimeError: this Queue is running rounds"), error
+    # Another Queue on the same tables is the way.
+    other = retrylake.Queue(str(tmp_path / "data"), worker="reader")
+    q.run(lambda record: str(other.status()["waiting"]), now="2025-11-24T15:00:00Z")
+    assert q.query("SELECT response FROM final_results").column(0).to_pylist() == ["1"]
