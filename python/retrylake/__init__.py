@@ -130,9 +130,6 @@ class _Caller:
         if other_errors not in ("transient", "permanent"):
             raise ValueError(f"other_errors must be 'transient' or 'permanent', got {other_errors!r}")
         self.processor = processor
-        self.is_async = inspect.iscoroutinefunction(processor) or inspect.iscoroutinefunction(
-            getattr(processor, "__call__", None)
-        )
         self.timeout = timeout
         self.other_errors = other_errors
         #: Set when the processor raised KeyboardInterrupt: the run stops after the round.
@@ -146,16 +143,17 @@ class _Caller:
             idempotency_key=f"{sample_id}:{retry_count}",
         )
         try:
-            if self.is_async:
+            response = self.processor(record)
+            # An `async def`, or a plain function that returns an awaitable: run it on the
+            # event loop, cut off at the timeout.
+            if inspect.isawaitable(response):
                 future = asyncio.run_coroutine_threadsafe(
-                    asyncio.wait_for(self.processor(record), self.timeout), _Loop.get()
+                    asyncio.wait_for(_awaited(response), self.timeout), _Loop.get()
                 )
                 try:
                     response = future.result()
                 except concurrent.futures.CancelledError:
                     raise Transient("cancelled")
-            else:
-                response = self.processor(record)
         except Transient as e:
             return ("transient", str(e) or "Transient", e.retry_after)
         except Permanent as e:
@@ -168,6 +166,10 @@ class _Caller:
         except Exception as e:  # noqa: BLE001 - every failure becomes the record's outcome
             return (self.other_errors, f"{type(e).__name__}: {e}", None)
         return ("success", None if response is None else _text(response), None)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _text(response: Any) -> str:

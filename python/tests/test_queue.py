@@ -319,3 +319,14 @@ def test_a_processor_calling_its_own_queue_fails_that_call_not_the_process(q, tm
     other = retrylake.Queue(str(tmp_path / "data"), worker="reader")
     q.run(lambda record: str(other.status()["waiting"]), now="2025-11-24T15:00:00Z")
     assert q.query("SELECT response FROM final_results").column(0).to_pylist() == ["1"]
+
+
+def test_a_plain_function_returning_an_awaitable_is_awaited(q):
+    q.enqueue([{"sample_id": "aw", "payload": "p"}], now=START)
+
+    async def deliver(record):
+        await asyncio.sleep(0)
+        return "delivered " + record.id
+
+    q.run(lambda record: deliver(record), now=START)
+    assert q.query("SELECT response FROM final_results").column(0).to_pylist() == ["delivered aw"]
