@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as _dt
+import decimal
 import inspect
 import json
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -54,7 +56,11 @@ class Transient(Exception):
 
     def __init__(self, message: str = "", retry_after: Optional[Duration] = None):
         super().__init__(message)
-        self.retry_after = None if retry_after is None else _seconds("retry_after", retry_after)
+        if retry_after is not None:
+            retry_after = _seconds("retry_after", retry_after)
+            if not retry_after >= 0:  # negative, or NaN
+                raise ValueError(f"retry_after must be 0 or more seconds, got {retry_after}")
+        self.retry_after = retry_after
 
 
 class Permanent(Exception):
@@ -121,63 +127,221 @@ class _Loop:
 
 
 class _Caller:
-    """The user's function as the engine calls it: ``(id, payload, retry_count)`` in,
-    ``(kind, text, retry_after)`` out, every exception classified."""
+    """The user's function as the engine calls it. ``submit(id, payload, retry_count,
+    done)`` starts one call, on a thread of this caller's pool (a plain function) or on
+    the event loop (``async def``), and hands ``done`` the outcome as ``(kind, text,
+    retry_after)``: every exception classified, nothing raised back into the engine.
 
-    def __init__(self, processor: Callable[[Record], Any], timeout: float, other_errors: str):
+    The calls run on Python's own threads, so an interpreter that exits waits for calls
+    still running rather than pulling the interpreter from under them. A plain function
+    the engine gave up on (its timeout) may still be running: the record's next call
+    waits for it to return (up to the timeout), so a record is never in two calls at
+    once."""
+
+    def __init__(
+        self,
+        processor: Callable[[Record], Any],
+        timeout: float,
+        concurrency: int,
+        other_errors: str,
+        root: str,
+    ):
         if not callable(processor):
             raise TypeError(f"the processor must be callable, got {processor!r}")
         if other_errors not in ("transient", "permanent"):
-            raise ValueError(f"other_errors must be 'transient' or 'permanent', got {other_errors!r}")
+            raise ValueError(
+                f"other_errors must be 'transient' or 'permanent', got {other_errors!r}"
+            )
         self.processor = processor
+        self.is_async = inspect.iscoroutinefunction(processor) or inspect.iscoroutinefunction(
+            getattr(processor, "__call__", None)
+        )
         self.timeout = timeout
         self.other_errors = other_errors
-        #: Set when the processor raised KeyboardInterrupt: the run stops after the round.
-        self.interrupted = False
+        self.root = root
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, min(concurrency, 1024)), thread_name_prefix="retrylake-call"
+        )
+        #: A BaseException the processor raised that is not an Exception
+        #: (KeyboardInterrupt, SystemExit): the run stops after the round and raises it.
+        self.interrupted: Optional[BaseException] = None
 
-    def __call__(self, sample_id: str, payload: Optional[str], retry_count: int):
+    def close(self) -> None:
+        """Lets the pool's threads end once their calls return."""
+        self.pool.shutdown(wait=False)
+
+    def submit(self, sample_id: str, payload: Optional[str], retry_count: int, done) -> None:
         record = Record(
             id=sample_id,
             payload=payload,
             attempt=retry_count + 1,
             idempotency_key=f"{sample_id}:{retry_count}",
         )
+        key = (self.root, sample_id)
+        mine = threading.Event()
+        with _IN_FLIGHT_LOCK:
+            previous = _IN_FLIGHT.get(key)
+            _IN_FLIGHT[key] = mine
+
+        def finish(outcome) -> None:
+            mine.set()
+            with _IN_FLIGHT_LOCK:
+                if _IN_FLIGHT.get(key) is mine:
+                    del _IN_FLIGHT[key]
+            done(outcome)
+
+        try:
+            if previous is not None and not previous.is_set():
+                # A call of this record the engine gave up on still runs: wait for it.
+                future = self.pool.submit(self._after, previous, record)
+            elif self.is_async:
+                future = asyncio.run_coroutine_threadsafe(self._call_async(record), _Loop.get())
+            else:
+                future = self.pool.submit(self._call, record)
+        except BaseException as e:  # a pool shut down, a loop gone: the call never started
+            finish(("transient", f"the call could not start: {_describe(e)}", None))
+            return
+        future.add_done_callback(lambda f: finish(_result_of(f)))
+
+    def _after(self, previous: threading.Event, record: Record):
+        """Calls ``record`` once its previous call has returned, or gives up at the
+        timeout: one call of a record at a time."""
+        if not previous.wait(self.timeout):
+            return ("transient", "the previous call of this record is still running", None)
+        if self.is_async:
+            return asyncio.run_coroutine_threadsafe(
+                self._call_async(record), _Loop.get()
+            ).result()
+        return self._call(record)
+
+    def _call(self, record: Record):
         try:
             response = self.processor(record)
-            # An `async def`, or a plain function that returns an awaitable: run it on the
-            # event loop, cut off at the timeout.
             if inspect.isawaitable(response):
-                future = asyncio.run_coroutine_threadsafe(
-                    asyncio.wait_for(_awaited(response), self.timeout), _Loop.get()
-                )
-                try:
-                    response = future.result()
-                except concurrent.futures.CancelledError:
-                    raise Transient("cancelled")
-        except Transient as e:
-            return ("transient", str(e) or "Transient", e.retry_after)
-        except Permanent as e:
-            return ("permanent", str(e) or "Permanent", None)
-        except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
-            return ("transient", f"timeout after {self.timeout:g}s", None)
-        except KeyboardInterrupt:
-            self.interrupted = True
-            return ("transient", "interrupted (KeyboardInterrupt)", None)
+                # A plain function that returned an awaitable: await it on the event loop.
+                return asyncio.run_coroutine_threadsafe(
+                    self._await(response), _Loop.get()
+                ).result()
+        except BaseException as e:
+            return self._failure(e)
+        return _success(response)
+
+    async def _call_async(self, record: Record):
+        try:
+            return await self._await(self.processor(record))
+        except (KeyboardInterrupt, SystemExit) as e:
+            return self._failure(e)
         except Exception as e:  # noqa: BLE001 - every failure becomes the record's outcome
-            return (self.other_errors, f"{type(e).__name__}: {e}", None)
-        return ("success", None if response is None else _text(response), None)
+            return self._failure(e)
+
+    async def _await(self, awaitable: Any):
+        try:
+            response = await asyncio.wait_for(_awaited(awaitable), self.timeout)
+        except BaseException as e:
+            return self._failure(e)
+        return _success(response)
+
+    def _failure(self, e: BaseException):
+        if isinstance(e, _Stopped):
+            e = e.exc
+        if isinstance(e, Transient):
+            return ("transient", _message(e, "Transient"), e.retry_after)
+        if isinstance(e, Permanent):
+            return ("permanent", _message(e, "Permanent"), None)
+        if isinstance(e, (asyncio.TimeoutError, concurrent.futures.TimeoutError)):
+            return ("transient", f"timeout after {self.timeout:g}s", None)
+        if isinstance(e, asyncio.CancelledError):
+            return ("transient", "cancelled", None)
+        if not isinstance(e, Exception):
+            # KeyboardInterrupt, SystemExit: stop after this round, then raise it.
+            self.interrupted = self.interrupted or e
+            return ("transient", f"interrupted ({_describe(e)})", None)
+        return (self.other_errors, _describe(e), None)
+
+
+#: The latest call of each record with calls running, by queue root, set when it
+#: returns: one call of a record at a time.
+_IN_FLIGHT: dict = {}
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def _result_of(future) -> tuple:
+    try:
+        return future.result()
+    except BaseException as e:  # cancelled before it ran
+        return ("transient", f"the call did not run: {_describe(e)}", None)
+
+
+class _Stopped(Exception):
+    """Carries a KeyboardInterrupt or SystemExit out of a coroutine: raised as it is, it
+    would stop the event loop every ``async def`` processor shares."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(exc)
+        self.exc = exc
 
 
 async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as e:
+        raise _Stopped(e) from None
+
+
+def _success(response: Any) -> tuple:
+    return ("success", None if response is None else _text(response), None)
 
 
 def _text(response: Any) -> str:
+    """A response as the text stored in ``final_results``: a string as it is, bytes as
+    UTF-8, anything else as JSON, or its ``repr`` when JSON cannot write it."""
     if isinstance(response, str):
-        return response
-    if isinstance(response, (bytes, bytearray)):
-        return bytes(response).decode("utf-8", errors="replace")
-    return json.dumps(response, default=str)
+        text = response
+    elif isinstance(response, (bytes, bytearray, memoryview)):
+        text = bytes(response).decode("utf-8", errors="replace")
+    else:
+        try:
+            text = json.dumps(response, default=_json_default)
+        except Exception:  # noqa: BLE001 - circular, unwritable: keep what can be shown
+            text = _safe(repr, response)
+    return _valid_utf8(text)
+
+
+def _describe(e: BaseException) -> str:
+    """``"KeyError: 'x'"``: the exception's type and message, whatever its ``__str__``."""
+    message = _safe(str, e)
+    name = type(e).__name__
+    return _valid_utf8(f"{name}: {message}" if message else name)
+
+
+def _message(e: BaseException, default: str) -> str:
+    return _valid_utf8(_safe(str, e) or default)
+
+
+def _safe(show: Callable[[Any], str], value: Any) -> str:
+    try:
+        return show(value)
+    except Exception:  # noqa: BLE001 - a __str__ or __repr__ that raises
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _valid_utf8(text: str) -> str:
+    """``text`` with lone surrogates (which UTF-8 cannot hold) escaped."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    """What JSON cannot write natively but has one obvious text for: times and dates
+    (ISO 8601), decimals, UUIDs. Anything else is refused."""
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} has no JSON text")
 
 
 class Queue:
@@ -311,16 +475,18 @@ class Queue:
 
         return pyarrow.RecordBatchReader.from_stream(stream).read_all()
 
-    def history(self, tables: Sequence[str] = ()) -> list:
+    def history(self, tables: Union[str, Sequence[str]] = ()) -> list:
         """The commits of ``tables`` (all four by default), newest first: the audit trail
         (``table``, ``version``, ``timestamp``, ``operation``, ``job``, ``round``,
         ``worker``, ``details``)."""
+        if isinstance(tables, str):
+            tables = [tables]
         return json.loads(self._native.history(list(tables)))
 
     def redrive(
         self,
         *,
-        ids: Iterable[str] = (),
+        ids: Union[str, Iterable[str]] = (),
         reason: Optional[str] = None,
         error_msg: Optional[str] = None,
         limit: Optional[int] = None,
@@ -328,6 +494,8 @@ class Queue:
     ) -> dict:
         """Moves dead letters matching every filter given back into the queue, due now,
         with ``retry_count`` 0. Returns ``round`` and ``redriven``."""
+        if isinstance(ids, str):
+            ids = [ids]
         return json.loads(
             self._native.redrive(list(ids), reason, error_msg, limit, _time("now", now))
         )
@@ -373,8 +541,17 @@ class Queue:
         settings = {**self._DEFAULTS, **options}
         for name in self._DURATIONS:
             settings[name] = _seconds(name, settings[name])
-        caller = _Caller(processor, settings["timeout"], other_errors)
-        reports = self._native.rounds(caller, until, _time("now", now), **settings)
+        for name in ("timeout", "poll"):
+            if not settings[name] > 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {settings[name]}")
+        concurrency = settings["concurrency"]
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {concurrency!r}")
+        caller = _Caller(processor, settings["timeout"], concurrency, other_errors, self.root)
+        try:
+            reports = self._native.rounds(caller, until, _time("now", now), **settings)
+        finally:
+            caller.close()
         return json.loads(reports)
 
 
@@ -385,4 +562,7 @@ def _is_pandas(data: Any) -> bool:
 def _json_line(n: int, record: Any) -> str:
     if not isinstance(record, Mapping):
         raise TypeError(f"record {n} is {type(record).__name__}, not a dict")
-    return json.dumps(record, default=str, ensure_ascii=False)
+    try:
+        return json.dumps(record, default=_json_default, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"record {n}: {e}") from None

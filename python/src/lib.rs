@@ -25,7 +25,7 @@ use deltalake::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream}
 use deltalake::arrow::record_batch::{RecordBatchIterator, RecordBatchReader};
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyCapsule;
+use pyo3::types::{PyCFunction, PyCapsule};
 use retrylake::input::{Fields, InputFormat, parse_batches, parse_jsonl_from};
 use retrylake::store::Table;
 use retrylake::{
@@ -122,10 +122,12 @@ where
         outcome = Some(receiver);
         match answer {
             Ok(out) => {
-                let out = out.map_err(py_err);
+                // The work may have finished before a tick saw the processor's
+                // interruption.
+                let interruption = interruption.or_else(|| interrupted(py).err());
                 return match interruption {
                     Some(e) => Err(e),
-                    None => out,
+                    None => out.map_err(py_err),
                 };
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -155,45 +157,68 @@ where
         .map_err(py_err)
 }
 
-/// A Python callable as the processor: `call(id, payload, retry_count)` returns
-/// `(kind, text, retry_after_seconds)`, kind being `success`, `transient` or `permanent`.
-/// The package's wrapper builds it from the user's function and does the classifying.
+/// A Python object as the processor: `submit(id, payload, retry_count, done)` starts one
+/// call on Python's side (a thread of its pool, or its event loop) and hands `done` the
+/// outcome as `(kind, text, retry_after_seconds)`, kind being `success`, `transient` or
+/// `permanent`. The package's `_Caller` wraps the user's function so and does the
+/// classifying. No thread of the engine waits inside Python: a call past its timeout is
+/// left to Python, and the engine's storage never waits for a free thread.
 struct PyProcessor {
-    call: Py<PyAny>,
+    caller: Py<PyAny>,
 }
+
+/// What `done` receives.
+type Answer = (String, Option<String>, Option<f64>);
 
 #[async_trait::async_trait]
 impl Processor for PyProcessor {
     async fn process(&self, record: &Record) -> Outcome {
-        let call = Python::attach(|py| self.call.clone_ref(py));
-        let args = (
-            record.sample_id.clone(),
-            record.payload.clone(),
-            record.retry_count,
-        );
-        let answer = tokio::task::spawn_blocking(move || {
-            Python::attach(|py| {
-                call.call1(py, args)?
-                    .extract::<(String, Option<String>, Option<f64>)>(py)
-            })
-        })
-        .await;
-        match answer {
-            Ok(Ok((kind, text, retry_after))) => match kind.as_str() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
+        let tx = Mutex::new(Some(tx));
+        let submitted = Python::attach(|py| -> PyResult<()> {
+            let done = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+                let answer: Answer = args.get_item(0)?.extract()?;
+                if let Some(tx) = tx.lock().expect("not poisoned").take() {
+                    // The round may have stopped waiting (its timeout): nothing to do then.
+                    let _ = tx.send(answer);
+                }
+                PyResult::Ok(())
+            })?;
+            let args = (
+                record.sample_id.as_str(),
+                record.payload.as_deref(),
+                record.retry_count,
+                done,
+            );
+            self.caller.call_method1(py, "submit", args)?;
+            Ok(())
+        });
+        if let Err(e) = submitted {
+            return Outcome::transient(format!("the processor's call could not start: {e}"));
+        }
+        match rx.await {
+            Ok((kind, text, retry_after)) => match kind.as_str() {
                 "success" => Outcome::Success { response: text },
                 "permanent" => Outcome::permanent(text.unwrap_or_default()),
                 _ => Outcome::Transient {
                     error: text.unwrap_or_default(),
-                    retry_after: retry_after
-                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                        .map(RetryAfter::Delay),
+                    retry_after: retry_after.and_then(retry_after_delay),
                 },
             },
-            // The wrapper classifies every exception; this is a broken wrapper or answer.
-            Ok(Err(e)) => Outcome::transient(format!("the processor's answer: {e}")),
-            Err(e) => Outcome::transient(format!("the processor's call failed: {e}")),
+            Err(_) => Outcome::transient("the processor's call ended without an answer"),
         }
     }
+}
+
+/// A Retry-After of `seconds`: however large (infinite included) it is kept, and the
+/// round caps it at its `max_retry_after`; what is no duration (negative, NaN) is none.
+fn retry_after_delay(seconds: f64) -> Option<RetryAfter> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    Some(RetryAfter::Delay(
+        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX),
+    ))
 }
 
 /// An Arrow stream of a query's result, read through `__arrow_c_stream__` (pyarrow,
@@ -496,8 +521,8 @@ impl Queue {
         if let Some(clock) = &virtual_clock {
             rounds = rounds.virtual_clock(clock.clone());
         }
-        let interrupted_flag = call.clone_ref(py);
-        let processor = PyProcessor { call };
+        let caller = call.clone_ref(py);
+        let processor = PyProcessor { caller: call };
         let queue = self.queue()?;
         // Until the rounds end: `drive` returns only once the work has finished.
         let _running = Running::start(&self.running)?;
@@ -518,11 +543,10 @@ impl Queue {
         let reports = drive(
             py,
             work,
-            |py| match interrupted_flag.getattr(py, "interrupted")?.is_truthy(py)? {
-                true => Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
-                    "the processor raised KeyboardInterrupt",
-                )),
-                false => Ok(()),
+            // A KeyboardInterrupt or SystemExit the processor raised: the same one again.
+            |py| match caller.getattr(py, "interrupted")? {
+                e if e.is_none(py) => Ok(()),
+                e => Err(PyErr::from_value(e.into_bound(py))),
             },
             || shutdown.trigger(),
         )?;
