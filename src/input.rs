@@ -6,9 +6,10 @@ use std::fs::File;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use deltalake::arrow::array::{Array, StringArray};
-use deltalake::arrow::compute::cast;
+use deltalake::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{DataType, Schema};
+use deltalake::arrow::json::LineDelimitedWriter;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -404,6 +405,16 @@ fn id_from_json(value: Option<&Value>, field: &str) -> std::result::Result<Strin
     let id = match value {
         None | Some(Value::Null) => return Err(format!("missing id field '{field}'")),
         Some(Value::String(s)) => s.clone(),
+        // Past 2^53 a number read as a float is no longer exact: two ids would meet.
+        Some(Value::Number(n))
+            if n.as_f64()
+                .is_some_and(|f| f.abs() >= 9_007_199_254_740_992.0)
+                && n.is_f64() =>
+        {
+            return Err(format!(
+                "id field '{field}' is a number too large to read exactly ({n}); give it as a string"
+            ));
+        }
         Some(Value::Number(n)) => n.to_string(),
         Some(other) => {
             return Err(format!(
@@ -556,6 +567,7 @@ pub fn parse_batches<E: std::fmt::Display>(
                     "column '{field}' is {ty}; an id must be a string or an integer"
                 ));
             }
+            Some(ty) if !is_id && ty.is_nested() => {}
             Some(ty) if !deltalake::arrow::compute::can_cast_types(ty, &DataType::Utf8) => {
                 return Err(format!(
                     "column '{field}' is {ty}, which cannot be read as a string"
@@ -572,8 +584,18 @@ pub fn parse_batches<E: std::fmt::Display>(
             let column = batch
                 .column_by_name(name)
                 .ok_or_else(|| format!("no column '{name}' in the batch after row {row}"))?;
-            let utf8 =
-                cast(column, &DataType::Utf8).map_err(|e| format!("column '{name}': {e}"))?;
+            if column.data_type().is_nested() {
+                return json_texts(column)
+                    .map_err(|e| format!("column '{name}' after row {row}: {e}"));
+            }
+            // Not the safe cast, which turns what it cannot read (bytes that are not
+            // UTF-8) into nulls: a payload would be lost without a word.
+            let options = CastOptions {
+                safe: false,
+                ..CastOptions::default()
+            };
+            let utf8 = cast_with_options(column, &DataType::Utf8, &options)
+                .map_err(|e| format!("column '{name}' after row {row}: {e}"))?;
             Ok(utf8
                 .as_any()
                 .downcast_ref::<StringArray>()
@@ -602,6 +624,25 @@ pub fn parse_batches<E: std::fmt::Display>(
         }
     }
     Ok(parsed)
+}
+
+/// Each value of a nested column (lists, structs, maps) as its JSON text, as a JSON Lines
+/// input stores a nested payload.
+fn json_texts(column: &ArrayRef) -> std::result::Result<StringArray, String> {
+    let batch = RecordBatch::try_from_iter([("v", column.clone())]).map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    let mut writer = LineDelimitedWriter::new(&mut lines);
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let mut texts = StringBuilder::new();
+    for line in lines.split(|&b| b == b'\n').take(batch.num_rows()) {
+        let row: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        match row.get("v") {
+            None | Some(Value::Null) => texts.append_null(),
+            Some(value) => texts.append_value(value.to_string()),
+        }
+    }
+    Ok(texts.finish())
 }
 
 fn is_string(ty: &DataType) -> bool {

@@ -178,41 +178,43 @@ class _Caller:
             idempotency_key=f"{sample_id}:{retry_count}",
         )
         key = (self.root, sample_id)
-        mine = threading.Event()
-        with _IN_FLIGHT_LOCK:
-            previous = _IN_FLIGHT.get(key)
-            _IN_FLIGHT[key] = mine
-
-        def finish(outcome) -> None:
-            mine.set()
-            with _IN_FLIGHT_LOCK:
-                if _IN_FLIGHT.get(key) is mine:
-                    del _IN_FLIGHT[key]
-            done(outcome)
-
+        with _RUNNING_CHANGED:
+            free = key not in _RUNNING
+            if free:
+                _RUNNING.add(key)
         try:
-            if previous is not None and not previous.is_set():
+            if not free:
                 # A call of this record the engine gave up on still runs: wait for it.
-                future = self.pool.submit(self._after, previous, record)
+                future = self.pool.submit(self._after, key, record)
             elif self.is_async:
                 future = asyncio.run_coroutine_threadsafe(self._call_async(record), _Loop.get())
             else:
                 future = self.pool.submit(self._call, record)
         except BaseException as e:  # a pool shut down, a loop gone: the call never started
-            finish(("transient", f"the call could not start: {_describe(e)}", None))
+            if free:
+                _release(key)
+            done(("transient", f"the call could not start: {_describe(e)}", None))
             return
-        future.add_done_callback(lambda f: finish(_result_of(f)))
+        if free:
+            future.add_done_callback(lambda f: (_release(key), done(_result_of(f))))
+        else:
+            future.add_done_callback(lambda f: done(_result_of(f)))
 
-    def _after(self, previous: threading.Event, record: Record):
-        """Calls ``record`` once its previous call has returned, or gives up at the
+    def _after(self, key: tuple, record: Record):
+        """Calls ``record`` once its running call has returned, or gives up at the
         timeout: one call of a record at a time."""
-        if not previous.wait(self.timeout):
-            return ("transient", "the previous call of this record is still running", None)
-        if self.is_async:
-            return asyncio.run_coroutine_threadsafe(
-                self._call_async(record), _Loop.get()
-            ).result()
-        return self._call(record)
+        with _RUNNING_CHANGED:
+            if not _RUNNING_CHANGED.wait_for(lambda: key not in _RUNNING, self.timeout):
+                return ("transient", "the previous call of this record is still running", None)
+            _RUNNING.add(key)
+        try:
+            if self.is_async:
+                return asyncio.run_coroutine_threadsafe(
+                    self._call_async(record), _Loop.get()
+                ).result()
+            return self._call(record)
+        finally:
+            _release(key)
 
     def _call(self, record: Record):
         try:
@@ -259,10 +261,15 @@ class _Caller:
         return (self.other_errors, _describe(e), None)
 
 
-#: The latest call of each record with calls running, by queue root, set when it
-#: returns: one call of a record at a time.
-_IN_FLIGHT: dict = {}
-_IN_FLIGHT_LOCK = threading.Lock()
+#: The records with a call running, by queue root: one call of a record at a time.
+_RUNNING: set = set()
+_RUNNING_CHANGED = threading.Condition()
+
+
+def _release(key: tuple) -> None:
+    with _RUNNING_CHANGED:
+        _RUNNING.discard(key)
+        _RUNNING_CHANGED.notify_all()
 
 
 def _result_of(future) -> tuple:
@@ -406,7 +413,7 @@ class Queue:
         elif isinstance(data, (Mapping, bytes)):
             raise TypeError("enqueue takes a list of dicts, an Arrow table or a file path")
         else:
-            lines = "\n".join(_json_line(i, r) for i, r in enumerate(data, 1))
+            lines = "\n".join(_json_line(i, r, id_field) for i, r in enumerate(data, 1))
             report = self._native.enqueue_jsonl(lines.encode(), "<records>", *args)
         return json.loads(report)
 
@@ -559,9 +566,13 @@ def _is_pandas(data: Any) -> bool:
     return type(data).__module__.startswith("pandas") and hasattr(data, "to_dict")
 
 
-def _json_line(n: int, record: Any) -> str:
+def _json_line(n: int, record: Any, id_field: str) -> str:
     if not isinstance(record, Mapping):
         raise TypeError(f"record {n} is {type(record).__name__}, not a dict")
+    id = record.get(id_field)
+    if isinstance(id, int) and not isinstance(id, bool):
+        # As its digits: a JSON number past 2^64 would be read back as a float.
+        record = {**record, id_field: str(id)}
     try:
         return json.dumps(record, default=_json_default, ensure_ascii=False)
     except (TypeError, ValueError) as e:

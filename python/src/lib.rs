@@ -11,6 +11,7 @@
 // The methods mirror the Python API's keyword arguments, one parameter each.
 #![allow(clippy::too_many_arguments)]
 
+use std::collections::HashSet;
 use std::ffi::{CStr, c_void};
 use std::future::Future;
 use std::path::Path;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
@@ -77,11 +78,19 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     })
 }
 
-/// A time from RFC 3339 text (the package sends `datetime.isoformat()` in UTC).
+/// A time from RFC 3339 text (the package sends `datetime.isoformat()` in UTC), before the
+/// year 9000: a schedule from a later one would pass the year 9999, which Python's
+/// `datetime` cannot read back.
 fn time(name: &str, value: &str) -> PyResult<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value)
+    let t = DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| invalid(format!("{name}: {e}: {value:?}")))
+        .map_err(|e| invalid(format!("{name}: {e}: {value:?}")))?;
+    if t.year() >= 9000 {
+        return Err(invalid(format!(
+            "{name} must be before the year 9000, got {value}"
+        )));
+    }
+    Ok(t)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
@@ -146,8 +155,43 @@ where
     }
 }
 
-/// Runs a short piece of work (open, enqueue, status, query), built by `make`, with the
-/// GIL released.
+/// Runs a read (status, query, history), built by `make`, on a thread of its own with the
+/// GIL released; Ctrl-C raises `KeyboardInterrupt` at once and leaves the read to finish
+/// unseen (it changes nothing).
+fn read<T, F>(py: Python<'_>, make: impl FnOnce() -> F + Send + 'static) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: Future<Output = retrylake::Result<T>>,
+{
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("retrylake-read".into())
+        .spawn(move || {
+            let _ = done.send(runtime().block_on(make()));
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the read: {e}")))?;
+    let mut outcome = Some(outcome);
+    loop {
+        let receiver = outcome.take().expect("given back every time");
+        let (answer, receiver) = py.detach(move || {
+            let answer = receiver.recv_timeout(Duration::from_millis(100));
+            (answer, receiver)
+        });
+        outcome = Some(receiver);
+        match answer {
+            Ok(out) => return out.map_err(py_err),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err(
+                    "retrylake's read ended without an answer",
+                ));
+            }
+        }
+    }
+}
+
+/// Runs a short piece of work (open, enqueue, redrive), built by `make`, with the GIL
+/// released.
 fn block<T, F>(py: Python<'_>, make: impl FnOnce() -> F + Send) -> PyResult<T>
 where
     T: Send,
@@ -271,6 +315,8 @@ fn arrow_reader(data: &Bound<'_, PyAny>) -> PyResult<ArrowArrayStreamReader> {
 #[pyclass(module = "retrylake._retrylake", frozen)]
 struct Queue {
     inner: Arc<AsyncMutex<retrylake::Queue>>,
+    /// Where the tables are, as one name for each place (a local folder canonicalized).
+    tables: String,
     worker: String,
     /// Set while rounds run: every other call then fails at once instead of waiting for
     /// them (a worker runs until stopped, and a processor calling its own queue would
@@ -291,11 +337,22 @@ impl Queue {
     }
 }
 
-/// Marks a queue as running rounds while it lives.
-struct Running<'a>(&'a AtomicBool);
+/// The (tables, worker) pairs running rounds in this process: two runners under one
+/// worker name take each other's records for a crashed round's and call them again.
+fn running_workers() -> &'static Mutex<HashSet<(String, String)>> {
+    static RUNNING: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    RUNNING.get_or_init(Default::default)
+}
+
+/// Marks a queue, and its worker name on its tables, as running rounds while it lives.
+struct Running<'a> {
+    flag: &'a AtomicBool,
+    worker: (String, String),
+}
 
 impl<'a> Running<'a> {
-    fn start(flag: &'a AtomicBool) -> PyResult<Self> {
+    fn start(queue: &'a Queue) -> PyResult<Self> {
+        let flag = &queue.running;
         flag.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .map_err(|_| {
                 PyRuntimeError::new_err(
@@ -303,13 +360,30 @@ impl<'a> Running<'a> {
                      (with another worker name) to run more at once",
                 )
             })?;
-        Ok(Running(flag))
+        let worker = (queue.tables.clone(), queue.worker.clone());
+        if !running_workers()
+            .lock()
+            .expect("not poisoned")
+            .insert(worker.clone())
+        {
+            flag.store(false, Ordering::SeqCst);
+            return Err(PyRuntimeError::new_err(format!(
+                "another Queue of this process runs rounds on these tables as worker '{}'; \
+                 give each runner its own worker name (Queue(..., worker=...))",
+                worker.1
+            )));
+        }
+        Ok(Running { flag, worker })
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        running_workers()
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.worker);
+        self.flag.store(false, Ordering::SeqCst);
     }
 }
 
@@ -336,7 +410,11 @@ impl Queue {
         })?
         .with_worker(worker)
         .map_err(py_err)?;
+        let tables = std::fs::canonicalize(&root)
+            .map(|p| p.display().to_string())
+            .unwrap_or(root);
         Ok(Queue {
+            tables,
             worker: queue.worker().to_owned(),
             inner: Arc::new(AsyncMutex::new(queue)),
             running: AtomicBool::new(false),
@@ -415,9 +493,15 @@ impl Queue {
         let schema = reader.schema();
         let fields = fields(id_field, payload_field);
         // The stream may call back into Python (a pyarrow reader over a generator): read it
-        // on this thread, which holds the GIL.
-        let input = parse_batches(&schema, reader, &fields)
-            .map_err(|e| invalid(format!("{source}: {e}")))?;
+        // on this thread, which holds the GIL. A producer whose batches do not match the
+        // schema it declared trips assertions inside arrow's import: a ValueError too.
+        let input = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parse_batches(&schema, reader, &fields)
+        }))
+        .unwrap_or_else(|_| {
+            Err("the Arrow stream's batches do not match the schema it declared".to_owned())
+        })
+        .map_err(|e| invalid(format!("{source}: {e}")))?;
         self.enqueue_parsed(py, source, input, skip_invalid, now)
     }
 
@@ -525,7 +609,7 @@ impl Queue {
         let processor = PyProcessor { caller: call };
         let queue = self.queue()?;
         // Until the rounds end: `drive` returns only once the work has finished.
-        let _running = Running::start(&self.running)?;
+        let _running = Running::start(self)?;
         let work = move || async move {
             let mut queue = queue.lock().await;
             match virtual_clock {
@@ -558,7 +642,7 @@ impl Queue {
     fn status(&self, py: Python<'_>, now: Option<String>) -> PyResult<String> {
         let now = now.map(|t| time("now", &t)).transpose()?;
         let queue = self.queue()?;
-        let status = block(py, move || async move {
+        let status = read(py, move || async move {
             let mut queue = queue.lock().await;
             queue.set_clock(clock(now));
             queue.status().await
@@ -582,7 +666,7 @@ impl Queue {
             (None, None) => AsOf::Latest,
         };
         let queue = self.queue()?;
-        let result = block(py, move || async move {
+        let result = read(py, move || async move {
             queue.lock().await.query_with_schema(&sql, as_of).await
         })?;
         Ok(ArrowStream {
@@ -602,7 +686,7 @@ impl Queue {
                 .collect::<PyResult<Vec<_>>>()?
         };
         let queue = self.queue()?;
-        let commits = block(py, move || async move {
+        let commits = read(py, move || async move {
             queue.lock().await.history(&tables).await
         })?;
         json(&commits)

@@ -286,9 +286,11 @@ def test_an_attempt_does_not_start_while_the_previous_call_of_that_record_runs(q
         return "ok"
 
     q.drain(slow, now=START, timeout=0.1, lease=1, max_retries=3, breaker=False)
-    still_running = state["now"]
     time.sleep(0.7)
-    assert state["most"] == 1 and still_running == 0, state
+    # A plain function cannot be stopped from outside, so drain may return while the call
+    # it gave up on still runs (the README says so); but no second call of the record
+    # starts while it does.
+    assert state["most"] == 1, state
 
 
 def test_hung_processors_do_not_stall_the_queues_own_storage(tmp_path):
