@@ -4,9 +4,10 @@
 //! (`retrylake/__init__.py`) gives it its documented API; this module is not meant to be
 //! used directly.
 //!
-//! The GIL is released while the engine reads, calls and commits. A processor call takes
-//! it on a thread of the runtime's blocking pool, so plain functions run side by side up to
-//! the round's concurrency (and `async def` ones on the package's event loop).
+//! The GIL is released while the engine reads, calls and commits. Each call is handed to
+//! Python (`_Caller.submit`), which runs plain functions on its own thread pool and
+//! `async def` ones on its event loop, and answers through a callback: no engine thread
+//! waits inside Python.
 
 // The methods mirror the Python API's keyword arguments, one parameter each.
 #![allow(clippy::too_many_arguments)]
@@ -98,9 +99,49 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 }
 
 /// Runs the work `make` builds on a thread of its own (on the runtime), with the GIL
-/// released, checking for signals (Ctrl-C) every 100 ms. On a signal, or when
+/// released, calling `tick` every 100 ms until the work answers; an error from `tick`
+/// stops the wait (the work goes on unseen).
+fn wait_for<T, F>(
+    py: Python<'_>,
+    what: &str,
+    make: impl FnOnce() -> F + Send + 'static,
+    mut tick: impl FnMut(Python<'_>) -> PyResult<()>,
+) -> PyResult<retrylake::Result<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = retrylake::Result<T>>,
+{
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("retrylake-{what}"))
+        .spawn(move || {
+            let _ = done.send(runtime().block_on(make()));
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the {what}: {e}")))?;
+    let mut outcome = Some(outcome);
+    loop {
+        // The receiver goes to the detached closure and back (it is not `Sync`).
+        let receiver = outcome.take().expect("given back every time");
+        let (answer, receiver) = py.detach(move || {
+            let answer = receiver.recv_timeout(Duration::from_millis(100));
+            (answer, receiver)
+        });
+        outcome = Some(receiver);
+        match answer {
+            Ok(out) => return Ok(out),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tick(py)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err(format!(
+                    "retrylake's {what} ended without an answer"
+                )));
+            }
+        }
+    }
+}
+
+/// Runs rounds, built by `make`, as [`wait_for`] does. On a signal (Ctrl-C), or when
 /// `interrupted` says the processor raised `KeyboardInterrupt`, it calls `stop` (the
-/// rounds end after the round in flight), waits for the work to finish, and then raises
+/// rounds end after the round in flight), waits for the rounds to finish, and then raises
 /// the interruption: nothing is left half-done.
 fn drive<T, F>(
     py: Python<'_>,
@@ -112,82 +153,32 @@ where
     T: Send + 'static,
     F: Future<Output = retrylake::Result<T>>,
 {
-    let (done, outcome) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("retrylake-rounds".into())
-        .spawn(move || {
-            let _ = done.send(runtime().block_on(make()));
-        })
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the rounds: {e}")))?;
     let mut interruption: Option<PyErr> = None;
-    let mut outcome = Some(outcome);
-    loop {
-        // The receiver goes to the detached closure and back (it is not `Sync`).
-        let receiver = outcome.take().expect("given back every time");
-        let (answer, receiver) = py.detach(move || {
-            let answer = receiver.recv_timeout(Duration::from_millis(100));
-            (answer, receiver)
-        });
-        outcome = Some(receiver);
-        match answer {
-            Ok(out) => {
-                // The work may have finished before a tick saw the processor's
-                // interruption.
-                let interruption = interruption.or_else(|| interrupted(py).err());
-                return match interruption {
-                    Some(e) => Err(e),
-                    None => out.map_err(py_err),
-                };
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(PyRuntimeError::new_err(
-                    "retrylake's rounds ended without an answer",
-                ));
-            }
-        }
+    let out = wait_for(py, "rounds", make, |py| {
         if interruption.is_none()
             && let Err(e) = py.check_signals().and_then(|()| interrupted(py))
         {
             stop();
             interruption = Some(e);
         }
+        Ok(())
+    })?;
+    // The rounds may have ended before a tick saw the processor's interruption.
+    match interruption.or_else(|| interrupted(py).err()) {
+        Some(e) => Err(e),
+        None => out.map_err(py_err),
     }
 }
 
-/// Runs a read (status, query, history), built by `make`, on a thread of its own with the
-/// GIL released; Ctrl-C raises `KeyboardInterrupt` at once and leaves the read to finish
-/// unseen (it changes nothing).
+/// Runs a read (status, query, history), built by `make`, as [`wait_for`] does; Ctrl-C
+/// raises `KeyboardInterrupt` at once and leaves the read to finish unseen (it changes
+/// nothing).
 fn read<T, F>(py: Python<'_>, make: impl FnOnce() -> F + Send + 'static) -> PyResult<T>
 where
     T: Send + 'static,
     F: Future<Output = retrylake::Result<T>>,
 {
-    let (done, outcome) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("retrylake-read".into())
-        .spawn(move || {
-            let _ = done.send(runtime().block_on(make()));
-        })
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the read: {e}")))?;
-    let mut outcome = Some(outcome);
-    loop {
-        let receiver = outcome.take().expect("given back every time");
-        let (answer, receiver) = py.detach(move || {
-            let answer = receiver.recv_timeout(Duration::from_millis(100));
-            (answer, receiver)
-        });
-        outcome = Some(receiver);
-        match answer {
-            Ok(out) => return out.map_err(py_err),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(PyRuntimeError::new_err(
-                    "retrylake's read ended without an answer",
-                ));
-            }
-        }
-    }
+    wait_for(py, "read", make, |py| py.check_signals())?.map_err(py_err)
 }
 
 /// Runs a short piece of work (open, enqueue, redrive), built by `make`, with the GIL

@@ -2,9 +2,9 @@
 to break the promise (no record lost or doubled; no panic, segfault or hang; bad input is
 a clear Python exception and nothing half-written).
 
-Tests marked ``# FAILS NOW`` show a defect: they fail against the package as it is and
-pass once it is fixed. The others (``# HOLDS``) cover a real risk the package already
-withstands. Everything that could poison the rest of the session (the shared asyncio
+Tests marked ``# FAILED BEFORE THE FIX`` showed a defect the review found: each failed
+against the package as it was and passes since its fix. The others (``# HOLDS``) cover a
+real risk the package already withstood. Everything that could poison the rest of the session (the shared asyncio
 loop, the blocking pool, the interpreter's exit) runs in a child process.
 """
 
@@ -90,7 +90,7 @@ def _circular():
     ],
 )
 def test_a_processor_that_returned_is_a_success_whatever_it_returned(q, response):
-    # FAILS NOW. The processor returned, so its side effect happened: the record must go
+    # FAILED BEFORE THE FIX. The processor returned, so its side effect happened: the record must go
     # to final_results (with a lossy/placeholder response), not be retried and delivered
     # again. Now `_text(response)` (`_Caller.__call__`, retrylake/__init__.py:168, outside the try) or the
     # Rust extract to String (src/lib.rs:177) raises, and PyProcessor turns that into a
@@ -142,7 +142,7 @@ class _PermanentStrRaises(retrylake.Permanent):
     ],
 )
 def test_a_permanent_failure_stays_permanent_whatever_its_message(q, error):
-    # FAILS NOW. `str(e)` inside `except Permanent` (retrylake/__init__.py:160) raises, or
+    # FAILED BEFORE THE FIX. `str(e)` inside `except Permanent` (retrylake/__init__.py:160) raises, or
     # the message cannot be extracted as a Rust String (src/lib.rs:177): the Permanent
     # becomes a Transient and the record is retried (delivered again) instead of
     # dead-lettered. Expected: dead_letter_queue, with a lossy message.
@@ -158,7 +158,7 @@ def test_a_permanent_failure_stays_permanent_whatever_its_message(q, error):
 
 @pytest.mark.parametrize("retry_after", [float("inf"), 1e30], ids=["inf", "1e30"])
 def test_a_huge_retry_after_is_capped_not_ignored(q, retry_after):
-    # FAILS NOW. Transient(retry_after=inf or 1e30): the downstream asked to be left alone
+    # FAILED BEFORE THE FIX. Transient(retry_after=inf or 1e30): the downstream asked to be left alone
     # for a very long time; the time lock should be capped at max_retry_after (1 day by
     # default), as retry_after=10**12 is. Now PyProcessor does
     # `Duration::try_from_secs_f64(s).ok()` (src/lib.rs:188), which drops it, and the
@@ -176,7 +176,7 @@ def test_a_huge_retry_after_is_capped_not_ignored(q, retry_after):
 
 @pytest.mark.parametrize("retry_after", [-5, float("nan"), dt.timedelta(seconds=-1)])
 def test_a_retry_after_that_is_no_duration_is_refused(retry_after):
-    # FAILS NOW. Transient(retry_after=-5 / NaN) is accepted (retrylake/__init__.py:57,
+    # FAILED BEFORE THE FIX. Transient(retry_after=-5 / NaN) is accepted (retrylake/__init__.py:57,
     # `_seconds` only checks the type) and later silently ignored in src/lib.rs:188. Expected: a
     # ValueError naming retry_after, as every duration option gives.
     with pytest.raises(ValueError, match="retry_after"):
@@ -184,7 +184,7 @@ def test_a_retry_after_that_is_no_duration_is_refused(retry_after):
 
 
 def test_system_exit_in_a_processor_is_not_swallowed(q):
-    # FAILS NOW (a design call, but a surprising one). `sys.exit()` in a plain processor
+    # FAILED BEFORE THE FIX (a design call, but a surprising one). `sys.exit()` in a plain processor
     # is a BaseException the wrapper does not catch (retrylake/__init__.py:166 catches
     # Exception and KeyboardInterrupt only); PyProcessor (src/lib.rs:193) turns it into a
     # Transient and the run carries on. Expected: like KeyboardInterrupt, the run stops
@@ -199,7 +199,7 @@ def test_system_exit_in_a_processor_is_not_swallowed(q):
 
 
 def test_an_async_processor_raising_keyboard_interrupt_does_not_kill_async_for_good(tmp_path):
-    # FAILS NOW. KeyboardInterrupt (or SystemExit) raised by an `async def` processor
+    # FAILED BEFORE THE FIX. KeyboardInterrupt (or SystemExit) raised by an `async def` processor
     # escapes asyncio's task machinery and stops the package's one event loop
     # (retrylake/__init__.py:104-120, `loop.run_forever` on a daemon thread, never
     # restarted). From then on every async processor in the process times out: here a
@@ -234,7 +234,7 @@ def test_an_async_processor_raising_keyboard_interrupt_does_not_kill_async_for_g
 
 
 def test_an_async_processor_raising_system_exit_does_not_kill_async_for_good(tmp_path):
-    # FAILS NOW. Same root cause as above (SystemExit stops the shared event loop).
+    # FAILED BEFORE THE FIX. Same root cause as above (SystemExit stops the shared event loop).
     code = """
     import sys, retrylake
     q = retrylake.Queue(sys.argv[1])
@@ -265,7 +265,7 @@ def test_an_async_processor_raising_system_exit_does_not_kill_async_for_good(tmp
 
 
 def test_an_attempt_does_not_start_while_the_previous_call_of_that_record_runs(q):
-    # FAILS NOW. A plain processor past its timeout keeps running on a blocking thread
+    # FAILED BEFORE THE FIX. A plain processor past its timeout keeps running on a blocking thread
     # (src/lib.rs:174, spawn_blocking cannot be cancelled); drain on a virtual clock then
     # calls the same record again at once, with a new idempotency key (`id:1`), while the
     # first call (`id:0`) is still delivering it: two deliveries in flight that a
@@ -294,7 +294,7 @@ def test_an_attempt_does_not_start_while_the_previous_call_of_that_record_runs(q
 
 
 def test_hung_processors_do_not_stall_the_queues_own_storage(tmp_path):
-    # FAILS NOW. Every timed-out call of a hung processor keeps one thread of tokio's
+    # FAILED BEFORE THE FIX. Every timed-out call of a hung processor keeps one thread of tokio's
     # blocking pool (512 threads; src/lib.rs:174). The local object store does its file
     # I/O on that same pool, so once it is full the round's commit waits for the hung
     # calls: here a round with timeout 0.2 s takes until the processors are released
@@ -319,7 +319,7 @@ def test_hung_processors_do_not_stall_the_queues_own_storage(tmp_path):
 
 
 def test_exit_while_timed_out_calls_finish_does_not_abort(tmp_path):
-    # FAILS NOW (a race: in 2 of 3 runs here, so four tries). A timed-out call still
+    # FAILED BEFORE THE FIX (a race: in 2 of 3 runs, so four tries). A timed-out call still
     # running when the interpreter shuts down ends in `Python::attach` on a tokio thread
     # (src/lib.rs:175) during finalization: "Fatal Python error: PyGILState_Release:
     # thread state ... must be current when releasing", SIGABRT, exit code 134. Expected:
@@ -397,7 +397,7 @@ def test_worker_name_does_not_block_while_a_worker_runs(q):
 
 
 def test_two_queue_objects_with_the_default_worker_name_do_not_double_calls(tmp_path):
-    # FAILS NOW (documented: "concurrent runners need distinct names", but it is the
+    # FAILED BEFORE THE FIX (documented: "concurrent runners need distinct names", but it is the
     # default). Two Queue objects on one root, both worker "main", draining at once: each
     # takes the other's claimed records back as a crashed round of its own worker, and
     # records are delivered two to four times. Expected: each record called once, or the
@@ -480,7 +480,7 @@ SCHEMA = pa.schema([("sample_id", pa.string()), ("payload", pa.string())])
 
 
 def test_an_arrow_stream_whose_batches_change_type_is_a_value_error_not_a_panic(q):
-    # FAILS NOW. pyarrow's RecordBatchReader.from_batches over a generator does not check
+    # FAILED BEFORE THE FIX. pyarrow's RecordBatchReader.from_batches over a generator does not check
     # the batches against the schema; a batch of int64 columns in a stream declared
     # string is imported by arrow-rs as a StringArray, which panics ("StringArray data
     # should contain 2 buffers only") in parse_batches (src/lib.rs:394 reads the stream
@@ -497,7 +497,7 @@ def test_an_arrow_stream_whose_batches_change_type_is_a_value_error_not_a_panic(
 
 
 def test_a_binary_payload_that_is_not_utf8_is_not_silently_nulled(q):
-    # FAILS NOW. parse_batches casts the payload column with arrow's *safe* cast
+    # FAILED BEFORE THE FIX. parse_batches casts the payload column with arrow's *safe* cast
     # (src/input.rs:575-576, `cast(column, &DataType::Utf8)`), which turns a value it cannot
     # convert into null: the payload b"\xff" is stored as None, the data lost (and the
     # record later dead-lettered as empty). Expected: ValueError naming the row, or the
@@ -512,7 +512,7 @@ def test_a_binary_payload_that_is_not_utf8_is_not_silently_nulled(q):
 
 
 def test_a_list_payload_from_arrow_is_stored_as_json_like_from_dicts(q):
-    # FAILS NOW. The docs: "A payload that is not a string is stored as its JSON text".
+    # FAILED BEFORE THE FIX. The docs: "A payload that is not a string is stored as its JSON text".
     # From a list of dicts ["x", "y"] is stored as '["x", "y"]'; from an Arrow table the
     # same list goes through arrow's cast to Utf8 (src/input.rs:576) and is stored as
     # "[x, y]", which is not JSON (and a struct column is refused outright).
@@ -594,7 +594,7 @@ def test_odd_arrow_types_that_work(q):
 
 
 def test_big_integer_ids_are_not_rounded_into_each_other(q):
-    # FAILS NOW. An int id beyond u64 goes through json.dumps as digits, and serde_json
+    # FAILED BEFORE THE FIX. An int id beyond u64 goes through json.dumps as digits, and serde_json
     # (no arbitrary_precision) reads it as a float: 10**20 is stored as the id "1e+20",
     # and 10**20 + 1 is the same id. Enqueued one after the other, the
     # second is "skipped_existing": a record lost. (src/input.rs:407 `n.to_string()` of a
@@ -615,7 +615,7 @@ def test_big_integer_ids_are_not_rounded_into_each_other(q):
     ],
 )
 def test_values_without_json_text_are_refused_not_stored_as_repr(q, record):
-    # FAILS NOW. `json.dumps(record, default=str)` (`_json_line`, retrylake/__init__.py:388) turns a
+    # FAILED BEFORE THE FIX. `json.dumps(record, default=str)` (`_json_line`, retrylake/__init__.py:388) turns a
     # bytes id into the id "b'abc'", a bytes payload into the text "b'hello'", a set into
     # "{1, 2}": silently corrupted data. Expected: TypeError/ValueError naming the record
     # (or, for bytes, the decoded text).
@@ -648,7 +648,7 @@ def test_non_json_numbers_and_bad_ids_are_refused_whole(q):
 
 
 def test_timeout_zero_is_refused(q):
-    # FAILS NOW. timeout=0 passes `seconds()` (src/lib.rs:72) and RoundConfig::check (src/round.rs:103):
+    # FAILED BEFORE THE FIX. timeout=0 passes `seconds()` (src/lib.rs:72) and RoundConfig::check (src/round.rs:103):
     # every async call times out before it starts ("timeout after 0s"), each record is
     # charged an attempt per round and ends dead-lettered without ever being delivered.
     # Expected: ValueError naming timeout.
@@ -670,7 +670,7 @@ def test_integer_options_out_of_range_name_the_option(q, option, value):
 
 
 def test_redrive_ids_given_as_one_string_are_not_split_into_characters(q):
-    # FAILS NOW. `list(ids)` (`Queue.redrive`, retrylake/__init__.py:332) turns ids="ab" into ["a", "b"]:
+    # FAILED BEFORE THE FIX. `list(ids)` (`Queue.redrive`, retrylake/__init__.py:332) turns ids="ab" into ["a", "b"]:
     # the dead letters "a" and "b" are redriven, "ab" is not. Expected: ["ab"] or a
     # TypeError.
     q.enqueue([{"sample_id": s, "payload": "p"} for s in ("a", "b", "ab")], now=START)
@@ -688,7 +688,7 @@ def test_redrive_ids_given_as_one_string_are_not_split_into_characters(q):
 
 
 def test_history_of_one_table_given_as_a_string(q):
-    # FAILS NOW (minor). `list(tables)` (`Queue.history`, retrylake/__init__.py:318) splits
+    # FAILED BEFORE THE FIX (minor). `list(tables)` (`Queue.history`, retrylake/__init__.py:318) splits
     # "retry_queue" into characters: "unknown table 'r'". Expected: that table's history,
     # or a TypeError saying a list is wanted.
     try:
@@ -699,7 +699,7 @@ def test_history_of_one_table_given_as_a_string(q):
 
 
 def test_a_now_whose_schedule_passes_year_9999_is_refused_or_readable(q):
-    # FAILS NOW. now=datetime.max is accepted; the backoff puts process_after and the
+    # FAILED BEFORE THE FIX. now=datetime.max is accepted; the backoff puts process_after and the
     # journal's times in year 10000, which the package's own query() then cannot hand to
     # Python (`to_pylist()`: OverflowError: date value out of range). Expected: a
     # ValueError up front for a now whose schedule leaves the datetime range, or times
@@ -775,7 +775,7 @@ def test_a_query_result_is_read_once_and_an_empty_one_keeps_its_schema(q):
 
 
 def test_a_long_query_can_be_interrupted_with_ctrl_c(tmp_path):
-    # FAILS NOW. query() (like status, enqueue, history) runs in `block`
+    # FAILED BEFORE THE FIX. query() (like status, enqueue, history) runs in `block`
     # (src/lib.rs:149), which releases the GIL and waits without ever checking for
     # signals: Ctrl-C during a long query does nothing until the query ends (here: far
     # beyond the test's patience). Expected: KeyboardInterrupt within a second or two,
