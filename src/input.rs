@@ -6,10 +6,11 @@ use std::fs::File;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use deltalake::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use deltalake::arrow::array::{Array, ArrayData, ArrayRef, StringArray, StringBuilder, make_array};
 use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{DataType, Schema};
-use deltalake::arrow::json::LineDelimitedWriter;
+use deltalake::arrow::json::WriterBuilder;
+use deltalake::arrow::json::writer::LineDelimited;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -80,7 +81,11 @@ impl Default for Fields {
 /// and one of megabytes is a mistake in the input, not a key.
 pub const MAX_ID_LEN: usize = 1024;
 
-/// The prefix of the ids given to invalid records (`invalid:<file>:<line>`), which no
+/// The longest line of a JSON Lines input, in bytes: a longer one is an error, not an
+/// allocation that takes the machine's memory (a file with no newline, `/dev/zero`).
+pub const MAX_LINE_LEN: usize = 256 << 20;
+
+/// The prefix of the ids given to invalid records (`invalid:<file>:<line>:<hash>`), which no
 /// input's id may start with: an invalid record dead-lettered by one enqueue and a valid
 /// record of another, enqueued at the same moment, could otherwise share an id and land in
 /// two tables (their commits go to different tables, which Delta does not order).
@@ -226,13 +231,29 @@ pub fn read_input(path: &Path, format: InputFormat, fields: &Fields) -> Result<P
 
 /// Parses JSON Lines from a reader, a line at a time, so the input is never held whole: one
 /// object per line; blank lines, a byte-order mark and CRLF endings are accepted.
-pub fn parse_jsonl_from(mut reader: impl BufRead, fields: &Fields) -> std::io::Result<ParsedInput> {
+pub fn parse_jsonl_from(reader: impl BufRead, fields: &Fields) -> std::io::Result<ParsedInput> {
+    parse_jsonl_bounded(reader, fields, MAX_LINE_LEN)
+}
+
+/// [`parse_jsonl_from`], with lines of at most `max_line` bytes.
+fn parse_jsonl_bounded(
+    mut reader: impl BufRead,
+    fields: &Fields,
+    max_line: usize,
+) -> std::io::Result<ParsedInput> {
     let mut parsed = ParsedInput::default();
     let mut buffer = Vec::new();
     for line_no in 1.. {
         buffer.clear();
-        if reader.read_until(b'\n', &mut buffer)? == 0 {
+        let limit = max_line as u64 + 1;
+        if std::io::Read::take(&mut reader, limit).read_until(b'\n', &mut buffer)? == 0 {
             break;
+        }
+        if buffer.len() > max_line && buffer.last() != Some(&b'\n') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {line_no} is longer than {max_line} bytes"),
+            ));
         }
         let mut line = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
         if line_no == 1 {
@@ -554,6 +575,10 @@ pub fn parse_batches<E: std::fmt::Display>(
         .map(|f| (f.name().as_str(), f.data_type()))
         .collect();
     for (field, is_id) in [(&fields.id, true), (&fields.payload, false)] {
+        // Two columns of one name: which one holds the records is anybody's guess.
+        if schema.fields().iter().filter(|f| f.name() == field).count() > 1 {
+            return Err(format!("column '{field}' appears more than once"));
+        }
         match columns.get(field.as_str()) {
             None => {
                 let names: Vec<&str> = columns.keys().copied().collect();
@@ -629,9 +654,16 @@ pub fn parse_batches<E: std::fmt::Display>(
 /// Each value of a nested column (lists, structs, maps) as its JSON text, as a JSON Lines
 /// input stores a nested payload.
 fn json_texts(column: &ArrayRef) -> std::result::Result<StringArray, String> {
+    // Arrow's JSON writer would write them as null: data changed without a word.
+    if has_non_finite(&column.to_data()) {
+        return Err("holds NaN or an infinity, which JSON has no text for".into());
+    }
     let batch = RecordBatch::try_from_iter([("v", column.clone())]).map_err(|e| e.to_string())?;
     let mut lines = Vec::new();
-    let mut writer = LineDelimitedWriter::new(&mut lines);
+    // Null fields kept, as a dict's JSON text keeps them.
+    let mut writer = WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, LineDelimited>(&mut lines);
     writer.write(&batch).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     let mut texts = StringBuilder::new();
@@ -645,6 +677,29 @@ fn json_texts(column: &ArrayRef) -> std::result::Result<StringArray, String> {
     Ok(texts.finish())
 }
 
+/// Whether a float anywhere in `data` (or its children) is NaN or infinite.
+fn has_non_finite(data: &ArrayData) -> bool {
+    use deltalake::arrow::array::AsArray;
+    use deltalake::arrow::datatypes::{Float16Type, Float32Type, Float64Type};
+    let array = make_array(data.clone());
+    let finite = match data.data_type() {
+        DataType::Float16 => array
+            .as_primitive::<Float16Type>()
+            .iter()
+            .all(|v| v.is_none_or(|v| v.is_finite())),
+        DataType::Float32 => array
+            .as_primitive::<Float32Type>()
+            .iter()
+            .all(|v| v.is_none_or(f32::is_finite)),
+        DataType::Float64 => array
+            .as_primitive::<Float64Type>()
+            .iter()
+            .all(|v| v.is_none_or(f64::is_finite)),
+        _ => true,
+    };
+    !finite || data.child_data().iter().any(has_non_finite)
+}
+
 fn is_string(ty: &DataType) -> bool {
     matches!(
         ty,
@@ -652,13 +707,27 @@ fn is_string(ty: &DataType) -> bool {
     )
 }
 
-/// Where an input record came from, for dead letters of invalid input without an id.
-pub(crate) fn synthetic_id(path: &Path, line: usize) -> String {
+/// The id of an invalid record without a valid one of its own: where it came from (the
+/// file's name, its line) and a hash of what it held (`text`, the line as read). Enqueueing
+/// one input twice gives the same ids (the second finds them known); two inputs of one name
+/// with different records at one line give different ones, so neither is taken for the
+/// other and lost.
+pub fn synthetic_id(path: &Path, line: usize, text: &str) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| PathBuf::from(path).display().to_string());
-    format!("{INVALID_ID_PREFIX}{name}:{line}")
+    format!(
+        "{INVALID_ID_PREFIX}{name}:{line}:{:016x}",
+        fnv1a(text.as_bytes())
+    )
+}
+
+/// 64-bit FNV-1a: a hash that is the same in every process and every build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -667,6 +736,67 @@ mod tests {
 
     fn parse_jsonl(bytes: &[u8], fields: &Fields) -> ParsedInput {
         parse_jsonl_from(bytes, fields).expect("reading from memory cannot fail")
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_an_error_naming_it() {
+        let input = b"{\"sample_id\":\"a\"}\n{\"sample_id\":\"b\",\"payload\":\"xxxxxxxxxx\"}\n";
+        let err = parse_jsonl_bounded(&input[..], &Fields::default(), 39).unwrap_err();
+        assert_eq!(err.to_string(), "line 2 is longer than 39 bytes");
+        // At the limit (40 bytes and its newline) it is read.
+        let parsed = parse_jsonl_bounded(&input[..], &Fields::default(), 40).unwrap();
+        assert_eq!(parsed.records.len(), 2);
+    }
+
+    #[test]
+    fn invalid_records_ids_follow_their_text() {
+        let a = synthetic_id(Path::new("/day1/in.jsonl"), 3, "not json");
+        assert!(a.starts_with("invalid:in.jsonl:3:"), "{a}");
+        assert_eq!(a, synthetic_id(Path::new("/day1/in.jsonl"), 3, "not json"));
+        assert_ne!(
+            a,
+            synthetic_id(Path::new("/day2/in.jsonl"), 3, "not json either")
+        );
+        assert_ne!(a, synthetic_id(Path::new("/day1/in.jsonl"), 4, "not json"));
+        // FNV-1a's published value: the same in every build.
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn arrow_columns_named_twice_are_refused() {
+        use deltalake::arrow::datatypes::Field;
+        let schema = Schema::new(vec![
+            Field::new("sample_id", DataType::Utf8, true),
+            Field::new("payload", DataType::Utf8, true),
+            Field::new("sample_id", DataType::Float64, true),
+        ]);
+        let none: Vec<std::result::Result<RecordBatch, String>> = Vec::new();
+        let err = parse_batches(&schema, none, &Fields::default()).unwrap_err();
+        assert_eq!(err, "column 'sample_id' appears more than once");
+    }
+
+    #[test]
+    fn nested_arrow_payloads_keep_their_null_fields() {
+        let rows = r#"{"sample_id":"a","payload":{"x":1,"y":null}}"#;
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            deltalake::arrow::datatypes::Field::new("sample_id", DataType::Utf8, false),
+            deltalake::arrow::datatypes::Field::new(
+                "payload",
+                DataType::Struct(
+                    vec![
+                        deltalake::arrow::datatypes::Field::new("x", DataType::Int64, true),
+                        deltalake::arrow::datatypes::Field::new("y", DataType::Int64, true),
+                    ]
+                    .into(),
+                ),
+                true,
+            ),
+        ]));
+        let batches = deltalake::arrow::json::ReaderBuilder::new(schema.clone())
+            .build(rows.as_bytes())
+            .unwrap();
+        let parsed = parse_batches(&schema, batches, &Fields::default()).unwrap();
+        assert_eq!(parsed.records.get(0).payload, Some(r#"{"x":1,"y":null}"#));
     }
 
     #[test]

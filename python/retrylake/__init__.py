@@ -22,6 +22,7 @@ import datetime as _dt
 import decimal
 import inspect
 import json
+import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -239,19 +240,19 @@ class _Caller:
     async def _await(self, awaitable: Any):
         try:
             response = await asyncio.wait_for(_awaited(awaitable), self.timeout)
+        except _Raised as e:
+            return self._failure(e.exc)
+        except asyncio.TimeoutError:  # wait_for's own: the processor's come as _Raised
+            return ("transient", f"timeout after {self.timeout:g}s", None)
         except BaseException as e:
             return self._failure(e)
         return _success(response)
 
     def _failure(self, e: BaseException):
-        if isinstance(e, _Stopped):
-            e = e.exc
         if isinstance(e, Transient):
-            return ("transient", _message(e, "Transient"), e.retry_after)
+            return ("transient", _message(e, "Transient"), _retry_after(e))
         if isinstance(e, Permanent):
             return ("permanent", _message(e, "Permanent"), None)
-        if isinstance(e, (asyncio.TimeoutError, concurrent.futures.TimeoutError)):
-            return ("transient", f"timeout after {self.timeout:g}s", None)
         if isinstance(e, asyncio.CancelledError):
             return ("transient", "cancelled", None)
         if not isinstance(e, Exception):
@@ -279,9 +280,10 @@ def _result_of(future) -> tuple:
         return ("transient", f"the call did not run: {_describe(e)}", None)
 
 
-class _Stopped(Exception):
-    """Carries a KeyboardInterrupt or SystemExit out of a coroutine: raised as it is, it
-    would stop the event loop every ``async def`` processor shares."""
+class _Raised(Exception):
+    """Carries what a processor's coroutine raised out of it: apart from the timeout's
+    own ``TimeoutError``, and, for ``KeyboardInterrupt`` or ``SystemExit``, not raised as
+    they are, which would stop the event loop every ``async def`` processor shares."""
 
     def __init__(self, exc: BaseException):
         super().__init__(exc)
@@ -291,8 +293,21 @@ class _Stopped(Exception):
 async def _awaited(awaitable: Any) -> Any:
     try:
         return await awaitable
-    except (KeyboardInterrupt, SystemExit) as e:
-        raise _Stopped(e) from None
+    except asyncio.CancelledError:
+        raise  # the timeout cancelling it
+    except BaseException as e:
+        raise _Raised(e) from None
+
+
+def _retry_after(e: Transient) -> Optional[float]:
+    """A ``Transient``'s ``retry_after`` in seconds, however it was set; one that is no
+    duration (negative, NaN, of another type) is left out."""
+    value = getattr(e, "retry_after", None)
+    try:
+        seconds = None if value is None else _seconds("retry_after", value)
+    except TypeError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _success(response: Any) -> tuple:
@@ -367,10 +382,14 @@ class Queue:
         storage_options: Optional[Mapping[str, str]] = None,
         worker: str = "main",
     ):
+        if isinstance(root, os.PathLike):
+            root = os.fspath(root)
+        if not isinstance(root, str):
+            raise TypeError(f"root must be a folder or a URL as str, got {root!r}")
         self._native = _NativeQueue(
-            str(root), dict(storage_options) if storage_options else None, worker
+            root, dict(storage_options) if storage_options else None, worker
         )
-        self.root = str(root)
+        self.root = root
 
     def __repr__(self) -> str:
         return f"retrylake.Queue({self.root!r}, worker={self.worker_name!r})"
@@ -413,8 +432,8 @@ class Queue:
         elif isinstance(data, (Mapping, bytes)):
             raise TypeError("enqueue takes a list of dicts, an Arrow table or a file path")
         else:
-            lines = "\n".join(_json_line(i, r, id_field) for i, r in enumerate(data, 1))
-            report = self._native.enqueue_jsonl(lines.encode(), "<records>", *args)
+            lines = b"\n".join(_json_line(i, r, id_field) for i, r in enumerate(data, 1))
+            report = self._native.enqueue_jsonl(lines, "<records>", *args)
         return json.loads(report)
 
     def run(
@@ -466,7 +485,8 @@ class Queue:
             return self._rounds(processor, "stopped", options)
         finally:
             if main:
-                signal.signal(signal.SIGTERM, previous)
+                # None: a handler not set from Python, which cannot be put back.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     def status(self, *, now: Optional[Time] = None) -> dict:
         """The queue's state: ``waiting``, ``due``, ``final``, ``dead``, ``next_due``,
@@ -554,7 +574,13 @@ class Queue:
         concurrency = settings["concurrency"]
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
-        caller = _Caller(processor, settings["timeout"], concurrency, other_errors, self.root)
+        for name in ("limit", "max_retries", "seed", "breaker_window", "breaker_min_calls"):
+            if isinstance(settings[name], bool):
+                raise TypeError(f"{name} must be an int, got {settings[name]!r}")
+        # One call of a record at a time is kept per place, however the root is spelt.
+        caller = _Caller(
+            processor, settings["timeout"], concurrency, other_errors, self._native.tables
+        )
         try:
             reports = self._native.rounds(caller, until, _time("now", now), **settings)
         finally:
@@ -563,17 +589,21 @@ class Queue:
 
 
 def _is_pandas(data: Any) -> bool:
-    return type(data).__module__.startswith("pandas") and hasattr(data, "to_dict")
+    return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"
 
 
-def _json_line(n: int, record: Any, id_field: str) -> str:
+def _json_line(n: int, record: Any, id_field: str) -> bytes:
     if not isinstance(record, Mapping):
         raise TypeError(f"record {n} is {type(record).__name__}, not a dict")
-    id = record.get(id_field)
-    if isinstance(id, int) and not isinstance(id, bool):
-        # As its digits: a JSON number past 2^64 would be read back as a float.
-        record = {**record, id_field: str(id)}
     try:
-        return json.dumps(record, default=_json_default, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
+        id = record.get(id_field)
+        if isinstance(id, int) and not isinstance(id, bool):
+            # As its digits (an IntEnum's too): a JSON number past 2^64 would be read back
+            # as a float.
+            record = {**record, id_field: str(int(id))}
+        # A lone surrogate cannot be encoded: refused here, naming the record.
+        return json.dumps(record, default=_json_default, ensure_ascii=False).encode("utf-8")
+    except TypeError as e:
         raise TypeError(f"record {n}: {e}") from None
+    except ValueError as e:  # UnicodeEncodeError, an int past Python's digit limit
+        raise ValueError(f"record {n}: {e}") from None

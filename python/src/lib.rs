@@ -79,16 +79,16 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     })
 }
 
-/// A time from RFC 3339 text (the package sends `datetime.isoformat()` in UTC), before the
-/// year 9000: a schedule from a later one would pass the year 9999, which Python's
-/// `datetime` cannot read back.
+/// A time from RFC 3339 text (the package sends `datetime.isoformat()` in UTC), from 1970
+/// and before the year 9000: a schedule from a later one would pass the year 9999, and
+/// one before year 1 cannot be read back by Python's `datetime` either.
 fn time(name: &str, value: &str) -> PyResult<DateTime<Utc>> {
     let t = DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| invalid(format!("{name}: {e}: {value:?}")))?;
-    if t.year() >= 9000 {
+    if !(1970..9000).contains(&t.year()) {
         return Err(invalid(format!(
-            "{name} must be before the year 9000, got {value}"
+            "{name} must be from 1970 and before the year 9000, got {value}"
         )));
     }
     Ok(t)
@@ -100,7 +100,8 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 
 /// Runs the work `make` builds on a thread of its own (on the runtime), with the GIL
 /// released, calling `tick` every 100 ms until the work answers; an error from `tick`
-/// stops the wait (the work goes on unseen).
+/// stops the wait and drops the work where it is (what it holds, such as the queue's
+/// lock, is let go), so only work that may stop anywhere may use it.
 fn wait_for<T, F>(
     py: Python<'_>,
     what: &str,
@@ -112,10 +113,17 @@ where
     F: Future<Output = retrylake::Result<T>>,
 {
     let (done, outcome) = std::sync::mpsc::channel();
+    // Dropped when this function returns: the work stops then, if it still runs.
+    let (_cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name(format!("retrylake-{what}"))
         .spawn(move || {
-            let _ = done.send(runtime().block_on(make()));
+            runtime().block_on(async move {
+                tokio::select! {
+                    out = make() => { let _ = done.send(out); }
+                    _ = cancelled => {}
+                }
+            });
         })
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start the {what}: {e}")))?;
     let mut outcome = Some(outcome);
@@ -171,8 +179,8 @@ where
 }
 
 /// Runs a read (status, query, history), built by `make`, as [`wait_for`] does; Ctrl-C
-/// raises `KeyboardInterrupt` at once and leaves the read to finish unseen (it changes
-/// nothing).
+/// raises `KeyboardInterrupt` at once and drops the read (it changes nothing), so the
+/// queue is free for the next call.
 fn read<T, F>(py: Python<'_>, make: impl FnOnce() -> F + Send + 'static) -> PyResult<T>
 where
     T: Send + 'static,
@@ -378,11 +386,17 @@ impl Drop for Running<'_> {
     }
 }
 
-fn fields(id_field: String, payload_field: String) -> Fields {
-    Fields {
+fn fields(id_field: String, payload_field: String) -> PyResult<Fields> {
+    if id_field == payload_field {
+        return Err(invalid(format!(
+            "id_field and payload_field are both '{id_field}': a record's id and payload \
+             are two fields"
+        )));
+    }
+    Ok(Fields {
         id: id_field,
         payload: payload_field,
-    }
+    })
 }
 
 #[pymethods]
@@ -418,6 +432,12 @@ impl Queue {
         self.worker.clone()
     }
 
+    /// Where the tables are, one name for each place (a local folder canonicalized).
+    #[getter]
+    fn tables(&self) -> String {
+        self.tables.clone()
+    }
+
     /// Enqueues a file (JSON Lines, CSV, Parquet); returns the report as JSON.
     #[pyo3(signature = (path, format, id_field, payload_field, skip_invalid, now))]
     fn enqueue_file(
@@ -435,7 +455,7 @@ impl Queue {
             .transpose()?;
         let options = EnqueueOptions {
             format,
-            fields: fields(id_field, payload_field),
+            fields: fields(id_field, payload_field)?,
             skip_invalid,
         };
         let now = now.map(|t| time("now", &t)).transpose()?;
@@ -461,7 +481,7 @@ impl Queue {
         skip_invalid: bool,
         now: Option<String>,
     ) -> PyResult<String> {
-        let fields = fields(id_field, payload_field);
+        let fields = fields(id_field, payload_field)?;
         let input = py
             .detach(|| parse_jsonl_from(data.as_slice(), &fields))
             .map_err(|e| invalid(format!("{source}: {e}")))?;
@@ -482,7 +502,7 @@ impl Queue {
     ) -> PyResult<String> {
         let reader = arrow_reader(data)?;
         let schema = reader.schema();
-        let fields = fields(id_field, payload_field);
+        let fields = fields(id_field, payload_field)?;
         // The stream may call back into Python (a pyarrow reader over a generator): read it
         // on this thread, which holds the GIL. A producer whose batches do not match the
         // schema it declared trips assertions inside arrow's import: a ValueError too.

@@ -103,6 +103,7 @@ impl Store {
     /// [`Store::open`] with object store settings given here rather than (or on top of)
     /// the environment's.
     pub async fn open_with(root: &str, options: StorageOptions) -> Result<Store> {
+        refuse_empty(root)?;
         local_log::install();
         let local = !root.contains("://");
         if local {
@@ -135,6 +136,7 @@ impl Store {
     /// [`Error::MissingTables`]. With all four there, their schemas are checked as in
     /// [`Store::open_with`].
     pub async fn open_existing(root: &str, options: StorageOptions) -> Result<Store> {
+        refuse_empty(root)?;
         local_log::install();
         let local = !root.contains("://");
         if !local {
@@ -537,6 +539,16 @@ async fn conflict_pause(conflicts: u32) {
         rng.random_range(cap / 2..=cap),
     ))
     .await;
+}
+
+/// An empty root would put the tables at the top of the filesystem (`/retry_queue`).
+fn refuse_empty(root: &str) -> Result<()> {
+    if root.trim().is_empty() {
+        return Err(Error::InvalidConfig(
+            "the data root is empty: give a folder or an object store URL".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Collects a DataFrame of a table's rows into typed rows.

@@ -129,14 +129,20 @@ fn an_invalid_line_refuses_the_whole_file() {
     env.ok(&["enqueue", input.to_str().unwrap(), "--skip-invalid"]);
     assert_eq!(ids(&env.rows::<QueueRow>(), |r| &r.sample_id), ["a"]);
     let dead = env.rows::<DeadRow>();
-    assert_eq!(
-        ids(&dead, |r| &r.sample_id),
-        ["invalid:bad.jsonl:2", "invalid:bad.jsonl:3"]
+    let dead_ids = ids(&dead, |r| &r.sample_id);
+    assert_eq!(dead_ids.len(), 2, "{dead_ids:?}");
+    assert!(
+        dead_ids[0].starts_with("invalid:bad.jsonl:2:"),
+        "{dead_ids:?}"
+    );
+    assert!(
+        dead_ids[1].starts_with("invalid:bad.jsonl:3:"),
+        "{dead_ids:?}"
     );
     assert!(dead.iter().all(|d| d.reason.as_str() == "invalid_input"));
     let line2 = dead
         .iter()
-        .find(|d| d.sample_id == "invalid:bad.jsonl:2")
+        .find(|d| d.sample_id.starts_with("invalid:bad.jsonl:2:"))
         .unwrap();
     assert_eq!(line2.payload.as_deref(), Some("{broken"));
 
@@ -212,15 +218,21 @@ fn ids_are_checked(env: &Env, input: &std::path::Path, first_bad: usize, good: &
     good.sort();
     assert_eq!(queued, good);
     let dead = env.rows::<DeadRow>();
-    let expected: Vec<String> = (first_bad..first_bad + 9)
+    let mut expected: Vec<String> = (first_bad..first_bad + 9)
         .map(|line| format!("invalid:{name}:{line}"))
         .collect();
-    let mut expected = expected;
     expected.sort();
-    assert_eq!(ids(&dead, |r| &r.sample_id), expected);
+    // Each id is `invalid:<file>:<line>:<hash of the line>`.
+    let without_hash = |id: &String| id.rsplit_once(':').unwrap().0.to_owned();
+    let mut found: Vec<String> = ids(&dead, |r| &r.sample_id)
+        .iter()
+        .map(without_hash)
+        .collect();
+    found.sort();
+    assert_eq!(found, expected);
     for d in &dead {
         assert_eq!(d.reason.as_str(), "invalid_input");
-        let line = d.sample_id.rsplit(':').next().unwrap();
+        let line = d.sample_id.rsplit(':').nth(1).unwrap();
         let msg = d.error_msg.as_deref().unwrap();
         assert!(msg.starts_with(&format!("line {line}: id")), "{msg}");
     }
@@ -243,7 +255,7 @@ fn ids_are_short_printable_and_not_blank_in_jsonl() {
     let dead = env.rows::<DeadRow>();
     let nul = dead
         .iter()
-        .find(|d| d.sample_id == "invalid:ids.jsonl:5")
+        .find(|d| d.sample_id.starts_with("invalid:ids.jsonl:5:"))
         .unwrap();
     assert_eq!(nul.payload.as_deref(), Some(lines[4].as_str()));
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use retrylake::input::synthetic_id;
 use retrylake::store::{DeadRow, FinalRow, QueueRow, Store};
 use retrylake::{Clock, FixedClock, Outcome, Queue, Record, RoundConfig};
 
@@ -182,13 +183,12 @@ async fn an_id_entering_two_tables_at_once_is_enqueued_once() {
     for _ in 0..5 {
         let env = Env::new();
         let root = env.data().url;
-        // Line 1 of a.jsonl is invalid: dead-lettered as "invalid:a.jsonl:1".
+        // Line 1 of a.jsonl is invalid: dead-lettered as "invalid:a.jsonl:1:<hash>".
         let invalid = env.write("a.jsonl", "not json\n");
+        let invalid_id = synthetic_id(&invalid, 1, "not json");
         // b.jsonl holds a record claiming that very id.
-        let claims = env.write(
-            "b.jsonl",
-            "{\"sample_id\":\"invalid:a.jsonl:1\",\"payload\":\"p\"}\n",
-        );
+        let claim = format!("{{\"sample_id\":\"{invalid_id}\",\"payload\":\"p\"}}");
+        let claims = env.write("b.jsonl", format!("{claim}\n"));
         let mut qa = Queue::open(&root).await.unwrap();
         let mut qb = Queue::open(&root).await.unwrap();
         let (a, b) = tokio::join!(
@@ -201,8 +201,9 @@ async fn an_id_entering_two_tables_at_once_is_enqueued_once() {
             1,
             "an id in the invalid records' form is refused"
         );
-        assert_eq!(placements(&root, "invalid:a.jsonl:1").await, (0, 0, 1));
-        assert_eq!(placements(&root, "invalid:b.jsonl:1").await, (0, 0, 1));
+        assert_eq!(placements(&root, &invalid_id).await, (0, 0, 1));
+        let claim_id = synthetic_id(&claims, 1, &claim);
+        assert_eq!(placements(&root, &claim_id).await, (0, 0, 1));
     }
 }
 
