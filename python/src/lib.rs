@@ -458,11 +458,7 @@ impl Queue {
             fields: fields(id_field, payload_field)?,
             skip_invalid,
         };
-        let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue()?;
-        let report = block(py, move || async move {
-            let mut queue = queue.lock().await;
-            queue.set_clock(clock(now));
+        let report = self.change_at(py, now, async move |queue| {
             queue.enqueue(Path::new(&path), &options).await
         })?;
         json(&report)
@@ -720,13 +716,7 @@ impl Queue {
             ids,
             limit,
         };
-        let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue()?;
-        let report = block(py, move || async move {
-            let mut queue = queue.lock().await;
-            queue.set_clock(clock(now));
-            queue.redrive(&filter).await
-        })?;
+        let report = self.change_at(py, now, async move |queue| queue.redrive(&filter).await)?;
         json(&report)
     }
 }
@@ -740,16 +730,29 @@ impl Queue {
         skip_invalid: bool,
         now: Option<String>,
     ) -> PyResult<String> {
-        let now = now.map(|t| time("now", &t)).transpose()?;
-        let queue = self.queue()?;
-        let report = block(py, move || async move {
-            let mut queue = queue.lock().await;
-            queue.set_clock(clock(now));
+        let report = self.change_at(py, now, async move |queue| {
             queue
                 .enqueue_input(Path::new(&source), input, skip_invalid)
                 .await
         })?;
         json(&report)
+    }
+
+    /// Runs `change` on the queue, on the clock `now` names (the system's without it),
+    /// with the GIL released.
+    fn change_at<T: Send>(
+        &self,
+        py: Python<'_>,
+        now: Option<String>,
+        change: impl AsyncFnOnce(&mut retrylake::Queue) -> retrylake::Result<T> + Send,
+    ) -> PyResult<T> {
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let queue = self.queue()?;
+        block(py, move || async move {
+            let mut queue = queue.lock().await;
+            queue.set_clock(clock(now));
+            change(&mut queue).await
+        })
     }
 }
 
