@@ -6,9 +6,9 @@ the queue with a Python function as the processor, under its own worker name. Sh
 split the records by a hash of their id, so every record is called by one task. A task
 Spark retries after a crash runs under the same worker name, so it first completes what
 the crashed attempt journaled, then goes on: nothing is lost or placed twice. Leave
-``spark.speculation`` off (Spark's default): a speculative copy of a running task would
-share its worker name, and although the queue still places every record once, a record
-could be called by both copies.
+``spark.speculation`` off (Spark's default), and run one such job per queue at a time: a
+speculative copy of a running task, or a second job, would share its worker names, and
+although the queue still places every record once, a record could be called twice.
 
 On a cluster (Databricks, EMR, Dataproc), put the tables on object storage and install
 the retrylake wheel on every node (a cluster library, a bootstrap action, or
