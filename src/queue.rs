@@ -334,9 +334,10 @@ impl FromStr for WorkerName {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !ok {
-            return Err(Error::InvalidConfig(
-                "expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned(),
-            ));
+            let shown: String = s.chars().take(80).collect();
+            return Err(Error::InvalidConfig(format!(
+                "worker name {shown:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
         }
         if s == REDRIVE_WORKER {
             return Err(Error::InvalidConfig(format!(

@@ -33,7 +33,7 @@ use retrylake::store::Table;
 use retrylake::{
     AsOf, BreakerConfig, Clock, EnqueueOptions, Error, FixedClock, Guard, GuardConfig, Maintenance,
     Outcome, Processor, Record, RedriveFilter, RetryAfter, RetryPolicy, RoundConfig, Rounds,
-    Shutdown, SystemClock, Until,
+    Shutdown, SystemClock, Until, WorkerName,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -410,6 +410,8 @@ impl Queue {
         storage_options: Option<std::collections::HashMap<String, String>>,
         worker: &str,
     ) -> PyResult<Self> {
+        // A bad name is refused before any table is created.
+        worker.parse::<WorkerName>().map_err(py_err)?;
         let queue = block(py, || async {
             retrylake::Queue::open_with(&root, storage_options.unwrap_or_default()).await
         })?

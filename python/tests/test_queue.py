@@ -157,7 +157,7 @@ def test_every_outcome_of_a_python_processor(q):
     assert where_is(q, "boom") == ["dead_letter_queue"]
 
 
-def test_options_are_checked(q):
+def test_options_are_checked(q, tmp_path):
     with pytest.raises(TypeError, match="unknown option"):
         q.run(lambda r: None, concurrenc=3)
     with pytest.raises(ValueError, match="jitter"):
@@ -170,8 +170,9 @@ def test_options_are_checked(q):
         q.run(lambda r: None, timeout="30s")
     with pytest.raises(TypeError, match="callable"):
         q.run("not a function")
-    with pytest.raises(ValueError):
-        retrylake.Queue("/tmp/x", worker="bad name!")
+    with pytest.raises(ValueError, match="bad name!"):
+        retrylake.Queue(str(tmp_path / "named"), worker="bad name!")
+    assert not (tmp_path / "named").exists(), "nothing created for a refused name"
 
 
 def test_plain_functions_run_side_by_side_and_async_ones_on_one_loop(q):
