@@ -97,9 +97,7 @@ pub(crate) async fn enqueue_parsed(
         .invalid
         .iter()
         .map(|i| DeadRow {
-            sample_id: i.sample_id.clone().unwrap_or_else(|| {
-                synthetic_id(path, i.line, i.raw.as_deref().unwrap_or(&i.error))
-            }),
+            sample_id: i.sample_id.clone().unwrap_or_else(|| synthetic_id(path, i)),
             payload: i.raw.clone(),
             error_msg: Some(format!("line {}: {}", i.line, i.error)),
             retry_count: 0,

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use deltalake::arrow::array::{Array, ArrayData, ArrayRef, StringArray, StringBuilder, make_array};
+use deltalake::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
 use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{DataType, Schema};
 use deltalake::arrow::json::WriterBuilder;
@@ -15,6 +15,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
@@ -194,6 +195,9 @@ pub struct InvalidRecord {
     pub raw: Option<String>,
     /// What is wrong with it.
     pub error: String,
+    /// Where in its input it stood and what it held, byte for byte ([`fingerprint`]): its
+    /// dead letter's id is made of it when it has no valid id of its own.
+    pub fingerprint: u64,
 }
 
 /// An input file, split into valid and invalid records.
@@ -272,6 +276,7 @@ fn parse_jsonl_bounded(
                 sample_id: None,
                 raw: Some(String::from_utf8_lossy(line).into_owned()),
                 error,
+                fingerprint: fingerprint(line_no, &[line]),
             }),
         }
     }
@@ -294,20 +299,24 @@ fn parse_line(
         Line::Other(kind) => return Err(format!("expected a JSON object, found {kind}")),
     };
     let sample_id = id_from_json(id.as_ref(), &fields.id)?;
-    let payload = match payload {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(other) => Some(other.to_string()),
+    // A payload that is not a string is kept as written: re-written from a parsed value, an
+    // integer past 2^64 would become a float and a repeated key would vanish.
+    let payload = match payload.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(text) if text.starts_with('"') => {
+            Some(serde_json::from_str::<String>(text).map_err(|e| format!("malformed JSON: {e}"))?)
+        }
+        Some(text) => Some(text.to_owned()),
     };
     Ok((sample_id, payload))
 }
 
 /// A JSON Lines record as far as enqueue needs it: the id and payload fields of an object
 /// (every other field skipped unparsed), or the kind of a value that is not an object.
-enum Line {
+enum Line<'de> {
     Object {
         id: Option<Value>,
-        payload: Option<Value>,
+        payload: Option<&'de RawValue>,
     },
     Other(&'static str),
 }
@@ -352,27 +361,27 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 struct LineSeed<'a>(&'a Fields);
 
 impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
-    type Value = Line;
+    type Value = Line<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Line, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Line<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for LineSeed<'_> {
-    type Value = Line;
+    type Value = Line<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Line, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Line<'de>, A::Error> {
         let (mut id, mut payload) = (None, None);
         // The last of duplicate keys wins, as in a parsed JSON object.
         while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
             match key {
                 Key::Id => id = Some(map.next_value::<Value>()?),
-                Key::Payload => payload = Some(map.next_value::<Value>()?),
+                Key::Payload => payload = Some(map.next_value::<&'de RawValue>()?),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -381,32 +390,32 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
         Ok(Line::Object { id, payload })
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Line, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Line<'de>, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Line::Other("an array"))
     }
 
-    fn visit_unit<E>(self) -> std::result::Result<Line, E> {
+    fn visit_unit<E>(self) -> std::result::Result<Line<'de>, E> {
         Ok(Line::Other("null"))
     }
 
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<Line, E> {
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Line<'de>, E> {
         Ok(Line::Other("a boolean"))
     }
 
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<Line, E> {
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Line<'de>, E> {
         Ok(Line::Other("a number"))
     }
 
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<Line, E> {
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Line<'de>, E> {
         Ok(Line::Other("a number"))
     }
 
-    fn visit_f64<E>(self, _: f64) -> std::result::Result<Line, E> {
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Line<'de>, E> {
         Ok(Line::Other("a number"))
     }
 
-    fn visit_str<E>(self, _: &str) -> std::result::Result<Line, E> {
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Line<'de>, E> {
         Ok(Line::Other("a string"))
     }
 }
@@ -482,6 +491,11 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
         })
         .collect();
     let find = |field: &str| {
+        if names.iter().filter(|n| *n == field).count() > 1 {
+            return Err(format!(
+                "column '{field}' appears more than once in the CSV header"
+            ));
+        }
         names.iter().position(|n| n == field).ok_or_else(|| {
             format!(
                 "no column '{field}' in the CSV header (columns: {})",
@@ -492,17 +506,19 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
     let (id_at, payload_at) = (find(&fields.id)?, find(&fields.payload)?);
     let mut parsed = ParsedInput::default();
     let mut record = csv::ByteRecord::new();
-    loop {
+    for ordinal in 1.. {
         let line = line_at(reader.position().byte());
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
+                let error = format!("malformed CSV: {e}");
                 parsed.invalid.push(InvalidRecord {
                     line,
                     sample_id: None,
                     raw: None,
-                    error: format!("malformed CSV: {e}"),
+                    fingerprint: fingerprint(ordinal, &[error.as_bytes()]),
+                    error,
                 });
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                     break;
@@ -514,12 +530,15 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
             let fields: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
             Some(fields.join(","))
         };
+        let held: Vec<&[u8]> = record.iter().collect();
+        let fingerprint = fingerprint(ordinal, &held);
         if record.len() != names.len() {
             parsed.invalid.push(InvalidRecord {
                 line,
                 sample_id: None,
                 raw: raw(),
                 error: format!("expected {} fields, found {}", names.len(), record.len()),
+                fingerprint,
             });
             continue;
         }
@@ -532,6 +551,7 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
                 sample_id: None,
                 raw: raw(),
                 error: "not valid UTF-8".into(),
+                fingerprint,
             });
             continue;
         };
@@ -541,6 +561,7 @@ pub fn parse_csv(input: &[u8], fields: &Fields) -> std::result::Result<ParsedInp
                 sample_id: None,
                 raw: raw(),
                 error,
+                fingerprint,
             });
             continue;
         }
@@ -613,6 +634,10 @@ pub fn parse_batches<E: std::fmt::Display>(
                 return json_texts(column)
                     .map_err(|e| format!("column '{name}' after row {row}: {e}"));
             }
+            if let Some(texts) = utf8_texts(column) {
+                return texts
+                    .map_err(|i| format!("column '{name}' row {}: not valid UTF-8", row + i + 1));
+            }
             // Not the safe cast, which turns what it cannot read (bytes that are not
             // UTF-8) into nulls: a payload would be lost without a word.
             let options = CastOptions {
@@ -637,11 +662,14 @@ pub fn parse_batches<E: std::fmt::Display>(
                 check_id(ids.value(i), &fields.id)
             };
             if let Err(error) = checked {
+                let id = ids.is_valid(i).then(|| ids.value(i));
+                let held = [id, payload].map(|v| v.map_or(&[0xff][..], str::as_bytes));
                 parsed.invalid.push(InvalidRecord {
                     line: row,
                     sample_id: None,
                     raw: payload.map(str::to_owned),
                     error,
+                    fingerprint: fingerprint(row, &held),
                 });
                 continue;
             }
@@ -655,7 +683,7 @@ pub fn parse_batches<E: std::fmt::Display>(
 /// input stores a nested payload.
 fn json_texts(column: &ArrayRef) -> std::result::Result<StringArray, String> {
     // Arrow's JSON writer would write them as null: data changed without a word.
-    if has_non_finite(&column.to_data()) {
+    if has_non_finite(column) {
         return Err("holds NaN or an infinity, which JSON has no text for".into());
     }
     let batch = RecordBatch::try_from_iter([("v", column.clone())]).map_err(|e| e.to_string())?;
@@ -666,38 +694,97 @@ fn json_texts(column: &ArrayRef) -> std::result::Result<StringArray, String> {
         .build::<_, LineDelimited>(&mut lines);
     writer.write(&batch).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
+    // Each line is `{"v":<value>}`: the value is taken as the writer wrote it (parsed and
+    // written again, a decimal's digits or a repeated key would be lost).
     let mut texts = StringBuilder::new();
     for line in lines.split(|&b| b == b'\n').take(batch.num_rows()) {
-        let row: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-        match row.get("v") {
-            None | Some(Value::Null) => texts.append_null(),
-            Some(value) => texts.append_value(value.to_string()),
+        let value = line
+            .strip_prefix(b"{\"v\":")
+            .and_then(|rest| rest.strip_suffix(b"}"))
+            .ok_or("the JSON writer wrote an unexpected line")?;
+        match std::str::from_utf8(value).map_err(|e| e.to_string())? {
+            "null" => texts.append_null(),
+            value => texts.append_value(value),
         }
     }
     Ok(texts.finish())
 }
 
-/// Whether a float anywhere in `data` (or its children) is NaN or infinite.
-fn has_non_finite(data: &ArrayData) -> bool {
+/// Each value of a binary column as UTF-8 text, or the index of the first that is not
+/// UTF-8; `None` for other columns. Value by value: a cast would judge the whole buffer,
+/// bytes outside a slice included.
+fn utf8_texts(column: &ArrayRef) -> Option<std::result::Result<StringArray, usize>> {
     use deltalake::arrow::array::AsArray;
+    let values: Box<dyn Iterator<Item = Option<&[u8]>>> = match column.data_type() {
+        DataType::Binary => Box::new(column.as_binary::<i32>().iter()),
+        DataType::LargeBinary => Box::new(column.as_binary::<i64>().iter()),
+        DataType::BinaryView => Box::new(column.as_binary_view().iter()),
+        DataType::FixedSizeBinary(_) => Box::new(column.as_fixed_size_binary().iter()),
+        _ => return None,
+    };
+    Some(
+        values
+            .enumerate()
+            .map(|(i, v)| v.map(|b| std::str::from_utf8(b).map_err(|_| i)).transpose())
+            .collect(),
+    )
+}
+
+/// Whether a float some row of `array` holds, at any depth, is NaN or infinite. What no
+/// row holds (under a null, outside a slice, an unused dictionary value) does not count.
+fn has_non_finite(array: &dyn Array) -> bool {
+    use deltalake::arrow::array::{AsArray, BooleanArray, OffsetSizeTrait};
     use deltalake::arrow::datatypes::{Float16Type, Float32Type, Float64Type};
-    let array = make_array(data.clone());
-    let finite = match data.data_type() {
+    fn lists<O: OffsetSizeTrait>(l: &deltalake::arrow::array::GenericListArray<O>) -> bool {
+        if l.null_count() == 0 {
+            let offsets = l.value_offsets();
+            let (start, end) = (offsets[0].as_usize(), offsets[l.len()].as_usize());
+            return has_non_finite(&l.values().slice(start, end - start));
+        }
+        (0..l.len()).any(|i| l.is_valid(i) && has_non_finite(&l.value(i)))
+    }
+    match array.data_type() {
         DataType::Float16 => array
             .as_primitive::<Float16Type>()
             .iter()
-            .all(|v| v.is_none_or(|v| v.is_finite())),
+            .any(|v| v.is_some_and(|v| !v.is_finite())),
         DataType::Float32 => array
             .as_primitive::<Float32Type>()
             .iter()
-            .all(|v| v.is_none_or(f32::is_finite)),
+            .any(|v| v.is_some_and(|v| !v.is_finite())),
         DataType::Float64 => array
             .as_primitive::<Float64Type>()
             .iter()
-            .all(|v| v.is_none_or(f64::is_finite)),
-        _ => true,
-    };
-    !finite || data.child_data().iter().any(has_non_finite)
+            .any(|v| v.is_some_and(|v| !v.is_finite())),
+        DataType::Struct(_) => {
+            let s = array.as_struct();
+            let held = s
+                .nulls()
+                .filter(|n| n.null_count() > 0)
+                .map(|n| BooleanArray::new(n.inner().clone(), None));
+            s.columns().iter().any(|c| match &held {
+                None => has_non_finite(c),
+                // A filter that fails keeps the question open: refuse.
+                Some(held) => {
+                    deltalake::arrow::compute::filter(c, held).map_or(true, |c| has_non_finite(&c))
+                }
+            })
+        }
+        DataType::List(_) => lists(array.as_list::<i32>()),
+        DataType::LargeList(_) => lists(array.as_list::<i64>()),
+        DataType::FixedSizeList(..) => {
+            let l = array.as_fixed_size_list();
+            (0..l.len()).any(|i| l.is_valid(i) && has_non_finite(&l.value(i)))
+        }
+        DataType::Map(..) => {
+            let m = array.as_map();
+            (0..m.len()).any(|i| m.is_valid(i) && has_non_finite(&m.value(i)))
+        }
+        DataType::Dictionary(_, values) => {
+            deltalake::arrow::compute::cast(array, values).map_or(true, |v| has_non_finite(&v))
+        }
+        _ => false,
+    }
 }
 
 fn is_string(ty: &DataType) -> bool {
@@ -708,26 +795,48 @@ fn is_string(ty: &DataType) -> bool {
 }
 
 /// The id of an invalid record without a valid one of its own: where it came from (the
-/// file's name, its line) and a hash of what it held (`text`, the line as read). Enqueueing
-/// one input twice gives the same ids (the second finds them known); two inputs of one name
-/// with different records at one line give different ones, so neither is taken for the
-/// other and lost.
-pub fn synthetic_id(path: &Path, line: usize, text: &str) -> String {
+/// input's name, its line) and its [`InvalidRecord::fingerprint`]. Enqueueing one input
+/// twice gives the same ids (the second finds them known); two records of one input, or
+/// of two inputs of one name, that differ in place or in any byte get different ones, so
+/// neither is taken for the other and lost.
+pub fn synthetic_id(path: &Path, invalid: &InvalidRecord) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| PathBuf::from(path).display().to_string());
     format!(
-        "{INVALID_ID_PREFIX}{name}:{line}:{:016x}",
-        fnv1a(text.as_bytes())
+        "{INVALID_ID_PREFIX}{name}:{}:{:016x}",
+        invalid.line, invalid.fingerprint
     )
 }
 
-/// 64-bit FNV-1a: a hash that is the same in every process and every build.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// A record's place in its input (`ordinal`, counted from 1: its line, record or row)
+/// and its parts (the line, the CSV fields, the id and payload), hashed unambiguously
+/// (each part's length first) with 64-bit FNV-1a, the same in every process and build.
+pub fn fingerprint(ordinal: usize, parts: &[&[u8]]) -> u64 {
+    let mut hash = Fnv1a::default();
+    hash.write(&(ordinal as u64).to_le_bytes());
+    for part in parts {
+        hash.write(&(part.len() as u64).to_le_bytes());
+        hash.write(part);
+    }
+    hash.0
+}
+
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -749,17 +858,31 @@ mod tests {
     }
 
     #[test]
-    fn invalid_records_ids_follow_their_text() {
-        let a = synthetic_id(Path::new("/day1/in.jsonl"), 3, "not json");
+    fn invalid_records_ids_follow_their_place_and_bytes() {
+        let id = |path: &str, ordinal: usize, parts: &[&[u8]]| {
+            let invalid = InvalidRecord {
+                line: 3,
+                sample_id: None,
+                raw: None,
+                error: String::new(),
+                fingerprint: fingerprint(ordinal, parts),
+            };
+            synthetic_id(Path::new(path), &invalid)
+        };
+        let a = id("/day1/in.jsonl", 3, &[b"not json"]);
         assert!(a.starts_with("invalid:in.jsonl:3:"), "{a}");
-        assert_eq!(a, synthetic_id(Path::new("/day1/in.jsonl"), 3, "not json"));
+        assert_eq!(a, id("/day1/in.jsonl", 3, &[b"not json"]));
+        assert_ne!(a, id("/day2/in.jsonl", 3, &[b"not json either"]));
+        assert_ne!(a, id("/day1/in.jsonl", 4, &[b"not json"]));
+        // Parts are told apart however their bytes run together.
         assert_ne!(
-            a,
-            synthetic_id(Path::new("/day2/in.jsonl"), 3, "not json either")
+            fingerprint(1, &[b"x", b"y,z"]),
+            fingerprint(1, &[b"x,y", b"z"])
         );
-        assert_ne!(a, synthetic_id(Path::new("/day1/in.jsonl"), 4, "not json"));
         // FNV-1a's published value: the same in every build.
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let mut h = Fnv1a::default();
+        h.write(b"a");
+        assert_eq!(h.0, 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -78,10 +78,22 @@ def drain_shards(
 
 def enqueue(df, root: str, storage_options: Optional[dict] = None, **options) -> dict:
     """Enqueues a Spark DataFrame (``sample_id`` and ``payload`` columns, by default) from
-    the driver, through Arrow. It passes through the driver's memory: for more than it
-    holds, write the DataFrame as Parquet files and enqueue each file."""
+    the driver, as Arrow (a struct or array payload is stored as its JSON text, keys
+    kept). It passes through the driver's memory: for more than it holds, write the
+    DataFrame as Parquet files and enqueue each file."""
     queue = retrylake.Queue(root, storage_options=storage_options, worker="spark-driver")
-    return queue.enqueue(df.toPandas(), **options)
+    if hasattr(df, "toArrow"):  # Spark 4
+        table = df.toArrow()
+    else:  # Spark 3.x has it under another name
+        batches = df._collect_as_arrow()
+        table = pa.Table.from_batches(batches) if batches else _empty(df)
+    return queue.enqueue(table, **options)
+
+
+def _empty(df) -> pa.Table:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema).empty_table()
 
 
 def run_workers(spark, root: str, shards: int, **kwargs):

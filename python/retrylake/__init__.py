@@ -239,11 +239,17 @@ class _Caller:
 
     async def _await(self, awaitable: Any):
         try:
-            response = await asyncio.wait_for(_awaited(awaitable), self.timeout)
+            task = asyncio.ensure_future(_awaited(awaitable))
+            finished, _ = await asyncio.wait({task}, timeout=self.timeout)
+            if not finished:
+                # Whatever the call raises once cancelled, it timed out. Its cancellation
+                # gets as long again to run before the record is let go.
+                task.cancel()
+                await asyncio.wait({task}, timeout=self.timeout)
+                return ("transient", f"timeout after {self.timeout:g}s", None)
+            response = task.result()
         except _Raised as e:
             return self._failure(e.exc)
-        except asyncio.TimeoutError:  # wait_for's own: the processor's come as _Raised
-            return ("transient", f"timeout after {self.timeout:g}s", None)
         except BaseException as e:
             return self._failure(e)
         return _success(response)
@@ -281,9 +287,9 @@ def _result_of(future) -> tuple:
 
 
 class _Raised(Exception):
-    """Carries what a processor's coroutine raised out of it: apart from the timeout's
-    own ``TimeoutError``, and, for ``KeyboardInterrupt`` or ``SystemExit``, not raised as
-    they are, which would stop the event loop every ``async def`` processor shares."""
+    """Carries what a processor's coroutine raised out of it: ``KeyboardInterrupt`` or
+    ``SystemExit`` raised as they are would stop the event loop every ``async def``
+    processor shares."""
 
     def __init__(self, exc: BaseException):
         super().__init__(exc)
@@ -305,6 +311,8 @@ def _retry_after(e: Transient) -> Optional[float]:
     value = getattr(e, "retry_after", None)
     try:
         seconds = None if value is None else _seconds("retry_after", value)
+    except OverflowError:  # an int past float's range: as long as can be (capped later)
+        return float("inf")
     except TypeError:
         return None
     return seconds if seconds is not None and seconds >= 0 else None

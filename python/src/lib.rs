@@ -417,7 +417,8 @@ impl Queue {
         })?
         .with_worker(worker)
         .map_err(py_err)?;
-        let tables = std::fs::canonicalize(&root)
+        // `/data`, `./data/` and `file:///data` are one place.
+        let tables = std::fs::canonicalize(root.strip_prefix("file://").unwrap_or(&root))
             .map(|p| p.display().to_string())
             .unwrap_or(root);
         Ok(Queue {

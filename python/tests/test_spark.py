@@ -99,7 +99,16 @@ def test_spark_partitions_drain_one_queue_each_record_placed_once(spark, tmp_pat
     workers = q.query("SELECT DISTINCT worker FROM attempts").column("worker").to_pylist()
     assert sorted(workers) == sorted(r.worker for r in reports)
 
+    # A struct payload keeps its keys on the way in.
+    nested = spark.createDataFrame(
+        [("N-1", (1, "x"))], "sample_id string, payload struct<n: int, m: string>"
+    )
+    spark_workers.enqueue(nested, root, now=START)
+    stored = q.query("SELECT payload FROM retry_queue WHERE sample_id = 'N-1'").to_pylist()
+    assert stored == [{"payload": '{"n":1,"m":"x"}'}], stored
+    q.drain(flaky, now=START)
+
     # Spark runs the job again (a retried stage, a rerun): nothing is called twice.
     again = spark_workers.run_workers(spark, root, shards, processor=flaky, now=START)
     assert sum(r.processed for r in again) == 0
-    assert q.status()["final"] == n - dead
+    assert q.status()["final"] == n - dead + 1

@@ -541,9 +541,15 @@ async fn conflict_pause(conflicts: u32) {
     .await;
 }
 
-/// An empty root would put the tables at the top of the filesystem (`/retry_queue`).
+/// An empty root (or `file://` alone) would put the tables at the top of the filesystem
+/// (`/retry_queue`).
 fn refuse_empty(root: &str) -> Result<()> {
-    if root.trim().is_empty() {
+    if root
+        .strip_prefix("file://")
+        .unwrap_or(root)
+        .trim()
+        .is_empty()
+    {
         return Err(Error::InvalidConfig(
             "the data root is empty: give a folder or an object store URL".into(),
         ));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use retrylake::input::synthetic_id;
+use retrylake::input::{InvalidRecord, fingerprint, synthetic_id};
 use retrylake::store::{DeadRow, FinalRow, QueueRow, Store};
 use retrylake::{Clock, FixedClock, Outcome, Queue, Record, RoundConfig};
 
@@ -44,6 +44,18 @@ impl retrylake::Processor for Hang {
 
 /// How many times `id` is in each of retry_queue, final_results and dead_letter_queue,
 /// read by a fresh store.
+/// The dead letter id of an invalid first line of `path` holding `line`.
+fn dead_letter_id(path: &std::path::Path, line: &[u8]) -> String {
+    let invalid = InvalidRecord {
+        line: 1,
+        sample_id: None,
+        raw: None,
+        error: String::new(),
+        fingerprint: fingerprint(1, &[line]),
+    };
+    synthetic_id(path, &invalid)
+}
+
 async fn placements(root: &str, id: &str) -> (usize, usize, usize) {
     let store = Store::open(root).await.unwrap();
     let queue = store.read::<QueueRow>().await.unwrap();
@@ -185,7 +197,7 @@ async fn an_id_entering_two_tables_at_once_is_enqueued_once() {
         let root = env.data().url;
         // Line 1 of a.jsonl is invalid: dead-lettered as "invalid:a.jsonl:1:<hash>".
         let invalid = env.write("a.jsonl", "not json\n");
-        let invalid_id = synthetic_id(&invalid, 1, "not json");
+        let invalid_id = dead_letter_id(&invalid, b"not json");
         // b.jsonl holds a record claiming that very id.
         let claim = format!("{{\"sample_id\":\"{invalid_id}\",\"payload\":\"p\"}}");
         let claims = env.write("b.jsonl", format!("{claim}\n"));
@@ -202,7 +214,7 @@ async fn an_id_entering_two_tables_at_once_is_enqueued_once() {
             "an id in the invalid records' form is refused"
         );
         assert_eq!(placements(&root, &invalid_id).await, (0, 0, 1));
-        let claim_id = synthetic_id(&claims, 1, &claim);
+        let claim_id = dead_letter_id(&claims, claim.as_bytes());
         assert_eq!(placements(&root, &claim_id).await, (0, 0, 1));
     }
 }
