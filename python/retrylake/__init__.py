@@ -23,6 +23,7 @@ import decimal
 import inspect
 import json
 import os
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -597,7 +598,9 @@ class Queue:
 
 
 def _is_pandas(data: Any) -> bool:
-    return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"
+    """A pandas DataFrame (or a subclass, such as geopandas'), without importing pandas."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(data, pandas.DataFrame)
 
 
 def _json_line(n: int, record: Any, id_field: str) -> bytes:

@@ -277,15 +277,21 @@ def test_dataframes_in_and_out(q):
     pd = pytest.importorskip("pandas")
     assert q.enqueue(pl.DataFrame({"sample_id": ["pl1", "pl2"], "payload": ["a", "b"]}))["enqueued"] == 2
     assert q.enqueue(pd.DataFrame({"sample_id": ["pd1"], "payload": ["c"]}))["enqueued"] == 1
+
+    class Frame(pd.DataFrame):  # a subclass, as geopandas' is
+        pass
+
+    assert q.enqueue(Frame({"sample_id": ["pd2"], "payload": ["d"]}))["enqueued"] == 1
     q.drain(lambda r: r.payload.upper(), now=START)
     result = q.query("SELECT sample_id, response FROM final_results ORDER BY sample_id")
     frame = pl.from_arrow(result)
     assert frame.to_dicts() == [
         {"sample_id": "pd1", "response": "C"},
+        {"sample_id": "pd2", "response": "D"},
         {"sample_id": "pl1", "response": "A"},
         {"sample_id": "pl2", "response": "B"},
     ]
-    assert list(result.to_pandas()["sample_id"]) == ["pd1", "pl1", "pl2"]
+    assert list(result.to_pandas()["sample_id"]) == ["pd1", "pd2", "pl1", "pl2"]
 
 
 def test_a_hung_plain_function_costs_its_record_a_retry_not_the_round(q):
