@@ -8,13 +8,8 @@ real risk the package already withstood. Everything that could poison the rest o
 loop, the blocking pool, the interpreter's exit) runs in a child process.
 """
 
-import asyncio
 import datetime as dt
-import os
-import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -22,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 import retrylake
+from helpers import child
 
 START = "2025-11-24T14:00:00Z"
 
@@ -42,24 +38,6 @@ def where_is(q, sample_id):
     return found
 
 
-def child(code, tmp_path, timeout=15, args=()):
-    """Runs `code` in a fresh interpreter; returns (returncode, stdout+stderr). A child
-    still running after `timeout` is killed and reported as returncode None."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(code))
-    proc = subprocess.Popen(
-        [sys.executable, "-u", str(script), str(tmp_path / "data"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        return None, out
 
 
 # --------------------------------------------------------------------------------------

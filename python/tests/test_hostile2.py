@@ -13,9 +13,6 @@ import enum
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -23,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 import retrylake
+from helpers import child
 
 START = "2025-11-24T14:00:00Z"
 START_DT = dt.datetime(2025, 11, 24, 14, tzinfo=dt.timezone.utc)
@@ -49,25 +47,6 @@ def where_is(q, sample_id):
     return found
 
 
-def child(code, tmp_path, timeout=20):
-    """Runs `code` in a fresh interpreter with the data root as argv[1]; returns
-    (returncode, output). A child still running after `timeout` is killed and reported
-    as returncode None."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(code))
-    proc = subprocess.Popen(
-        [sys.executable, "-u", str(script), str(tmp_path / "data")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        return None, out
 
 
 # --------------------------------------------------------------------------------------

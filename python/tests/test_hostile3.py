@@ -15,11 +15,7 @@ import collections
 import datetime as dt
 import decimal
 import os
-import pathlib
 import shutil
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -27,6 +23,7 @@ import pyarrow as pa
 import pytest
 
 import retrylake
+from helpers import child
 
 START = "2025-11-24T14:00:00Z"
 START_DT = dt.datetime(2025, 11, 24, 14, tzinfo=dt.timezone.utc)
@@ -47,24 +44,6 @@ def stored_payload(q):
     return [r["payload"] for r in rows(q, "retry_queue", "sample_id, payload")]
 
 
-def child(code, tmp_path, timeout=20):
-    """Runs `code` in a fresh interpreter with the data root as argv[1]; returns
-    (returncode, output); a child still running after `timeout` is killed (None)."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(code))
-    proc = subprocess.Popen(
-        [sys.executable, "-u", str(script), str(tmp_path / "data")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        return None, out
 
 
 # --------------------------------------------------------------------------------------
