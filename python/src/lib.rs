@@ -499,9 +499,10 @@ impl Queue {
         skip_invalid: bool,
         now: Option<String>,
     ) -> PyResult<String> {
+        // Checked first: importing the stream consumes it (a reader is read once).
+        let fields = fields(id_field, payload_field)?;
         let reader = arrow_reader(data)?;
         let schema = reader.schema();
-        let fields = fields(id_field, payload_field)?;
         // The stream may call back into Python (a pyarrow reader over a generator): read it
         // on this thread, which holds the GIL. A producer whose batches do not match the
         // schema it declared trips assertions inside arrow's import: a ValueError too.

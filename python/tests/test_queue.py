@@ -114,6 +114,12 @@ def test_bad_input_is_refused_whole_and_named(q):
     assert (r["enqueued"], r["invalid"]) == (1, 1)
     with pytest.raises(ValueError, match="no column 'sample_id'"):
         q.enqueue(pa.table({"other": ["x"]}))
+    # Refused settings leave a stream unread: the same reader enqueues afterwards.
+    table = pa.table({"sample_id": ["r1"], "payload": ["p"]})
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+    with pytest.raises(ValueError, match="both 'x'"):
+        q.enqueue(reader, id_field="x", payload_field="x")
+    assert q.enqueue(reader)["enqueued"] == 1
     with pytest.raises(TypeError, match="record 1 is int"):
         q.enqueue([1, 2])
     with pytest.raises(TypeError):
