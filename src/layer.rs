@@ -57,8 +57,9 @@ use futures::FutureExt;
 
 use crate::clock::Clock;
 use crate::guard::{Admission, Guard};
-use crate::outcome::Outcome;
-use crate::processor::{Processor, Record};
+use crate::outcome::{Outcome, RetryAfter};
+use crate::processor::batch::one_per_record;
+use crate::processor::{BatchProcessor, Processor, Record};
 
 /// A borrowed processor is a processor, so a layer can wrap one it does not own.
 #[async_trait]
@@ -104,6 +105,26 @@ impl<P: Processor> Processor for Timeout<P> {
     }
 }
 
+/// A batch call that outlives the limit fails every record of its batch transiently.
+#[async_trait]
+impl<P: BatchProcessor> BatchProcessor for Timeout<P> {
+    async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        let mut call = std::pin::pin!(self.inner.process_batch(records));
+        if let Poll::Ready(outcomes) = futures::poll!(call.as_mut()) {
+            return outcomes;
+        }
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                let timeout = Outcome::transient(format!(
+                    "timeout after {} (the whole batch)",
+                    humantime::format_duration(self.timeout)
+                ));
+                vec![timeout; records.len()]
+            })
+    }
+}
+
 /// Fails a call whose processor panics permanently (`processor panicked: <message>`),
 /// logged with its record: coming back after its lease, the record would take every
 /// worker down in turn.
@@ -129,6 +150,28 @@ impl<P: Processor> Processor for CatchPanic<P> {
             let message = panic_message(panic.as_ref());
             tracing::error!(sample_id = %record.sample_id, "the processor panicked: {message}");
             Outcome::permanent(format!("processor panicked: {message}"))
+        })
+    }
+}
+
+/// A batch processor's panic fails every record of its batch transiently (`batch
+/// processor panicked: <message>`): the record that caused it cannot be told from its
+/// batch-mates, who should not die with it.
+#[async_trait]
+impl<P: BatchProcessor> BatchProcessor for CatchPanic<P> {
+    async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        let called = AssertUnwindSafe(self.inner.process_batch(records))
+            .catch_unwind()
+            .await;
+        called.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(
+                records = records.len(),
+                first = records.first().map(|r| r.sample_id.as_str()),
+                "the batch processor panicked: {message}"
+            );
+            let failed = Outcome::transient(format!("batch processor panicked: {message}"));
+            vec![failed; records.len()]
         })
     }
 }
@@ -190,18 +233,54 @@ impl<'c, P> Guarded<'c, P> {
     }
 }
 
+impl<P> Guarded<'_, P> {
+    /// Waits for the guard to admit a call no later than `deadline`: the admission, or
+    /// what becomes of the call instead.
+    async fn admit(&self, deadline: Instant) -> Result<Admission, Call> {
+        let admit = self.guard.admit(|| self.clock.now());
+        match tokio::time::timeout_at(deadline.into(), admit).await {
+            Ok(Admission::Call) if Instant::now() >= deadline => Err(Call::Late),
+            Ok(Admission::Defer { until }) => Err(Call::Held { until }),
+            Ok(admission) => Ok(admission),
+            Err(_) => Err(Call::Late),
+        }
+    }
+
+    /// Whether a failed probe's record is charged: not the first time in a row (the
+    /// outage goes on, and a long one must not wear the records' retries down one probe
+    /// at a time); its second failed probe in a row is, so that a record whose own content
+    /// makes the downstream fail cannot hold the breaker open. An uncharged record goes
+    /// back with its time lock raised to the end of the new cool-down, so that the next
+    /// probe falls on another record.
+    fn held_probe(
+        &self,
+        admission: Admission,
+        outcome: &Outcome,
+        sample_id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Call> {
+        if admission == Admission::Probe
+            && matches!(outcome, Outcome::Transient { .. })
+            && !self.guard.charge_failed_probe(sample_id)
+        {
+            tracing::info!(sample_id, "probe call failed; not charged");
+            return Some(Call::Held {
+                until: self.guard.blocked_until(now),
+            });
+        }
+        None
+    }
+}
+
 impl<P: Processor> Guarded<'_, P> {
     /// Calls the processor for `record` if the guard admits it no later than `deadline`.
     /// A probe admitted is made whatever the deadline: the breaker waits on it. Dropped
     /// before a probe's outcome is weighed, it gives the probe up
     /// ([`Guard::abandon_probe`]).
     pub async fn call(&self, record: &Record, deadline: Instant) -> Call {
-        let admit = self.guard.admit(|| self.clock.now());
-        let admission = match tokio::time::timeout_at(deadline.into(), admit).await {
-            Ok(Admission::Call) if Instant::now() >= deadline => return Call::Late,
-            Ok(Admission::Defer { until }) => return Call::Held { until },
+        let admission = match self.admit(deadline).await {
             Ok(admission) => admission,
-            Err(_) => return Call::Late,
+            Err(call) => return call,
         };
         // A probe whose call is dropped before it is weighed must not hold the breaker
         // half-open for good.
@@ -213,25 +292,87 @@ impl<P: Processor> Guarded<'_, P> {
         self.guard.record(&outcome, now, self.max_retry_after);
         // Weighed: nothing to give up.
         std::mem::forget(probe);
-        if admission == Admission::Probe
-            && matches!(outcome, Outcome::Transient { .. })
-            && !self.guard.charge_failed_probe(&record.sample_id)
-        {
-            // The outage goes on: a long one must not wear the records' retries down one
-            // probe at a time. The record goes back uncharged, its call not journaled, its
-            // time lock raised to the end of the new cool-down so that the next probe falls
-            // on another record. Its second failed probe in a row is charged as any
-            // transient failure: a record whose own content makes the downstream fail
-            // cannot hold the breaker open.
-            tracing::info!(sample_id = %record.sample_id, "probe call failed; not charged");
-            return Call::Held {
-                until: self.guard.blocked_until(now),
-            };
+        if let Some(held) = self.held_probe(admission, &outcome, &record.sample_id, now) {
+            return held;
         }
         Call::Made {
             outcome,
             started_at,
             took: start.elapsed(),
+        }
+    }
+}
+
+impl<P: BatchProcessor> Guarded<'_, P> {
+    /// Calls the batch processor for `records` if the guard admits one call no later than
+    /// `deadline`: one [`Call`] per record, in their order. The guard counts the batch as
+    /// one call, failed when every record failed transiently (a downstream that is down),
+    /// and pauses for the longest Retry-After such a batch asked for. A failed probe's
+    /// records are held or charged each as [`Guarded::call`] does for one.
+    pub async fn call_batch(&self, records: &[Record], deadline: Instant) -> Vec<Call> {
+        let admission = match self.admit(deadline).await {
+            Ok(admission) => admission,
+            Err(call) => return vec![call; records.len()],
+        };
+        let probe = (admission == Admission::Probe).then(|| AbandonProbe(&self.guard));
+        let started_at = self.clock.now();
+        let start = Instant::now();
+        let outcomes = one_per_record(self.inner.process_batch(records).await, records.len());
+        let took = start.elapsed();
+        let now = self.clock.now();
+        self.guard
+            .record(&batch_outcome(&outcomes, now), now, self.max_retry_after);
+        std::mem::forget(probe);
+        outcomes
+            .into_iter()
+            .zip(records)
+            .map(|(outcome, record)| {
+                self.held_probe(admission, &outcome, &record.sample_id, now)
+                    .unwrap_or(Call::Made {
+                        outcome,
+                        started_at,
+                        took,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// What a batch call was as one call, for the guard: a transient failure (with the latest
+/// Retry-After asked) when every record failed transiently, else a success. An empty batch
+/// is a success.
+fn batch_outcome(outcomes: &[Outcome], now: DateTime<Utc>) -> Outcome {
+    let mut latest: Option<RetryAfter> = None;
+    for outcome in outcomes {
+        let Outcome::Transient { retry_after, .. } = outcome else {
+            return Outcome::Success { response: None };
+        };
+        latest = match (latest, *retry_after) {
+            (Some(a), Some(b)) => Some(later(a, b, now)),
+            (a, b) => a.or(b),
+        };
+    }
+    if outcomes.is_empty() {
+        return Outcome::Success { response: None };
+    }
+    Outcome::Transient {
+        error: "the whole batch failed".into(),
+        retry_after: latest,
+    }
+}
+
+/// The later of two Retry-Afters of a call that ended at `now`: a delay and a date compare
+/// by what they come to.
+fn later(a: RetryAfter, b: RetryAfter, now: DateTime<Utc>) -> RetryAfter {
+    match (a, b) {
+        (RetryAfter::Delay(x), RetryAfter::Delay(y)) => RetryAfter::Delay(x.max(y)),
+        (RetryAfter::At(x), RetryAfter::At(y)) => RetryAfter::At(x.max(y)),
+        (RetryAfter::Delay(d), RetryAfter::At(t)) | (RetryAfter::At(t), RetryAfter::Delay(d)) => {
+            if crate::clock::add_saturating(now, d) >= t {
+                RetryAfter::Delay(d)
+            } else {
+                RetryAfter::At(t)
+            }
         }
     }
 }
@@ -540,5 +681,144 @@ mod tests {
             Call::Late
         );
         assert_eq!(unlimited.inner.calls(), 0);
+    }
+
+    /// Answers each record of a batch with `outcome`, after `delay` when one is given;
+    /// counts its calls.
+    #[async_trait]
+    impl BatchProcessor for Answer {
+        async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
+            }
+            vec![self.outcome.clone(); records.len()]
+        }
+    }
+
+    fn records(ids: &[&str]) -> Vec<Record> {
+        ids.iter().map(|id| record(id)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_outlives_the_timeout_or_panics_fails_every_record_transiently() {
+        let slow = Timeout::new(
+            Answer::after(Duration::from_secs(3600), Outcome::success("ok")),
+            Duration::from_millis(20),
+        );
+        assert_eq!(
+            slow.process_batch(&records(&["A", "B"])).await,
+            vec![Outcome::transient("timeout after 20ms (the whole batch)"); 2]
+        );
+        struct PanicsInBatch;
+        #[async_trait]
+        impl BatchProcessor for PanicsInBatch {
+            async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+                panic!("cannot handle {}", records[1].sample_id)
+            }
+        }
+        assert_eq!(
+            CatchPanic::new(PanicsInBatch)
+                .process_batch(&records(&["A", "B"]))
+                .await,
+            vec![Outcome::transient("batch processor panicked: cannot handle B"); 2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_call_to_the_guard_failed_only_when_every_record_failed() {
+        // A breaker that opens after one failed call in one.
+        let clock = FixedClock::new(at(0));
+        let guarded = |outcomes: Vec<Outcome>, guard: Guard| {
+            struct Fixed(Vec<Outcome>);
+            #[async_trait]
+            impl BatchProcessor for Fixed {
+                async fn process_batch(&self, _records: &[Record]) -> Vec<Outcome> {
+                    self.0.clone()
+                }
+            }
+            Guarded::new(Fixed(outcomes), guard, &clock, Duration::from_secs(3600))
+        };
+        // One success among failures: the downstream answers, the breaker stays closed.
+        let guard = probing_guard();
+        let mixed = guarded(
+            vec![Outcome::transient("busy"), Outcome::success("ok")],
+            guard.clone(),
+        );
+        let calls = mixed.call_batch(&records(&["A", "B"]), later()).await;
+        assert!(calls.iter().all(|c| matches!(c, Call::Made { .. })));
+        assert_eq!(guard.breaker(at(0)), Some(BreakerState::Closed));
+        // Every record failed: one failed call; the breaker opens, and the longest
+        // Retry-After asked pauses the calls.
+        let down = guarded(
+            vec![
+                Outcome::Transient {
+                    error: "503".into(),
+                    retry_after: Some(RetryAfter::Delay(Duration::from_secs(10))),
+                },
+                Outcome::Transient {
+                    error: "503".into(),
+                    retry_after: Some(RetryAfter::At(at(40))),
+                },
+            ],
+            guard.clone(),
+        );
+        let calls = down.call_batch(&records(&["A", "B"]), later()).await;
+        assert_eq!(calls.len(), 2);
+        assert!(matches!(
+            guard.breaker(at(0)),
+            Some(BreakerState::Open { .. })
+        ));
+        assert_eq!(guard.paused_until(at(0)), Some(at(40)));
+        // While open, the whole batch is held, none called.
+        assert_eq!(
+            down.call_batch(&records(&["A", "B", "C"]), later()).await,
+            vec![
+                Call::Held {
+                    until: Some(at(40))
+                };
+                3
+            ]
+        );
+        // Fewer outcomes than records: the rest fail transiently; more: cut.
+        let short = guarded(
+            vec![Outcome::success("ok")],
+            Guard::new(GuardConfig::default()),
+        );
+        let calls = short.call_batch(&records(&["A", "B"]), later()).await;
+        let Call::Made { outcome, .. } = &calls[1] else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(
+            *outcome,
+            Outcome::transient(crate::processor::batch::NO_OUTCOME)
+        );
+        let long = guarded(
+            vec![Outcome::success("ok"); 5],
+            Guard::new(GuardConfig::default()),
+        );
+        assert_eq!(long.call_batch(&records(&["A"]), later()).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_batch_holds_its_records_the_first_time() {
+        let clock = FixedClock::new(at(0));
+        let guard = probing_guard();
+        guard.record(&Outcome::transient("down"), at(0), Duration::ZERO);
+        clock.set(at(30));
+        let guarded = Guarded::new(
+            Answer::at_once(Outcome::transient("HTTP 503")),
+            guard,
+            &clock,
+            Duration::from_secs(3600),
+        );
+        let calls = guarded.call_batch(&records(&["A"]), later()).await;
+        assert_eq!(
+            calls,
+            vec![Call::Held {
+                until: Some(at(60))
+            }]
+        );
+        assert_eq!(guarded.inner.calls(), 1);
     }
 }

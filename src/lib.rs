@@ -75,14 +75,14 @@ pub use monitor::Commit;
 pub use outcome::{Outcome, OutcomeKind, RetryAfter};
 pub use policy::{Jitter, RetryDecision, RetryPolicy, RetryPolicyBuilder};
 pub use processor::{
-    CommandProcessor, HttpProcessor, Processor, ProcessorKind, ProcessorOptions, Record,
-    SimulateProcessor,
+    BatchProcessor, Calls, CommandProcessor, HttpProcessor, Processor, ProcessorKind,
+    ProcessorOptions, Record, SimulateProcessor,
 };
 pub use queue::{DEFAULT_WORKER, Queue, WorkerName};
 pub use redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport};
 pub use round::{
-    MAX_LEASE, MIN_LEASE, MISSING_PAYLOAD, OutcomeCounts, Phases, Progress, ROUND_BATCH,
-    RoundConfig, RoundReport,
+    DEFAULT_CALL_BATCH, MAX_LEASE, MIN_LEASE, MISSING_PAYLOAD, OutcomeCounts, Phases, Progress,
+    ROUND_BATCH, RoundConfig, RoundReport,
 };
 pub use shard::Shard;
 pub use status::{ErrorCount, Status};

@@ -14,10 +14,10 @@ use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::metrics::Metrics;
 use retrylake::store::{DeadReason, Table};
 use retrylake::{
-    AsOf, BreakerConfig, EnqueueOptions, Fields, FixedClock, Guard, GuardConfig, InputFormat,
-    Jitter, Maintenance, Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate,
-    RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds, RowRetention, Shard, Shutdown,
-    Status, Until, WorkerName, run_rounds,
+    AsOf, BatchProcessor, BreakerConfig, Calls, EnqueueOptions, Fields, FixedClock, Guard,
+    GuardConfig, InputFormat, Jitter, Maintenance, Processor, ProcessorKind, ProcessorOptions,
+    Progress, Queue, Rate, RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds,
+    RowRetention, Shard, Shutdown, Status, Until, WorkerName, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -240,9 +240,14 @@ struct RunArgs {
     /// Seed of the simulator and of the jitter.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Most calls in flight at once.
+    /// Most calls in flight at once (batches, with --call-batch).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
+    /// Send records in batches of at most N per call: http POSTs a JSON array, command
+    /// reads JSON Lines on stdin, and each answers per record (see the README). A batch
+    /// is cut from the records due and never waits to fill.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    call_batch: Option<u32>,
     /// Longest a call may take before it counts as a transient failure.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     timeout: Duration,
@@ -463,7 +468,7 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
         rounds = rounds.metrics(metrics);
     }
     tracing::info!(worker = queue.worker(), "worker started");
-    run_rounds(&mut queue, processor.as_ref(), &config, &rounds, |r| {
+    run_rounds(&mut queue, processor.calls(), &config, &rounds, |r| {
         if let Some(round) = r.round {
             tracing::info!(
                 "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered in {:.2?}",
@@ -797,6 +802,21 @@ fn one_malloc_arena() {
     }
 }
 
+/// A built-in processor, called per record or, with `--call-batch`, per batch.
+enum Built {
+    Each(Box<dyn Processor>),
+    Batches(Box<dyn BatchProcessor>),
+}
+
+impl Built {
+    fn calls(&self) -> Calls<'_> {
+        match self {
+            Built::Each(p) => Calls::Each(p.as_ref()),
+            Built::Batches(p) => Calls::Batches(p.as_ref()),
+        }
+    }
+}
+
 /// The queue, processor and round settings `run` and `worker` share; enqueues `--input`.
 /// Every setting is checked before the tables are opened.
 async fn prepare(
@@ -804,15 +824,10 @@ async fn prepare(
     args: &RunArgs,
     kind: ProcessorArg,
     now: Option<DateTime<Utc>>,
-) -> Result<(
-    Queue,
-    Box<dyn Processor>,
-    RoundConfig,
-    Option<Arc<FixedClock>>,
-)> {
+) -> Result<(Queue, Built, RoundConfig, Option<Arc<FixedClock>>)> {
     let kind = kind.kind();
     let policy = args.policy.policy()?;
-    let processor = ProcessorOptions {
+    let options = ProcessorOptions {
         kind,
         command: args.command.clone(),
         url: args.url.clone(),
@@ -822,12 +837,18 @@ async fn prepare(
         transient_probability: args.transient_probability,
         seed: args.seed,
         pool_size: args.concurrency as usize,
-    }
-    .build()?;
+    };
+    let processor = match args.call_batch {
+        None => Built::Each(options.build()?),
+        Some(_) => Built::Batches(options.build_batch()?),
+    };
     let config = RoundConfig {
         policy,
         limit: args.limit.unwrap_or(args.batch_size),
         concurrency: args.concurrency as usize,
+        call_batch: args
+            .call_batch
+            .map_or(retrylake::DEFAULT_CALL_BATCH, |n| n as usize),
         timeout: args.timeout,
         allow_empty_payload: args.allow_empty_payload,
         seed: args.seed,
@@ -885,7 +906,7 @@ async fn run(data: &str, command: RunCommand, out: &mut impl Write) -> Result<()
     if let Some(clock) = clock {
         rounds = rounds.virtual_clock(clock);
     }
-    run_rounds(&mut queue, processor.as_ref(), &config, &rounds, |report| {
+    run_rounds(&mut queue, processor.calls(), &config, &rounds, |report| {
         print_round(out, report, json)
     })
     .await

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::input::ParsedInput;
 use crate::monitor::{self, Commit};
 use crate::policy::RetryPolicy;
-use crate::processor::Processor;
+use crate::processor::Calls;
 use crate::redrive::{REDRIVE_WORKER, RedriveFilter, RedriveReport, redrive};
 use crate::report;
 use crate::round::{RoundConfig, RoundReport, run_round};
@@ -184,12 +184,16 @@ impl Queue {
         enqueue_parsed(&mut self.store, now, source, input, skip_invalid).await
     }
 
-    /// Runs one round: every due record (up to the limit) through `processor`.
-    pub async fn run_round(
+    /// Runs one round: every due record (up to the limit) through `processor`, a
+    /// [`Processor`](crate::Processor) called per record or a
+    /// [`BatchProcessor`](crate::BatchProcessor) (as `&dyn BatchProcessor`) called per
+    /// batch of at most `config.call_batch`.
+    pub async fn run_round<'p>(
         &mut self,
-        processor: &dyn Processor,
+        processor: impl Into<Calls<'p>>,
         config: &RoundConfig,
     ) -> Result<RoundReport> {
+        let processor = processor.into();
         config.check()?;
         self.store.refresh().await?;
         if self.recovered_all {

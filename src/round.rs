@@ -15,7 +15,7 @@ use crate::guard::{BreakerState, Guard};
 use crate::layer::{Call, CatchPanic, Guarded, Timeout};
 use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
-use crate::processor::{Processor, Record};
+use crate::processor::{Calls, Record};
 use crate::shard::Shard;
 use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, oldest_first};
 use crate::store::journal::Settle;
@@ -52,8 +52,13 @@ pub struct RoundConfig {
     /// Most records per round, which bounds a round's memory. Default value is
     /// [`ROUND_BATCH`].
     pub limit: usize,
-    /// Most calls in flight at once. Default value is `16`.
+    /// Most calls in flight at once (batches, for a batch processor). Default value is
+    /// `16`.
     pub concurrency: usize,
+    /// Most records per call of a [`BatchProcessor`](crate::BatchProcessor); a processor
+    /// called per record ignores it. A batch is cut from the records due in the round and
+    /// never waits to fill. Default value is [`DEFAULT_CALL_BATCH`].
+    pub call_batch: usize,
     /// Longest a call may take; a call that runs longer is a transient failure.
     /// Default value is 30 seconds.
     pub timeout: Duration,
@@ -84,6 +89,7 @@ impl Default for RoundConfig {
             policy: RetryPolicy::default(),
             limit: ROUND_BATCH,
             concurrency: 16,
+            call_batch: DEFAULT_CALL_BATCH,
             timeout: Duration::from_secs(30),
             allow_empty_payload: false,
             seed: 0,
@@ -107,6 +113,9 @@ impl RoundConfig {
         }
         if self.concurrency == 0 {
             return invalid("--concurrency must be at least 1".into());
+        }
+        if self.call_batch == 0 {
+            return invalid("--call-batch must be at least 1".into());
         }
         self.guard.config().check()?;
         if self.lease < MIN_LEASE {
@@ -134,6 +143,9 @@ impl RoundConfig {
         Ok(())
     }
 }
+
+/// Most records per call of a batch processor unless configured.
+pub const DEFAULT_CALL_BATCH: usize = 100;
 
 /// The shortest lease a round may hold.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
@@ -266,7 +278,7 @@ pub(crate) async fn run_round(
     store: &mut Store,
     clock: &dyn Clock,
     worker: &str,
-    processor: &dyn Processor,
+    processor: Calls<'_>,
     config: &RoundConfig,
 ) -> Result<RoundReport> {
     let started = Instant::now();
@@ -408,11 +420,12 @@ fn admit<'a>(config: &'a RoundConfig, clock: &dyn Clock) -> Admit<'a> {
     }
 }
 
-/// Step 4, *call*: the processor on every claimed record, at most `concurrency` at once,
-/// none started once too little of the lease is left for it to end and the round to
-/// commit. Returns what became of each record, in the order of `due`.
+/// Step 4, *call*: the processor on every claimed record (per record, or per batch of
+/// at most `call_batch`), at most `concurrency` calls at once, none started once too
+/// little of the lease is left for it to end and the round to commit. Returns what became
+/// of each record, in the order of `due`.
 async fn call(
-    processor: &dyn Processor,
+    processor: Calls<'_>,
     clock: &dyn Clock,
     due: &[QueueRow],
     config: &RoundConfig,
@@ -420,27 +433,57 @@ async fn call(
 ) -> Vec<Tried> {
     let deadline = claimed_at + call_window(config.lease, config.timeout).min(MAX_LEASE);
     let total = due.len();
-    let layers = Guarded::new(
-        CatchPanic::new(Timeout::new(processor, config.timeout)),
-        config.guard.clone(),
-        clock,
-        config.max_retry_after,
-    );
-    let layers = &layers;
-    let mut results: Vec<(usize, Tried)> = futures::stream::iter(due.iter().enumerate())
-        .map(|(i, row)| async move { (i, try_record(layers, clock, row, config, deadline).await) })
-        .buffer_unordered(config.concurrency.max(1))
-        .enumerate()
-        .map(|(done, result)| {
-            if let Some(progress) = &config.progress {
-                progress.report(done + 1, total);
-            }
-            result
-        })
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let finish = |calls: usize| {
+        let done = finished.fetch_add(calls, std::sync::atomic::Ordering::Relaxed) + calls;
+        if let Some(progress) = &config.progress {
+            progress.report(done, total);
+        }
+    };
+    // A record without a payload fails at once, uncalled (unless `allow_empty_payload`).
+    let mut tried: Vec<Option<Tried>> = due
+        .iter()
+        .map(|row| missing_payload(row, clock, config))
+        .collect();
+    let to_call: Vec<usize> = (0..total).filter(|&i| tried[i].is_none()).collect();
+    finish(total - to_call.len());
+    let results: Vec<(Vec<usize>, Vec<Tried>)> = match processor {
+        Calls::Each(processor) => {
+            let layers = &layers(processor, clock, config);
+            futures::stream::iter(to_call)
+                .map(|i| async move {
+                    let call = layers.call(&record_of(&due[i]), deadline).await;
+                    (vec![i], vec![tried_of(call, clock)])
+                })
+                .buffer_unordered(config.concurrency.max(1))
+                .inspect(|_| finish(1))
+                .collect()
+                .await
+        }
+        Calls::Batches(processor) => {
+            let layers = &layers(processor, clock, config);
+            futures::stream::iter(to_call.chunks(config.call_batch.max(1)))
+                .map(|batch| async move {
+                    let records: Vec<Record> = batch.iter().map(|&i| record_of(&due[i])).collect();
+                    let calls = layers.call_batch(&records, deadline).await;
+                    let tried = calls.into_iter().map(|c| tried_of(c, clock)).collect();
+                    (batch.to_vec(), tried)
+                })
+                .buffer_unordered(config.concurrency.max(1))
+                .inspect(|(batch, _)| finish(batch.len()))
+                .collect()
+                .await
+        }
+    };
+    for (indices, outcomes) in results {
+        for (i, t) in indices.into_iter().zip(outcomes) {
+            tried[i] = Some(t);
+        }
+    }
+    tried
+        .into_iter()
+        .map(|t| t.expect("every record is decided or called"))
         .collect()
-        .await;
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, tried)| tried).collect()
 }
 
 /// Where a round's records go, decided from their calls.
@@ -689,32 +732,48 @@ enum Tried {
     Late,
 }
 
-/// Step 4 for one record: a missing payload fails it at once, uncalled (unless
-/// `allow_empty_payload`); any other record goes through the round's layers.
-async fn try_record(
-    layers: &Guarded<'_, impl Processor>,
-    clock: &dyn Clock,
-    row: &QueueRow,
+/// The round's layers around a processor: `Guarded(CatchPanic(Timeout(processor)))`.
+fn layers<'c, P>(
+    processor: P,
+    clock: &'c dyn Clock,
     config: &RoundConfig,
-    deadline: Instant,
-) -> Tried {
+) -> Guarded<'c, CatchPanic<Timeout<P>>> {
+    Guarded::new(
+        CatchPanic::new(Timeout::new(processor, config.timeout)),
+        config.guard.clone(),
+        clock,
+        config.max_retry_after,
+    )
+}
+
+/// A record with a missing or empty payload fails at once, uncalled, unless
+/// `allow_empty_payload`: `None` for a record to call.
+fn missing_payload(row: &QueueRow, clock: &dyn Clock, config: &RoundConfig) -> Option<Tried> {
     let empty = row.payload.as_deref().is_none_or(str::is_empty);
-    if empty && !config.allow_empty_payload {
-        let started_at = clock.now();
-        let start = Instant::now();
-        return Tried::Called(Attempt {
-            outcome: Outcome::permanent(MISSING_PAYLOAD),
-            started_at,
-            finished_at: clock.now(),
-            duration: start.elapsed(),
-        });
+    if !empty || config.allow_empty_payload {
+        return None;
     }
-    let record = Record {
+    let at = clock.now();
+    Some(Tried::Called(Attempt {
+        outcome: Outcome::permanent(MISSING_PAYLOAD),
+        started_at: at,
+        finished_at: at,
+        duration: Duration::ZERO,
+    }))
+}
+
+/// The record a processor is called with for a row of the queue.
+fn record_of(row: &QueueRow) -> Record {
+    Record {
         sample_id: row.sample_id.clone(),
         payload: row.payload.clone(),
         retry_count: u32::try_from(row.retry_count).unwrap_or(0),
-    };
-    match layers.call(&record, deadline).await {
+    }
+}
+
+/// What became of a record, from what became of its call through the round's layers.
+fn tried_of(call: Call, clock: &dyn Clock) -> Tried {
+    match call {
         Call::Made {
             outcome,
             started_at,

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::clock::FixedClock;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::processor::Processor;
+use crate::processor::Calls;
 use crate::queue::Queue;
 use crate::round::{RoundConfig, RoundReport};
 use crate::store::Maintenance;
@@ -228,7 +228,8 @@ impl Rounds {
     }
 }
 
-/// Runs rounds of `processor` over `queue` until [`Rounds`] says to stop (see [`Until`]):
+/// Runs rounds of `processor` (per record or per batch, as in [`Queue::run_round`]) over
+/// `queue` until [`Rounds`] says to stop (see [`Until`]):
 /// the loop of `retrylake run` and `retrylake worker`. `on_round` sees every round's
 /// report as it ends; an error from it, or from a round, stops the rounds and is returned.
 /// A triggered shutdown is checked before each round and ends a wait at once.
@@ -251,13 +252,14 @@ impl Rounds {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn run_rounds<E: From<Error>>(
+pub async fn run_rounds<'p, E: From<Error>>(
     queue: &mut Queue,
-    processor: &dyn Processor,
+    processor: impl Into<Calls<'p>>,
     config: &RoundConfig,
     rounds: &Rounds,
     mut on_round: impl FnMut(&RoundReport) -> Result<(), E>,
 ) -> Result<(), E> {
+    let processor = processor.into();
     while !rounds.shutdown.is_triggered() {
         let report = queue.run_round(processor, config).await?;
         on_round(&report)?;

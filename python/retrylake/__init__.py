@@ -202,6 +202,85 @@ class _Caller:
         else:
             future.add_done_callback(lambda f: done(_result_of(f)))
 
+    def submit_batch(self, items: list, done) -> None:
+        """Starts one call of the processor for a batch of ``(id, payload, retry_count)``
+        and hands ``done`` one answer per record, in their order."""
+        records = [
+            Record(id=i, payload=p, attempt=r + 1, idempotency_key=f"{i}:{r}") for i, p, r in items
+        ]
+        try:
+            future = self.pool.submit(self._batch, records)
+        except BaseException as e:  # a pool shut down: the call never started
+            done([("transient", f"the call could not start: {_describe(e)}", None)] * len(records))
+            return
+        future.add_done_callback(lambda f: done(_batch_result_of(f, len(records))))
+
+    def _batch(self, records: list) -> list:
+        """Calls the processor with the records of a batch. A record still in a call the
+        engine gave up on is waited for (up to the timeout), then left out of the call and
+        failed transiently: one call of a record at a time."""
+        keys = [(self.root, r.id) for r in records]
+        with _RUNNING_CHANGED:
+            _RUNNING_CHANGED.wait_for(lambda: not any(k in _RUNNING for k in keys), self.timeout)
+            busy = {k for k in keys if k in _RUNNING}
+            mine = [k for k in keys if k not in busy]
+            _RUNNING.update(mine)
+        try:
+            called = [r for r, k in zip(records, keys) if k not in busy]
+            answers = iter(self._call_batch(called) if called else [])
+            return [
+                ("transient", "the previous call of this record is still running", None)
+                if k in busy
+                else next(answers)
+                for k in keys
+            ]
+        finally:
+            with _RUNNING_CHANGED:
+                _RUNNING.difference_update(mine)
+                _RUNNING_CHANGED.notify_all()
+
+    def _call_batch(self, records: list) -> list:
+        """One answer per record from one call: what the processor raised applies to
+        every record, else each record takes its own result."""
+        try:
+            result = self.processor(records)
+            if inspect.isawaitable(result):
+                answer = asyncio.run_coroutine_threadsafe(
+                    self._await(result, finish=lambda value: ("batch", value, None)), _Loop.get()
+                ).result()
+                if answer[0] != "batch":
+                    return [answer] * len(records)
+                result = answer[1]
+        except BaseException as e:
+            return [self._failure(e)] * len(records)
+        return self._answers(records, result)
+
+    def _answers(self, records: list, result: Any) -> list:
+        """Each record's answer from a batch processor's result: a list with one result
+        per record in their order, or a dict by id; ``None`` is a success for all. A
+        result is a response, or an exception instance (:class:`Transient`,
+        :class:`Permanent`, any other) for that record's failure."""
+        missing = ("transient", "the batch processor gave no result for this record", None)
+        if result is None:
+            return [("success", None, None)] * len(records)
+        if isinstance(result, Mapping):
+            return [self._answer(result[r.id]) if r.id in result else missing for r in records]
+        if isinstance(result, (str, bytes, bytearray)) or not isinstance(result, Iterable):
+            wrong = (
+                "transient",
+                f"the batch processor returned {type(result).__name__}, expected a list "
+                "with one result per record (or a dict by id)",
+                None,
+            )
+            return [wrong] * len(records)
+        results = list(result)
+        return [self._answer(results[i]) if i < len(results) else missing for i in range(len(records))]
+
+    def _answer(self, result: Any) -> tuple:
+        if isinstance(result, BaseException):
+            return self._failure(result)
+        return _success(result)
+
     def _after(self, key: tuple, record: Record):
         """Calls ``record`` once its running call has returned, or gives up at the
         timeout: one call of a record at a time."""
@@ -238,7 +317,8 @@ class _Caller:
         except Exception as e:  # noqa: BLE001 - every failure becomes the record's outcome
             return self._failure(e)
 
-    async def _await(self, awaitable: Any):
+    async def _await(self, awaitable: Any, finish: Callable[[Any], tuple] = None):
+        finish = finish or _success
         try:
             task = asyncio.ensure_future(_awaited(awaitable))
             finished, _ = await asyncio.wait({task}, timeout=self.timeout)
@@ -253,7 +333,7 @@ class _Caller:
             return self._failure(e.exc)
         except BaseException as e:
             return self._failure(e)
-        return _success(response)
+        return finish(response)
 
     def _failure(self, e: BaseException):
         if isinstance(e, Transient):
@@ -278,6 +358,13 @@ def _release(key: tuple) -> None:
     with _RUNNING_CHANGED:
         _RUNNING.discard(key)
         _RUNNING_CHANGED.notify_all()
+
+
+def _batch_result_of(future, records: int) -> list:
+    try:
+        return future.result()
+    except BaseException as e:  # cancelled before it ran
+        return [("transient", f"the call did not run: {_describe(e)}", None)] * records
 
 
 def _result_of(future) -> tuple:
@@ -471,8 +558,11 @@ class Queue:
         ``breaker_min_calls`` (50), ``breaker_cool_down`` (30 s), ``allow_empty_payload``
         (False), ``max_retry_after`` (1 day), ``maintenance`` (True), ``poll`` (5 s),
         ``other_errors`` (``"transient"``: how an exception other than
-        :class:`Transient` and :class:`Permanent` counts). Durations are seconds or
-        ``timedelta``.
+        :class:`Transient` and :class:`Permanent` counts), ``call_batch`` (None: the
+        processor takes one record; N: it takes a list of at most N records and returns a
+        list with one result per record, in their order, or a dict by id, each a response
+        or an exception instance for that record's failure; what it raises applies to the
+        whole batch). Durations are seconds or ``timedelta``.
         """
         return self._rounds(processor, "drained", options, now=now)
 
@@ -558,6 +648,7 @@ class Queue:
         allow_empty_payload=False,
         max_retry_after=86400.0,
         maintenance=True,
+        call_batch=None,
     )
     _DURATIONS = (
         "poll",
@@ -583,6 +674,11 @@ class Queue:
         concurrency = settings["concurrency"]
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
+        call_batch = settings["call_batch"]
+        if call_batch is not None and (isinstance(call_batch, bool) or not isinstance(call_batch, int)):
+            raise TypeError(f"call_batch must be an int or None, got {call_batch!r}")
+        if call_batch is not None and call_batch < 1:
+            raise ValueError(f"call_batch must be at least 1, got {call_batch}")
         for name in ("limit", "max_retries", "seed", "breaker_window", "breaker_min_calls"):
             if isinstance(settings[name], bool):
                 raise TypeError(f"{name} must be an int, got {settings[name]!r}")

@@ -73,6 +73,7 @@ class Queue:
         allow_empty_payload: bool,
         max_retry_after: float,
         maintenance: bool,
+        call_batch: Optional[int],
     ) -> str: ...
     def status(self, now: Optional[str] = None) -> str: ...
     def query(

@@ -31,9 +31,9 @@ use pyo3::types::{PyCFunction, PyCapsule};
 use retrylake::input::{Fields, InputFormat, parse_batches, parse_jsonl_from};
 use retrylake::store::Table;
 use retrylake::{
-    AsOf, BreakerConfig, Clock, EnqueueOptions, Error, FixedClock, Guard, GuardConfig, Maintenance,
-    Outcome, Processor, Record, RedriveFilter, RetryAfter, RetryPolicy, RoundConfig, Rounds,
-    Shutdown, SystemClock, Until, WorkerName,
+    AsOf, BatchProcessor, BreakerConfig, Calls, Clock, EnqueueOptions, Error, FixedClock, Guard,
+    GuardConfig, Maintenance, Outcome, Processor, Record, RedriveFilter, RetryAfter, RetryPolicy,
+    RoundConfig, Rounds, Shutdown, SystemClock, Until, WorkerName,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -240,15 +240,62 @@ impl Processor for PyProcessor {
             return Outcome::transient(format!("the processor's call could not start: {e}"));
         }
         match rx.await {
-            Ok((kind, text, retry_after)) => match kind.as_str() {
-                "success" => Outcome::Success { response: text },
-                "permanent" => Outcome::permanent(text.unwrap_or_default()),
-                _ => Outcome::Transient {
-                    error: text.unwrap_or_default(),
-                    retry_after: retry_after.and_then(retry_after_delay),
-                },
-            },
+            Ok(answer) => outcome_of(answer),
             Err(_) => Outcome::transient("the processor's call ended without an answer"),
+        }
+    }
+}
+
+/// The outcome an answer names.
+fn outcome_of((kind, text, retry_after): Answer) -> Outcome {
+    match kind.as_str() {
+        "success" => Outcome::Success { response: text },
+        "permanent" => Outcome::permanent(text.unwrap_or_default()),
+        _ => Outcome::Transient {
+            error: text.unwrap_or_default(),
+            retry_after: retry_after.and_then(retry_after_delay),
+        },
+    }
+}
+
+/// A Python object as a batch processor: `submit_batch([(id, payload, retry_count), ...],
+/// done)` starts one call for the batch and hands `done` a list of answers, one per record
+/// in their order (see [`PyProcessor`]).
+struct PyBatchProcessor {
+    caller: Py<PyAny>,
+}
+
+#[async_trait::async_trait]
+impl BatchProcessor for PyBatchProcessor {
+    async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Vec<Answer>>();
+        let tx = Mutex::new(Some(tx));
+        let submitted = Python::attach(|py| -> PyResult<()> {
+            let done = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+                let answers: Vec<Answer> = args.get_item(0)?.extract()?;
+                if let Some(tx) = tx.lock().expect("not poisoned").take() {
+                    let _ = tx.send(answers);
+                }
+                PyResult::Ok(())
+            })?;
+            let items: Vec<(&str, Option<&str>, u32)> = records
+                .iter()
+                .map(|r| (r.sample_id.as_str(), r.payload.as_deref(), r.retry_count))
+                .collect();
+            self.caller
+                .call_method1(py, "submit_batch", (items, done))?;
+            Ok(())
+        });
+        if let Err(e) = submitted {
+            let failed = Outcome::transient(format!("the processor's call could not start: {e}"));
+            return vec![failed; records.len()];
+        }
+        match rx.await {
+            Ok(answers) => answers.into_iter().map(outcome_of).collect(),
+            Err(_) => vec![
+                Outcome::transient("the processor's call ended without an answer");
+                records.len()
+            ],
         }
     }
 }
@@ -523,7 +570,7 @@ impl Queue {
         call, until, now, poll, limit, concurrency, timeout, lease, max_retries,
         base_backoff, multiplier, max_backoff, jitter, seed, shard, rate, breaker,
         breaker_failure_rate, breaker_window, breaker_min_calls, breaker_cool_down,
-        allow_empty_payload, max_retry_after, maintenance
+        allow_empty_payload, max_retry_after, maintenance, call_batch
     ))]
     fn rounds(
         &self,
@@ -552,6 +599,7 @@ impl Queue {
         allow_empty_payload: bool,
         max_retry_after: f64,
         maintenance: bool,
+        call_batch: Option<usize>,
     ) -> PyResult<String> {
         let policy = RetryPolicy::builder()
             .base(seconds("base_backoff", base_backoff)?)
@@ -582,6 +630,7 @@ impl Queue {
             policy,
             limit,
             concurrency,
+            call_batch: call_batch.unwrap_or(retrylake::DEFAULT_CALL_BATCH),
             timeout: seconds("timeout", timeout)?,
             allow_empty_payload,
             seed,
@@ -617,7 +666,10 @@ impl Queue {
             rounds = rounds.virtual_clock(clock.clone());
         }
         let caller = call.clone_ref(py);
-        let processor = PyProcessor { caller: call };
+        let each = PyProcessor {
+            caller: call.clone_ref(py),
+        };
+        let batches = PyBatchProcessor { caller: call };
         let queue = self.queue()?;
         // Until the rounds end: `drive` returns only once the work has finished.
         let _running = Running::start(self)?;
@@ -628,7 +680,11 @@ impl Queue {
                 None => queue.set_clock(clock(None)),
             }
             let mut reports = Vec::new();
-            let ran = retrylake::run_rounds(&mut queue, &processor, &config, &rounds, |r| {
+            let processor = match call_batch {
+                None => Calls::Each(&each),
+                Some(_) => Calls::Batches(&batches),
+            };
+            let ran = retrylake::run_rounds(&mut queue, processor, &config, &rounds, |r| {
                 reports.push(r.clone());
                 Ok::<(), Error>(())
             })

@@ -3,7 +3,9 @@
 //! The contract: the payload on stdin; `RETRYLAKE_SAMPLE_ID`, `RETRYLAKE_ATTEMPT` and
 //! `RETRYLAKE_IDEMPOTENCY_KEY` in the environment; exit 0 is success (stdout becomes the
 //! response), exit 75 (`EX_TEMPFAIL`) is transient, any other exit is permanent, death by a
-//! signal is transient; the last line of stderr is the error message.
+//! signal is transient; the last line of stderr is the error message. Called with a batch,
+//! the command runs once for all its records (see [`CommandProcessor`]'s
+//! [`BatchProcessor`] implementation).
 
 use std::process::Stdio;
 
@@ -13,7 +15,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{MAX_RESPONSE_BYTES, Processor, Record};
+use super::batch::{Answers, MAX_BATCH_ANSWER, batch_key, read_item, record_json};
+use super::http::DEFAULT_TRANSIENT_STATUSES;
+use super::{BatchProcessor, MAX_RESPONSE_BYTES, Processor, Record};
 use crate::outcome::Outcome;
 
 /// Exit status that marks a transient failure (`EX_TEMPFAIL` from `sysexits.h`).
@@ -51,25 +55,37 @@ impl Drop for GroupGuard {
     }
 }
 
-#[async_trait]
-impl Processor for CommandProcessor {
-    async fn process(&self, record: &Record) -> Outcome {
-        let mut child = match Command::new("sh")
-            .arg("-c")
-            .arg(&self.command)
-            .env("RETRYLAKE_SAMPLE_ID", &record.sample_id)
-            .env("RETRYLAKE_ATTEMPT", record.retry_count.to_string())
-            .env("RETRYLAKE_IDEMPOTENCY_KEY", record.idempotency_key())
+/// What a finished child left: the head of its stdout, the tail of its stderr, and how it
+/// ended.
+struct Finished {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: std::process::ExitStatus,
+}
+
+impl CommandProcessor {
+    /// Runs the command with `env` set and `input` on stdin, keeping at most `stdout_limit`
+    /// bytes of its stdout: what it left, or the transient failure of a command that could
+    /// not be run.
+    async fn run(
+        &self,
+        env: &[(&str, String)],
+        input: Vec<u8>,
+        stdout_limit: usize,
+    ) -> Result<Finished, Outcome> {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(&self.command);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => return Outcome::transient(format!("could not start sh: {e}")),
-        };
+            .map_err(|e| Outcome::transient(format!("could not start sh: {e}")))?;
         // A process id always fits an i32 (pid_max is at most 2^22); one that did not would
         // name no group to kill.
         let pgid = child.id().and_then(|id| i32::try_from(id).ok());
@@ -78,41 +94,115 @@ impl Processor for CommandProcessor {
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let payload = record.payload.clone().unwrap_or_default();
         let feed = async move {
             if let Some(stdin) = stdin.as_mut() {
                 // A child that does not read its stdin closes the pipe: not an error.
-                let _ = stdin.write_all(payload.as_bytes()).await;
+                let _ = stdin.write_all(&input).await;
                 let _ = stdin.shutdown().await;
             }
             drop(stdin);
         };
-        let (_, out, err, status) = tokio::join!(
+        let (_, stdout, stderr, status) = tokio::join!(
             feed,
-            read_head(stdout, MAX_RESPONSE_BYTES),
+            read_head(stdout, stdout_limit),
             read_tail(stderr, MAX_STDERR),
             child.wait()
         );
-        let status = match status {
-            Ok(status) => status,
-            Err(e) => return Outcome::transient(format!("could not wait for command: {e}")),
-        };
+        let status =
+            status.map_err(|e| Outcome::transient(format!("could not wait for command: {e}")))?;
         guard.0 = None;
+        Ok(Finished {
+            stdout,
+            stderr,
+            status,
+        })
+    }
+}
 
-        let last_line = last_line(&err);
-        let message = |fallback: String| last_line.clone().unwrap_or(fallback);
-        match status.code() {
-            Some(0) => Outcome::Success {
-                response: Some(String::from_utf8_lossy(&out).into_owned()),
-            },
+impl Finished {
+    /// The outcome its exit status gives: `on_success` for exit 0, transient for exit 75
+    /// or death by a signal, permanent for any other exit; a failure's message is the last
+    /// line of stderr.
+    fn outcome(&self, on_success: impl FnOnce() -> Outcome) -> Outcome {
+        let message = |fallback: String| last_line(&self.stderr).unwrap_or(fallback);
+        match self.status.code() {
+            Some(0) => on_success(),
             Some(EX_TEMPFAIL) => Outcome::transient(message(format!("exit status {EX_TEMPFAIL}"))),
             Some(code) => Outcome::permanent(message(format!("exit status {code}"))),
             None => {
                 use std::os::unix::process::ExitStatusExt;
-                let signal = status.signal().unwrap_or_default();
+                let signal = self.status.signal().unwrap_or_default();
                 Outcome::transient(message(format!("killed by signal {signal}")))
             }
         }
+    }
+}
+
+#[async_trait]
+impl Processor for CommandProcessor {
+    async fn process(&self, record: &Record) -> Outcome {
+        let env = [
+            ("RETRYLAKE_SAMPLE_ID", record.sample_id.clone()),
+            ("RETRYLAKE_ATTEMPT", record.retry_count.to_string()),
+            ("RETRYLAKE_IDEMPOTENCY_KEY", record.idempotency_key()),
+        ];
+        let payload = record.payload.clone().unwrap_or_default().into_bytes();
+        match self.run(&env, payload, MAX_RESPONSE_BYTES).await {
+            Ok(finished) => finished.outcome(|| Outcome::Success {
+                response: Some(String::from_utf8_lossy(&finished.stdout).into_owned()),
+            }),
+            Err(failed) => failed,
+        }
+    }
+}
+
+/// Called with a batch, it runs the command once: JSON Lines of `{"id", "data",
+/// "attempt", "idempotency_key"}` on stdin, `RETRYLAKE_BATCH_SIZE` and the batch's
+/// `RETRYLAKE_IDEMPOTENCY_KEY` in the environment. Each line of its stdout answers one
+/// record (see [`read_item`]), whatever the exit status. A record no line answers takes the
+/// exit status's outcome (transient after exit 0: no answer); a line that cannot be read is
+/// logged and named, by its number, in those records' error.
+#[async_trait]
+impl BatchProcessor for CommandProcessor {
+    async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        let mut input = Vec::new();
+        for record in records {
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut input, &record_json(record));
+            input.push(b'\n');
+        }
+        let env = [
+            ("RETRYLAKE_BATCH_SIZE", records.len().to_string()),
+            ("RETRYLAKE_IDEMPOTENCY_KEY", batch_key(records)),
+        ];
+        let limit = MAX_RESPONSE_BYTES
+            .saturating_mul(records.len())
+            .min(MAX_BATCH_ANSWER);
+        let finished = match self.run(&env, input, limit).await {
+            Ok(finished) => finished,
+            Err(failed) => return vec![failed; records.len()],
+        };
+        let mut answers = Answers::new(records);
+        let stdout = String::from_utf8_lossy(&finished.stdout);
+        for (n, line) in stdout.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let item = serde_json::from_str::<serde_json::Value>(line)
+                .map_err(|e| format!("not JSON: {e}"))
+                .and_then(|item| read_item(&item, |s| DEFAULT_TRANSIENT_STATUSES.contains(&s)));
+            match item {
+                Ok((id, outcome)) => answers.answer(&id, outcome),
+                Err(e) => {
+                    let e = format!("answer line {} of the command: {e}", n + 1);
+                    tracing::warn!("{e}");
+                    answers.note(e);
+                }
+            }
+        }
+        answers.finish(|| {
+            finished.outcome(|| Outcome::transient("the command gave no answer for this record"))
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `http` processor: POST each record as JSON, classify the answer.
 //!
 //! `{"id": sample_id, "data": payload}` goes to the URL with `Content-Type:
-//! application/json` and `Idempotency-Key: <sample_id>:<retry_count>`. A 2xx is a success (the
+//! application/json` and `Idempotency-Key: <sample_id>:<retry_count>` (a batch goes as a
+//! JSON array, see [`HttpProcessor`]'s [`BatchProcessor`] implementation). A 2xx is a success (the
 //! body, bounded, becomes the response); 408, 425, 429, 500, 502, 503, 504 (configurable),
 //! connection failures and a connection closed mid-response are transient, honouring
 //! `Retry-After`; every other status is permanent.
@@ -14,7 +15,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, Response, Url};
 
-use super::{MAX_RESPONSE_BYTES, Processor, Record};
+use super::batch::{Answers, MAX_BATCH_ANSWER, batch_key, read_item, record_json};
+use super::{BatchProcessor, MAX_RESPONSE_BYTES, Processor, Record};
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, RetryAfter};
 
@@ -46,27 +48,20 @@ impl HttpProcessor {
         }
     }
 
-    async fn call(&self, record: &Record) -> Outcome {
-        let body = serde_json::json!({"id": record.sample_id, "data": record.payload});
+    /// POSTs `body` with `key` as its idempotency key: the 2xx response, or the outcome of
+    /// a call that failed (every record of a batch shares it).
+    async fn post(&self, body: String, key: String) -> std::result::Result<Response, Outcome> {
         let request = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", record.idempotency_key())
-            .body(body.to_string());
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return transport_failure(&e),
-        };
+            .header("Idempotency-Key", key)
+            .body(body);
+        let response = request.send().await.map_err(|e| transport_failure(&e))?;
         let status = response.status();
         if status.is_success() {
-            return match read_bounded(response, self.max_response_bytes).await {
-                Ok(body) => Outcome::Success {
-                    response: Some(String::from_utf8_lossy(&body).into_owned()),
-                },
-                Err(e) => transport_failure(&e),
-            };
+            return Ok(response);
         }
         let retry_after = response
             .headers()
@@ -88,18 +83,118 @@ impl HttpProcessor {
                 error.push_str(body);
             }
         }
-        if self.transient.contains(&status.as_u16()) {
+        Err(if self.transient.contains(&status.as_u16()) {
             Outcome::Transient { error, retry_after }
         } else {
             Outcome::Permanent { error }
+        })
+    }
+
+    async fn call(&self, record: &Record) -> Outcome {
+        let body = serde_json::json!({"id": record.sample_id, "data": record.payload});
+        let response = match self.post(body.to_string(), record.idempotency_key()).await {
+            Ok(response) => response,
+            Err(failed) => return failed,
+        };
+        match read_bounded(response, self.max_response_bytes).await {
+            Ok(body) => Outcome::Success {
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+            },
+            Err(e) => transport_failure(&e),
         }
     }
+
+    async fn call_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        let body = serde_json::Value::Array(records.iter().map(record_json).collect());
+        let all = |outcome: Outcome| vec![outcome; records.len()];
+        let response = match self.post(body.to_string(), batch_key(records)).await {
+            Ok(response) => response,
+            Err(failed) => return all(failed),
+        };
+        let limit = self
+            .max_response_bytes
+            .saturating_mul(records.len())
+            .clamp(MAX_RESPONSE_BYTES, MAX_BATCH_ANSWER);
+        match read_bounded(response, limit + 1).await {
+            Ok(body) if body.len() > limit => all(Outcome::transient(format!(
+                "the batch's answer is larger than {limit} bytes: not read (send smaller \
+                 batches with --call-batch)"
+            ))),
+            Ok(body) => read_answer(&body, records, |s| self.transient.contains(&s)),
+            Err(e) => all(transport_failure(&e)),
+        }
+    }
+}
+
+/// Reads a batch's 2xx answer: per-item results (a JSON array of items, or an object
+/// with a `"results"` array; see [`read_item`]) give each record its own outcome, and a
+/// record no item names fails transiently; any other answer (empty, text, another JSON
+/// value) is a success for every record, the body its response. An answer that starts as
+/// per-item results but cannot be read fails every record transiently: a failure must
+/// never be taken for a success.
+fn read_answer(body: &[u8], records: &[Record], transient: impl Fn(u16) -> bool) -> Vec<Outcome> {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim_start();
+    let unreadable = |e: String| {
+        vec![
+            Outcome::transient(format!("the batch's answer could not be read: {e}"));
+            records.len()
+        ]
+    };
+    let items = match trimmed.as_bytes().first() {
+        Some(b'[') => match serde_json::from_str::<Vec<serde_json::Value>>(trimmed) {
+            Ok(items) => items,
+            Err(e) => return unreadable(format!("not a JSON array of results: {e}")),
+        },
+        Some(b'{') => match serde_json::from_str::<serde_json::Value>(trimmed) {
+            Ok(serde_json::Value::Object(mut object)) => match object.remove("results") {
+                Some(serde_json::Value::Array(items)) => items,
+                Some(_) => return unreadable("\"results\" is not an array".into()),
+                None => return all_succeeded(&text, records.len()),
+            },
+            Ok(_) => return all_succeeded(&text, records.len()),
+            Err(e) => return unreadable(format!("not JSON: {e}")),
+        },
+        _ => return all_succeeded(&text, records.len()),
+    };
+    let mut answers = Answers::new(records);
+    for (n, item) in items.iter().enumerate() {
+        match read_item(item, &transient) {
+            Ok((id, outcome)) => answers.answer(&id, outcome),
+            Err(e) => {
+                tracing::warn!("item {} of the batch's answer: {e}", n + 1);
+                answers.note(format!("item {} of the answer: {e}", n + 1));
+            }
+        }
+    }
+    answers.finish(|| Outcome::transient("the batch's answer has no result for this record"))
+}
+
+/// Every record of a batch succeeded, with `body` (bounded) as its response.
+fn all_succeeded(body: &str, records: usize) -> Vec<Outcome> {
+    let mut end = body.len().min(MAX_RESPONSE_BYTES);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    vec![Outcome::success(&body[..end]); records]
 }
 
 #[async_trait]
 impl Processor for HttpProcessor {
     async fn process(&self, record: &Record) -> Outcome {
         self.call(record).await
+    }
+}
+
+/// Called with a batch, it POSTs a JSON array of `{"id", "data", "attempt",
+/// "idempotency_key"}` (the batch's own key in the `Idempotency-Key` header) and reads
+/// each record's outcome from the answer (see [`read_item`] for an item's shape). A
+/// failed call (a non-2xx status, a timeout, a lost connection) is every record's
+/// outcome; a 2xx without per-item results is a success for all.
+#[async_trait]
+impl BatchProcessor for HttpProcessor {
+    async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        self.call_batch(records).await
     }
 }
 

@@ -1,15 +1,18 @@
 //! Processors: what a round calls for each due record.
 //!
-//! A processor turns one [`Record`] into an [`Outcome`]. The round handles everything
-//! else: the time lock, concurrency, the timeout, backoff and the commits. Implement
-//! [`Processor`] to send records anywhere; `simulate`, `command` and `http` come built in,
-//! and [`ProcessorOptions`] builds one of them from settings.
+//! A processor turns one [`Record`] into an [`Outcome`]; a [`BatchProcessor`] turns many
+//! records into one outcome each, in one call. The round handles everything else: the
+//! time lock, concurrency, the timeout, backoff and the commits. Implement either to send
+//! records anywhere; `simulate`, `command` and `http` come built in (the last two in both
+//! forms), and [`ProcessorOptions`] builds one of them from settings.
 
+pub mod batch;
 mod command;
 pub mod http;
 mod options;
 mod simulate;
 
+pub use batch::BatchProcessor;
 pub use command::CommandProcessor;
 pub use http::HttpProcessor;
 pub use options::{ProcessorKind, ProcessorOptions, parse_header};
@@ -81,4 +84,33 @@ impl Record {
 pub trait Processor: Send + Sync {
     /// Processes one record.
     async fn process(&self, record: &Record) -> Outcome;
+}
+
+/// What a round calls: a [`Processor`] once per record, or a [`BatchProcessor`] once per
+/// batch of at most [`RoundConfig::call_batch`](crate::RoundConfig::call_batch) records.
+/// A reference to either converts into it.
+#[derive(Clone, Copy)]
+pub enum Calls<'a> {
+    /// One call per record.
+    Each(&'a dyn Processor),
+    /// One call per batch of records.
+    Batches(&'a dyn BatchProcessor),
+}
+
+impl<'a, P: Processor + 'a> From<&'a P> for Calls<'a> {
+    fn from(processor: &'a P) -> Self {
+        Calls::Each(processor)
+    }
+}
+
+impl<'a> From<&'a dyn Processor> for Calls<'a> {
+    fn from(processor: &'a dyn Processor) -> Self {
+        Calls::Each(processor)
+    }
+}
+
+impl<'a> From<&'a dyn BatchProcessor> for Calls<'a> {
+    fn from(processor: &'a dyn BatchProcessor) -> Self {
+        Calls::Batches(processor)
+    }
 }

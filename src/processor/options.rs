@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use super::http::DEFAULT_TRANSIENT_STATUSES;
-use super::{CommandProcessor, HttpProcessor, Processor, SimulateProcessor};
+use super::{BatchProcessor, CommandProcessor, HttpProcessor, Processor, SimulateProcessor};
 use crate::error::{Error, Result};
 
 /// Which built-in processor handles the records.
@@ -142,6 +142,24 @@ impl ProcessorOptions {
     /// missing command or URL, a bad URL, header or status, a transient rate outside 0 to
     /// 1, or a `--header-env` variable that is not set.
     pub fn build(&self) -> Result<Box<dyn Processor>> {
+        Ok(match self.make()? {
+            Made::Simulate(p) => Box::new(p),
+            Made::Command(p) => Box::new(p),
+            Made::Http(p) => Box::new(p),
+        })
+    }
+
+    /// [`ProcessorOptions::build`], the processor called per batch of records (`--call-batch`):
+    /// `http` POSTs a JSON array, `command` runs once with JSON Lines on stdin.
+    pub fn build_batch(&self) -> Result<Box<dyn BatchProcessor>> {
+        Ok(match self.make()? {
+            Made::Simulate(p) => Box::new(p),
+            Made::Command(p) => Box::new(p),
+            Made::Http(p) => Box::new(p),
+        })
+    }
+
+    fn make(&self) -> Result<Made> {
         let invalid = |message: String| Error::InvalidConfig(message);
         Ok(match self.kind {
             ProcessorKind::Simulate => {
@@ -151,7 +169,7 @@ impl ProcessorOptions {
                         self.transient_probability
                     )));
                 }
-                Box::new(SimulateProcessor::new(
+                Made::Simulate(SimulateProcessor::new(
                     self.transient_probability,
                     self.seed,
                 ))
@@ -161,7 +179,7 @@ impl ProcessorOptions {
                     .command
                     .clone()
                     .ok_or_else(|| invalid("--processor command needs --command".into()))?;
-                Box::new(CommandProcessor::new(command))
+                Made::Command(CommandProcessor::new(command))
             }
             ProcessorKind::Http => {
                 let url = self
@@ -184,8 +202,16 @@ impl ProcessorOptions {
                     })?;
                     builder = builder.secret_header(name, &value);
                 }
-                Box::new(builder.build()?)
+                Made::Http(builder.build()?)
             }
         })
     }
+}
+
+/// A built-in processor, before it is boxed as one kind of processor or the other.
+#[allow(clippy::large_enum_variant)] // built once, boxed at once
+enum Made {
+    Simulate(SimulateProcessor),
+    Command(CommandProcessor),
+    Http(HttpProcessor),
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Processor, Record};
+use super::{BatchProcessor, Processor, Record};
 use crate::hash::stable_hash;
 use crate::outcome::Outcome;
 
@@ -49,6 +49,18 @@ impl Processor for SimulateProcessor {
         } else {
             Outcome::success("Processed OK")
         }
+    }
+}
+
+/// Called with a batch, each record's outcome is the one it gets alone.
+#[async_trait]
+impl BatchProcessor for SimulateProcessor {
+    async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            outcomes.push(self.process(record).await);
+        }
+        outcomes
     }
 }
 

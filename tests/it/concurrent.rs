@@ -57,15 +57,20 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[test]
 fn workers_with_their_own_names_never_take_the_same_record() {
-    workers_with_their_own_names(Env::new());
+    workers_with_their_own_names(Env::new(), &[]);
 }
 
 #[test]
 fn workers_with_their_own_names_never_take_the_same_record_on_s3() {
-    workers_with_their_own_names(Env::s3());
+    workers_with_their_own_names(Env::s3(), &[]);
 }
 
-fn workers_with_their_own_names(env: Env) {
+#[test]
+fn workers_calling_in_batches_never_take_the_same_record() {
+    workers_with_their_own_names(Env::new(), &["--call-batch", "7"]);
+}
+
+fn workers_with_their_own_names(env: Env, extra: &[&str]) {
     let (input, ids) = write_samples(&env, "C", 240);
     env.ok(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
     let runners = (0..3)
@@ -73,6 +78,7 @@ fn workers_with_their_own_names(env: Env) {
             let worker = format!("w{i}");
             let mut a = args(&["run", "--limit", "40", "--worker", &worker]);
             a.extend(args(&FAST));
+            a.extend(args(extra));
             a
         })
         .collect();

@@ -19,15 +19,20 @@ const NOW: &str = "2025-01-01T00:00:00Z";
 
 #[test]
 fn a_round_killed_between_commits_is_completed_on_restart() {
-    killed_between_commits(Env::new);
+    killed_between_commits(Env::new, &[]);
 }
 
 #[test]
 fn a_round_killed_between_commits_is_completed_on_restart_on_s3() {
-    killed_between_commits(Env::s3);
+    killed_between_commits(Env::s3, &[]);
 }
 
-fn killed_between_commits(new_env: fn() -> Env) {
+#[test]
+fn a_round_of_batches_killed_between_commits_is_completed_on_restart() {
+    killed_between_commits(Env::new, &["--call-batch", "4"]);
+}
+
+fn killed_between_commits(new_env: fn() -> Env, extra: &[&str]) {
     for step in STEPS {
         let env = new_env();
         let (input, ids) = write_samples(&env, "R", 30);
@@ -36,12 +41,13 @@ fn killed_between_commits(new_env: fn() -> Env) {
             .cmd()
             .env("RETRYLAKE_FAILPOINT", step)
             .args(["run", "--now", NOW, "--transient-rate", "0.4"])
+            .args(extra)
             .output()
             .unwrap();
         assert!(!out.status.success(), "{step}: the failpoint did not fire");
 
         // The next run re-applies the journaled round before anything else.
-        let r = env.json(&["run", "--now", NOW, "--transient-rate", "0.4"]);
+        let r = env.json(&[&["run", "--now", NOW, "--transient-rate", "0.4"], extra].concat());
         assert_eq!(
             r["processed"], 0,
             "{step}: records of the killed round were retried too early"
@@ -49,7 +55,11 @@ fn killed_between_commits(new_env: fn() -> Env) {
         assert_exactly_once(&env.data(), &ids);
 
         // And the queue goes on to drain normally.
-        env.ok(&["run", "--now", NOW, "--drain", "--transient-rate", "0.4"]);
+        env.ok(&[
+            &["run", "--now", NOW, "--drain", "--transient-rate", "0.4"],
+            extra,
+        ]
+        .concat());
         assert_exactly_once(&env.data(), &ids);
         assert!(env.rows::<QueueRow>().is_empty(), "{step}");
     }
@@ -57,15 +67,20 @@ fn killed_between_commits(new_env: fn() -> Env) {
 
 #[test]
 fn sigkill_at_random_moments_loses_and_doubles_nothing() {
-    sigkill_at_random_moments(Env::new());
+    sigkill_at_random_moments(Env::new(), &[]);
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_and_doubles_nothing_on_s3() {
-    sigkill_at_random_moments(Env::s3());
+    sigkill_at_random_moments(Env::s3(), &[]);
 }
 
-fn sigkill_at_random_moments(env: Env) {
+#[test]
+fn sigkill_at_random_moments_of_batches_loses_and_doubles_nothing() {
+    sigkill_at_random_moments(Env::new(), &["--call-batch", "6", "--concurrency", "2"]);
+}
+
+fn sigkill_at_random_moments(env: Env, extra: &[&str]) {
     let (input, ids) = write_samples(&env, "K", 200);
     env.ok(&["enqueue", input.to_str().unwrap(), "--now", NOW]);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(2025);
@@ -82,6 +97,7 @@ fn sigkill_at_random_moments(env: Env) {
                 "--transient-rate",
                 "0.4",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

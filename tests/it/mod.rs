@@ -1,3 +1,4 @@
+mod batch;
 mod concurrent;
 mod crash;
 mod enqueue;
