@@ -6,7 +6,8 @@ For each N: writes N records shaped like the original job's (3% empty payloads),
     `deltalake` package, calling `process_lab_result` row by row);
   * runs the same `process_lab_result` as a retrylake Python processor: one process that
     enqueues the file and drains the queue on a virtual clock (`Queue.drain(now=...)`);
-and prints both times, their ratio and each process's peak memory. Then, in this process:
+and prints both times, their ratio and each process's peak memory (with `--call-batch N`,
+also the same function called with a list of N records at a time). Then, in this process:
   * the cost of a call: a trivial plain and `async def` processor, calls per second at
     concurrency 1 and 16 (the call phase of the round, and the whole drain);
   * how concurrency scales for a processor that sleeps 20 ms (plain and async).
@@ -14,7 +15,7 @@ and prints both times, their ratio and each process's peak memory. Then, in this
 Needs the package built in release mode, with `deltalake` for the reference:
 
     python3 -m venv /tmp/rlpy && /tmp/rlpy/bin/pip install ./python deltalake==1.6.6
-    /tmp/rlpy/bin/python bench/python.py 100000 1000000
+    /tmp/rlpy/bin/python bench/python.py 100000 1000000 --call-batch 1000
 """
 import argparse, asyncio, datetime as dt, json, os, random, shutil, subprocess, sys, tempfile, time
 
@@ -44,7 +45,27 @@ def lab_processor(seed):
     return process
 
 
-def child(root, inp, concurrency, seed):
+def lab_batch_processor(seed):
+    """`process_lab_result` as a retrylake batch processor: a list of outcomes, failures as
+    exception instances."""
+    rng = random.Random(seed)
+
+    def process(records):
+        results = []
+        for record in records:
+            status, msg = process_lab_result({"payload": record.payload}, rng, RATE)
+            if status == "SUCCESS":
+                results.append(msg)
+            elif status == "TRANSIENT_FAIL":
+                results.append(retrylake.Transient(msg))
+            else:
+                results.append(retrylake.Permanent(msg))
+        return results
+
+    return process
+
+
+def child(root, inp, concurrency, seed, call_batch=None):
     """One process as a user runs it: enqueue the file, drain the queue."""
     q = retrylake.Queue(root)
     t0 = time.perf_counter()
@@ -52,8 +73,9 @@ def child(root, inp, concurrency, seed):
     t1 = time.perf_counter()
     # allow_empty_payload: the function, not the engine, dead-letters empty payloads, as
     # in the reference.
-    reports = q.drain(lab_processor(seed), now=START, concurrency=concurrency,
-                      allow_empty_payload=True)
+    processor = lab_batch_processor(seed) if call_batch else lab_processor(seed)
+    reports = q.drain(processor, now=START, concurrency=concurrency,
+                      allow_empty_payload=True, call_batch=call_batch)
     t2 = time.perf_counter()
     s = q.status()
     print(json.dumps({"enqueue_s": t1 - t0, "drain_s": t2 - t1, "rounds": len(reports),
@@ -62,28 +84,32 @@ def child(root, inp, concurrency, seed):
                       "final": s["final"], "dead": s["dead"], "waiting": s["waiting"]}))
 
 
-def side_by_side(n, work, concurrency, seed):
+def side_by_side(n, work, concurrency, seed, call_batches=()):
     inp = os.path.join(work, f"in-{n}.jsonl")
     with open(inp, "w") as f:
         subprocess.run([sys.executable, os.path.join(HERE, "gen_input.py"), str(n)], stdout=f, check=True)
     out, ref_wall, ref_peak = run_rss([sys.executable, os.path.join(HERE, "reference.py"),
                                        os.path.join(work, f"ref-{n}"), inp])
     ref = json.loads(out.strip().splitlines()[-1])
-    out, ours_wall, ours_peak = run_rss([sys.executable, os.path.abspath(__file__), "--child",
-                                         os.path.join(work, f"rl-{n}"), inp,
-                                         "--concurrency", str(concurrency), "--seed", str(seed)])
-    ours = json.loads(out)
-    total = ours["enqueue_s"] + ours["drain_s"]
     print(f"\n== {n:,} records, the same Python function ==")
     print(f"reference:  {ref['rounds']} rounds, {ref['attempts']:,} calls, {ref['wall_s']:.2f} s of rounds "
           f"({ref_wall:.2f} s whole process), peak {ref_peak:.0f} MB; "
           f"final {ref['final']:,}, dead {ref['dead']:,}")
-    print(f"retrylake:  {ours['rounds']} rounds, {ours['attempts']:,} calls, {total:.2f} s "
-          f"(enqueue {ours['enqueue_s']:.2f} s + drain {ours['drain_s']:.2f} s, of it calls "
-          f"{ours['call_s']:.2f} s; {ours_wall:.2f} s whole process), peak {ours_peak:.0f} MB; "
-          f"final {ours['final']:,}, dead {ours['dead']:,}, waiting {ours['waiting']}")
-    print(f"ratio:      reference / retrylake = {ref['wall_s'] / total:.2f} in time "
-          f"({ref_wall / ours_wall:.2f} whole process), {ref_peak / ours_peak:.2f} in peak memory")
+    for call_batch in [None, *call_batches]:
+        extra = ["--call-batch", str(call_batch)] if call_batch else []
+        out, ours_wall, ours_peak = run_rss([sys.executable, os.path.abspath(__file__), "--child",
+                                             os.path.join(work, f"rl-{n}-{call_batch}"), inp,
+                                             "--concurrency", str(concurrency), "--seed", str(seed),
+                                             *extra])
+        ours = json.loads(out)
+        total = ours["enqueue_s"] + ours["drain_s"]
+        label = f"batches of {call_batch}" if call_batch else "per record"
+        print(f"retrylake, {label}:  {ours['rounds']} rounds, {ours['attempts']:,} attempts, {total:.2f} s "
+              f"(enqueue {ours['enqueue_s']:.2f} s + drain {ours['drain_s']:.2f} s, of it calls "
+              f"{ours['call_s']:.2f} s; {ours_wall:.2f} s whole process), peak {ours_peak:.0f} MB; "
+              f"final {ours['final']:,}, dead {ours['dead']:,}, waiting {ours['waiting']}")
+        print(f"  ratio: reference / retrylake = {ref['wall_s'] / total:.2f} in time "
+              f"({ref_wall / ours_wall:.2f} whole process), {ref_peak / ours_peak:.2f} in peak memory")
 
 
 def drain(processor, n, concurrency, work, name):
@@ -140,18 +166,20 @@ def main():
     ap.add_argument("--concurrency", type=int, default=16, help="of the side-by-side run")
     ap.add_argument("--calls", type=int, default=20_000, help="records of the call-cost run")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--call-batch", type=int, action="append", default=[],
+                    help="also run the side-by-side with batches of N records a call (repeatable)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--child", nargs=2, metavar=("ROOT", "INPUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return child(*a.child, a.concurrency, a.seed)
+        return child(*a.child, a.concurrency, a.seed, a.call_batch[0] if a.call_batch else None)
     work = a.work or tempfile.mkdtemp(prefix="retrylake-pybench-")
     os.makedirs(work, exist_ok=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {os.cpu_count()} cores, {cpu}; Python {sys.version.split()[0]}, retrylake "
           f"{retrylake.__version__}")
     for n in a.sizes:
-        side_by_side(n, work, a.concurrency, a.seed)
+        side_by_side(n, work, a.concurrency, a.seed, a.call_batch)
     overhead(a.calls, work)
     scaling(work)
     if not a.work:

@@ -58,7 +58,7 @@ use futures::FutureExt;
 use crate::clock::Clock;
 use crate::guard::{Admission, Guard};
 use crate::outcome::{Outcome, RetryAfter};
-use crate::processor::batch::one_per_record;
+use crate::processor::batch::{batch_key, one_per_record};
 use crate::processor::{BatchProcessor, Processor, Record};
 
 /// A borrowed processor is a processor, so a layer can wrap one it does not own.
@@ -246,24 +246,21 @@ impl<P> Guarded<'_, P> {
         }
     }
 
-    /// Whether a failed probe's record is charged: not the first time in a row (the
-    /// outage goes on, and a long one must not wear the records' retries down one probe
-    /// at a time); its second failed probe in a row is, so that a record whose own content
-    /// makes the downstream fail cannot hold the breaker open. An uncharged record goes
-    /// back with its time lock raised to the end of the new cool-down, so that the next
-    /// probe falls on another record.
+    /// What becomes of a failed probe: held back uncharged (`Some`) the first time in a
+    /// row for `key` (a record, or a batch), since the outage goes on and a long one must
+    /// not wear the records' retries down one probe at a time; charged (`None`) the second
+    /// time, so that a record whose own content makes the downstream fail cannot hold the
+    /// breaker open. Held records go back with their time lock raised to the end of the new
+    /// cool-down, so that the next probe falls on others.
     fn held_probe(
         &self,
         admission: Admission,
-        outcome: &Outcome,
-        sample_id: &str,
+        failed: bool,
+        key: &str,
         now: DateTime<Utc>,
     ) -> Option<Call> {
-        if admission == Admission::Probe
-            && matches!(outcome, Outcome::Transient { .. })
-            && !self.guard.charge_failed_probe(sample_id)
-        {
-            tracing::info!(sample_id, "probe call failed; not charged");
+        if admission == Admission::Probe && failed && !self.guard.charge_failed_probe(key) {
+            tracing::info!(key, "probe call failed; not charged");
             return Some(Call::Held {
                 until: self.guard.blocked_until(now),
             });
@@ -292,7 +289,8 @@ impl<P: Processor> Guarded<'_, P> {
         self.guard.record(&outcome, now, self.max_retry_after);
         // Weighed: nothing to give up.
         std::mem::forget(probe);
-        if let Some(held) = self.held_probe(admission, &outcome, &record.sample_id, now) {
+        let failed = matches!(outcome, Outcome::Transient { .. });
+        if let Some(held) = self.held_probe(admission, failed, &record.sample_id, now) {
             return held;
         }
         Call::Made {
@@ -307,8 +305,9 @@ impl<P: BatchProcessor> Guarded<'_, P> {
     /// Calls the batch processor for `records` if the guard admits one call no later than
     /// `deadline`: one [`Call`] per record, in their order. The guard counts the batch as
     /// one call, failed when every record failed transiently (a downstream that is down),
-    /// and pauses for the longest Retry-After such a batch asked for. A failed probe's
-    /// records are held or charged each as [`Guarded::call`] does for one.
+    /// and pauses for the longest Retry-After such a batch asked for. A probe batch that
+    /// failed so is held or charged as a whole, as [`Guarded::call`] does for one record;
+    /// one the downstream answered keeps each record's outcome.
     pub async fn call_batch(&self, records: &[Record], deadline: Instant) -> Vec<Call> {
         let admission = match self.admit(deadline).await {
             Ok(admission) => admission,
@@ -320,19 +319,23 @@ impl<P: BatchProcessor> Guarded<'_, P> {
         let outcomes = one_per_record(self.inner.process_batch(records).await, records.len());
         let took = start.elapsed();
         let now = self.clock.now();
-        self.guard
-            .record(&batch_outcome(&outcomes, now), now, self.max_retry_after);
+        let weighed = batch_outcome(&outcomes, now);
+        self.guard.record(&weighed, now, self.max_retry_after);
         std::mem::forget(probe);
+        let failed = matches!(weighed, Outcome::Transient { .. });
+        let key = match records {
+            [one] => one.sample_id.clone(),
+            _ => batch_key(records),
+        };
+        if let Some(held) = self.held_probe(admission, failed, &key, now) {
+            return vec![held; records.len()];
+        }
         outcomes
             .into_iter()
-            .zip(records)
-            .map(|(outcome, record)| {
-                self.held_probe(admission, &outcome, &record.sample_id, now)
-                    .unwrap_or(Call::Made {
-                        outcome,
-                        started_at,
-                        took,
-                    })
+            .map(|outcome| Call::Made {
+                outcome,
+                started_at,
+                took,
             })
             .collect()
     }

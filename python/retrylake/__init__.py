@@ -21,6 +21,7 @@ import concurrent.futures
 import datetime as _dt
 import decimal
 import inspect
+import itertools
 import json
 import os
 import sys
@@ -217,11 +218,10 @@ class _Caller:
 
     def _batch(self, records: list) -> list:
         """Calls the processor with the records of a batch. A record still in a call the
-        engine gave up on is waited for (up to the timeout), then left out of the call and
-        failed transiently: one call of a record at a time."""
+        engine gave up on (its timeout) is left out of the call and fails transiently at
+        once, so that its batch-mates are not held back: one call of a record at a time."""
         keys = [(self.root, r.id) for r in records]
         with _RUNNING_CHANGED:
-            _RUNNING_CHANGED.wait_for(lambda: not any(k in _RUNNING for k in keys), self.timeout)
             busy = {k for k in keys if k in _RUNNING}
             mine = [k for k in keys if k not in busy]
             _RUNNING.update(mine)
@@ -240,43 +240,64 @@ class _Caller:
                 _RUNNING_CHANGED.notify_all()
 
     def _call_batch(self, records: list) -> list:
-        """One answer per record from one call: what the processor raised applies to
-        every record, else each record takes its own result."""
+        """One answer per record from one call: what the processor raises (or a result
+        it returns lazily raises) applies to every record, else each record takes its own
+        result. The processor gets a list of its own, so reordering it changes nothing."""
+        n = len(records)
         try:
-            result = self.processor(records)
+            result = self.processor(list(records))
             if inspect.isawaitable(result):
-                answer = asyncio.run_coroutine_threadsafe(
-                    self._await(result, finish=lambda value: ("batch", value, None)), _Loop.get()
-                ).result()
-                if answer[0] != "batch":
-                    return [answer] * len(records)
-                result = answer[1]
+                result = self._on_loop(result)
+            results = self._results(records, result)
+            if any(inspect.isawaitable(r) for r in results):
+                # A list of coroutines (one per record): awaited together, each failure
+                # its record's own.
+                results = self._on_loop(_gather(results))
+        except _Answered as a:
+            return [a.answer] * n
         except BaseException as e:
-            return [self._failure(e)] * len(records)
-        return self._answers(records, result)
+            return [self._failure(e)] * n
+        return [self._answer(r) for r in results]
 
-    def _answers(self, records: list, result: Any) -> list:
-        """Each record's answer from a batch processor's result: a list with one result
-        per record in their order, or a dict by id; ``None`` is a success for all. A
-        result is a response, or an exception instance (:class:`Transient`,
-        :class:`Permanent`, any other) for that record's failure."""
-        missing = ("transient", "the batch processor gave no result for this record", None)
+    def _on_loop(self, awaitable: Any) -> Any:
+        """Awaits on the shared event loop, under the timeout: its value, or raises
+        :class:`_Answered` with the failure's answer."""
+        answer = asyncio.run_coroutine_threadsafe(
+            self._await(awaitable, finish=lambda value: ("value", value, None)), _Loop.get()
+        ).result()
+        if answer[0] != "value":
+            raise _Answered(answer)
+        return answer[1]
+
+    def _results(self, records: list, result: Any) -> list:
+        """A batch processor's result as one result per record (``_NO_RESULT`` for none): a
+        list (or any iterable) in their order, or a dict by id; ``None`` is a success for
+        all."""
+        n = len(records)
         if result is None:
-            return [("success", None, None)] * len(records)
+            return [None] * n
         if isinstance(result, Mapping):
-            return [self._answer(result[r.id]) if r.id in result else missing for r in records]
+            return [result.get(r.id, _NO_RESULT) for r in records]
         if isinstance(result, (str, bytes, bytearray)) or not isinstance(result, Iterable):
-            wrong = (
+            raise _Answered((
                 "transient",
                 f"the batch processor returned {type(result).__name__}, expected a list "
                 "with one result per record (or a dict by id)",
                 None,
-            )
-            return [wrong] * len(records)
-        results = list(result)
-        return [self._answer(results[i]) if i < len(results) else missing for i in range(len(records))]
+            ))
+        # At most one per record: an endless iterator is not read to its end.
+        results = list(itertools.islice(result, n))
+        return results + [_NO_RESULT] * (n - len(results))
 
     def _answer(self, result: Any) -> tuple:
+        if result is _NO_RESULT:
+            return ("transient", "the batch processor gave no result for this record", None)
+        if isinstance(result, type) and issubclass(result, BaseException):
+            # An exception class rather than an instance: a failure all the same.
+            try:
+                result = result()
+            except Exception:  # noqa: BLE001 - a class that needs arguments
+                return (self.other_errors, result.__name__, None)
         if isinstance(result, BaseException):
             return self._failure(result)
         return _success(result)
@@ -358,6 +379,34 @@ def _release(key: tuple) -> None:
     with _RUNNING_CHANGED:
         _RUNNING.discard(key)
         _RUNNING_CHANGED.notify_all()
+
+
+#: A record a batch processor gave no result for.
+_NO_RESULT = object()
+
+
+class _Answered(Exception):
+    """Carries the answer every record of a batch gets (a timeout, a wrong result)."""
+
+    def __init__(self, answer: tuple):
+        super().__init__(answer)
+        self.answer = answer
+
+
+async def _gather(results: list) -> list:
+    """Awaits the awaitables among ``results`` together; what one raises is its value."""
+
+    async def one(r):
+        if not inspect.isawaitable(r):
+            return r
+        try:
+            return await r
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            return e
+
+    return list(await asyncio.gather(*(one(r) for r in results)))
 
 
 def _batch_result_of(future, records: int) -> list:

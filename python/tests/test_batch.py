@@ -187,3 +187,11 @@ def test_kill_9_mid_batch_loses_and_doubles_nothing(tmp_path, kill_after):
         "GROUP BY sample_id, attempt HAVING count(*) > 1"
     )
     assert doubled.num_rows == 0, doubled.to_pylist()
+
+
+def test_an_endless_iterator_is_read_one_result_per_record(tmp_path):
+    import itertools
+
+    q = queue_with(tmp_path, ["a", "b"])
+    q.run(lambda records: itertools.repeat("ok"), now=START, call_batch=5, breaker=False)
+    assert placed(q) == {"a": ("final_results", "ok"), "b": ("final_results", "ok")}

@@ -228,8 +228,9 @@ fn bounded(mut text: String, limit: usize) -> String {
 pub(crate) struct Answers<'a> {
     index: HashMap<&'a str, usize>,
     outcomes: Vec<Option<Outcome>>,
-    /// What to say of the records no item answered.
-    unanswered: Option<String>,
+    /// How many items could not be read, and the first of them (its place and why).
+    refused: usize,
+    first_refused: Option<String>,
 }
 
 impl<'a> Answers<'a> {
@@ -242,7 +243,8 @@ impl<'a> Answers<'a> {
                 .map(|(i, r)| (r.sample_id.as_str(), i))
                 .collect(),
             outcomes: vec![None; records.len()],
-            unanswered: None,
+            refused: 0,
+            first_refused: None,
         }
     }
 
@@ -250,10 +252,6 @@ impl<'a> Answers<'a> {
     /// second item for one record makes it a transient failure unless both agree.
     pub(crate) fn answer(&mut self, id: &str, outcome: Outcome) {
         let Some(&i) = self.index.get(id) else {
-            tracing::warn!(
-                sample_id = id,
-                "the batch's answer names a record not in the batch; ignored"
-            );
             return;
         };
         match &self.outcomes[i] {
@@ -267,16 +265,27 @@ impl<'a> Answers<'a> {
         }
     }
 
-    /// Says why records without an item were not answered (a malformed line, say), in
-    /// their error message. The first reason given is kept.
-    pub(crate) fn note(&mut self, reason: String) {
-        self.unanswered.get_or_insert(reason);
+    /// Counts an item that could not be read: `place` names it (`item 3 of the answer`),
+    /// `why` says what is wrong. The first is named in the error of the records no item
+    /// answered, and in one log line for the whole answer.
+    pub(crate) fn refuse(&mut self, place: impl FnOnce() -> String, why: String) {
+        self.refused += 1;
+        if self.first_refused.is_none() {
+            self.first_refused = Some(format!("{}: {why}", place()));
+        }
     }
 
     /// One outcome per record: each item's, or for a record no item answered, `missing`
-    /// (with the noted reason appended to a failure's message).
+    /// (with the first unreadable item named in a failure's message).
     pub(crate) fn finish(self, missing: impl Fn() -> Outcome) -> Vec<Outcome> {
-        let unanswered = self.unanswered;
+        let first = self.first_refused;
+        if let Some(first) = &first {
+            tracing::warn!(
+                unreadable = self.refused,
+                "{} item(s) of a batch's answer could not be read; the first: {first}",
+                self.refused
+            );
+        }
         self.outcomes
             .into_iter()
             .map(|o| {
@@ -285,7 +294,7 @@ impl<'a> Answers<'a> {
                     if let (
                         Some(reason),
                         Outcome::Transient { error, .. } | Outcome::Permanent { error },
-                    ) = (&unanswered, &mut outcome)
+                    ) = (&first, &mut outcome)
                     {
                         error.push_str(" (");
                         error.push_str(reason);
@@ -295,6 +304,145 @@ impl<'a> Answers<'a> {
                 })
             })
             .collect()
+    }
+}
+
+/// Reads a batch's answer, as text: per-item results (a JSON array of items, or an object
+/// with a `"results"` array; see [`read_item`]) give each record its own outcome, and a
+/// record no item names fails transiently; any other answer (empty, text, another JSON
+/// value) is a success for every record, the text its response. A byte-order mark is
+/// skipped, and results sent as a JSON string are read from inside it. An answer that
+/// starts as per-item results but cannot be read (cut short, malformed, or holding more
+/// items than twice the records and 16) fails every record transiently: a failure is
+/// never taken for a success. Items are read one at a time, so memory stays that of the
+/// answer's text.
+pub(crate) fn read_answer(
+    text: &str,
+    records: &[Record],
+    transient: impl Fn(u16) -> bool,
+) -> Vec<Outcome> {
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let mut answers = Answers::new(records);
+    let read = match trimmed.as_bytes().first() {
+        Some(b'[' | b'{') => {
+            let mut items = Items {
+                answers: &mut answers,
+                transient: &transient,
+                count: 0,
+                max: records.len().saturating_mul(2).saturating_add(16),
+                seen_results: false,
+            };
+            let mut de = serde_json::Deserializer::from_str(trimmed);
+            serde::de::DeserializeSeed::deserialize(&mut items, &mut de)
+                .and_then(|()| de.end())
+                .map(|()| items.seen_results)
+        }
+        Some(b'"') => {
+            return match serde_json::from_str::<String>(trimmed) {
+                Ok(inner) if inner.trim_start().starts_with(['[', '{']) => {
+                    read_answer(&inner, records, transient)
+                }
+                _ => all_succeeded(text, records.len()),
+            };
+        }
+        _ => return all_succeeded(text, records.len()),
+    };
+    match read {
+        Ok(true) => answers
+            .finish(|| Outcome::transient("the batch's answer has no result for this record")),
+        // An object without "results": not per-item results.
+        Ok(false) => all_succeeded(text, records.len()),
+        Err(e) => vec![
+            Outcome::transient(format!("the batch's answer could not be read: {e}"));
+            records.len()
+        ],
+    }
+}
+
+/// Every record of a batch succeeded, with `text` (bounded) as its response.
+fn all_succeeded(text: &str, records: usize) -> Vec<Outcome> {
+    vec![Outcome::success(bounded(text.to_owned(), MAX_RESPONSE_BYTES)); records]
+}
+
+/// Reads the items of an answer one at a time into [`Answers`]: the top-level array, or
+/// the `"results"` array of the top-level object (whose other fields are skipped).
+struct Items<'r, 'a, F> {
+    answers: &'r mut Answers<'a>,
+    transient: &'r F,
+    count: usize,
+    max: usize,
+    /// Whether an array of results was found.
+    seen_results: bool,
+}
+
+impl<'de, F: Fn(u16) -> bool> serde::de::DeserializeSeed<'de> for &mut Items<'_, '_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: Fn(u16) -> bool> serde::de::Visitor<'de> for &mut Items<'_, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of results, or an object with a \"results\" array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.seen_results {
+            return Err(serde::de::Error::custom("two \"results\" arrays"));
+        }
+        self.seen_results = true;
+        while let Some(item) = seq.next_element::<Value>()? {
+            self.count += 1;
+            if self.count > self.max {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {} items for {} records",
+                    self.max,
+                    self.answers.outcomes.len()
+                )));
+            }
+            let n = self.count;
+            match read_item(&item, self.transient) {
+                Ok((id, outcome)) => self.answers.answer(&id, outcome),
+                Err(e) => self.answers.refuse(|| format!("item {n} of the answer"), e),
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "results" {
+                map.next_value_seed(ResultsArray(&mut *self))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of `"results"`: must be an array.
+struct ResultsArray<'i, 'r, 'a, F>(&'i mut Items<'r, 'a, F>);
+
+impl<'de, F: Fn(u16) -> bool> serde::de::DeserializeSeed<'de> for ResultsArray<'_, '_, '_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        struct Only<'i, 'r, 'a, F>(&'i mut Items<'r, 'a, F>);
+        impl<'de, F: Fn(u16) -> bool> serde::de::Visitor<'de> for Only<'_, '_, '_, F> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"results\" as an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+                serde::de::Visitor::visit_seq(&mut *self.0, seq)
+            }
+        }
+        d.deserialize_seq(Only(self.0))
     }
 }
 
@@ -398,8 +546,8 @@ mod tests {
         answers.answer("B", Outcome::permanent("no"));
         answers.answer("C", Outcome::success("ok"));
         answers.answer("C", Outcome::permanent("no"));
-        answers.note("line 3 is not JSON".into());
-        answers.note("line 4 is not JSON".into());
+        answers.refuse(|| "line 3".into(), "not JSON".into());
+        answers.refuse(|| "line 4".into(), "not JSON".into());
         let outcomes = answers.finish(|| Outcome::transient("no answer"));
         assert_eq!(
             outcomes,
@@ -407,7 +555,7 @@ mod tests {
                 Outcome::success("ok"),
                 Outcome::permanent("no"),
                 Outcome::transient("the batch's answer gives this record two different outcomes"),
-                Outcome::transient("no answer (line 3 is not JSON)"),
+                Outcome::transient("no answer (line 3: not JSON)"),
             ]
         );
     }
@@ -434,5 +582,58 @@ mod tests {
             batch_key(&[record("x", 1), record("1:y", 0)]),
             batch_key(&[record("x:1\n1:y", 0)])
         );
+    }
+
+    fn answer_of(text: &str, ids: &[&str]) -> Vec<Outcome> {
+        let records: Vec<Record> = ids.iter().map(|id| record(id, 0)).collect();
+        read_answer(text, &records, |s| s == 503)
+    }
+
+    #[test]
+    fn an_answer_is_read_per_item_or_for_all() {
+        let items = r#"[{"id": "A", "outcome": "success"}, {"id": "B", "status": 503}]"#;
+        let per_item = [
+            Outcome::Success { response: None },
+            Outcome::transient("no error given"),
+        ];
+        for text in [
+            items.to_owned(),
+            format!("\u{feff}  {items}"),
+            format!(r#"{{"took": 3, "results": {items}, "errors": true}}"#),
+            serde_json::to_string(items).unwrap(),
+        ] {
+            assert_eq!(answer_of(&text, &["A", "B"]), per_item, "{text}");
+        }
+        // Not per-item results: a success for all, the text its response.
+        for text in ["", "stored", r#"{"stored": 2}"#, "42", r#""done""#] {
+            assert_eq!(
+                answer_of(text, &["A", "B"]),
+                vec![Outcome::success(text); 2],
+                "{text}"
+            );
+        }
+        // Starts as results but cannot be read: transient for all.
+        for (text, why) in [
+            (r#"[{"id": "A", "outcome": "success"}"#, "EOF"),
+            (r#"{"results": {"A": "ok"}}"#, "\"results\" as an array"),
+            (
+                r#"{"results": [], "results": []}"#,
+                "two \"results\" arrays",
+            ),
+            (
+                "[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]",
+                "more than 18 items for 1 records",
+            ),
+            (r#"[] trailing"#, "trailing characters"),
+        ] {
+            let outcomes = answer_of(text, &["A"]);
+            let Outcome::Transient { error, .. } = &outcomes[0] else {
+                panic!("{text}: {outcomes:?}")
+            };
+            assert!(
+                error.starts_with("the batch's answer could not be read") && error.contains(why),
+                "{text}: {error}"
+            );
+        }
     }
 }

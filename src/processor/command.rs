@@ -159,9 +159,9 @@ impl Processor for CommandProcessor {
 /// Called with a batch, it runs the command once: JSON Lines of `{"id", "data",
 /// "attempt", "idempotency_key"}` on stdin, `RETRYLAKE_BATCH_SIZE` and the batch's
 /// `RETRYLAKE_IDEMPOTENCY_KEY` in the environment. Each line of its stdout answers one
-/// record (see [`read_item`]), whatever the exit status. A record no line answers takes the
-/// exit status's outcome (transient after exit 0: no answer); a line that cannot be read is
-/// logged and named, by its number, in those records' error.
+/// record (see [`read_item`]), whatever the exit status. A record no line answers fails
+/// transiently, its error the last line of stderr (or the exit status; after exit 0: no
+/// answer); a line that cannot be read is named, by its number, in those records' error.
 #[async_trait]
 impl BatchProcessor for CommandProcessor {
     async fn process_batch(&self, records: &[Record]) -> Vec<Outcome> {
@@ -193,15 +193,19 @@ impl BatchProcessor for CommandProcessor {
                 .and_then(|item| read_item(&item, |s| DEFAULT_TRANSIENT_STATUSES.contains(&s)));
             match item {
                 Ok((id, outcome)) => answers.answer(&id, outcome),
-                Err(e) => {
-                    let e = format!("answer line {} of the command: {e}", n + 1);
-                    tracing::warn!("{e}");
-                    answers.note(e);
-                }
+                Err(e) => answers.refuse(|| format!("answer line {} of the command", n + 1), e),
             }
         }
+        // A record the command left unanswered fails transiently, whatever the exit
+        // status: the record that made it give up cannot be told from the ones it never
+        // read, who should not die with it (a record is failed permanently by its line).
         answers.finish(|| {
-            finished.outcome(|| Outcome::transient("the command gave no answer for this record"))
+            match finished
+                .outcome(|| Outcome::transient("the command gave no answer for this record"))
+            {
+                Outcome::Permanent { error } => Outcome::transient(error),
+                outcome => outcome,
+            }
         })
     }
 }

@@ -12,10 +12,12 @@ use std::error::Error as _;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{Client, Response, Url};
 
-use super::batch::{Answers, MAX_BATCH_ANSWER, batch_key, read_item, record_json};
+use super::batch::{MAX_BATCH_ANSWER, batch_key, read_answer, record_json};
 use super::{BatchProcessor, MAX_RESPONSE_BYTES, Processor, Record};
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, RetryAfter};
@@ -111,6 +113,23 @@ impl HttpProcessor {
             Ok(response) => response,
             Err(failed) => return all(failed),
         };
+        let unreadable = |why: String| {
+            all(Outcome::transient(format!(
+                "the batch's answer could not be read: {why}"
+            )))
+        };
+        // Built without decompression: a compressed answer cannot be read, and must not
+        // pass for a success.
+        if let Some(encoding) = response
+            .headers()
+            .get(CONTENT_ENCODING)
+            .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+            return unreadable(format!(
+                "it is sent with Content-Encoding {encoding}, and only plain answers are read"
+            ));
+        }
         let limit = self
             .max_response_bytes
             .saturating_mul(records.len())
@@ -120,63 +139,13 @@ impl HttpProcessor {
                 "the batch's answer is larger than {limit} bytes: not read (send smaller \
                  batches with --call-batch)"
             ))),
-            Ok(body) => read_answer(&body, records, |s| self.transient.contains(&s)),
+            Ok(body) => match std::str::from_utf8(&body) {
+                Ok(text) => read_answer(text, records, |s| self.transient.contains(&s)),
+                Err(e) => unreadable(format!("it is not UTF-8 text ({e})")),
+            },
             Err(e) => all(transport_failure(&e)),
         }
     }
-}
-
-/// Reads a batch's 2xx answer: per-item results (a JSON array of items, or an object
-/// with a `"results"` array; see [`read_item`]) give each record its own outcome, and a
-/// record no item names fails transiently; any other answer (empty, text, another JSON
-/// value) is a success for every record, the body its response. An answer that starts as
-/// per-item results but cannot be read fails every record transiently: a failure must
-/// never be taken for a success.
-fn read_answer(body: &[u8], records: &[Record], transient: impl Fn(u16) -> bool) -> Vec<Outcome> {
-    let text = String::from_utf8_lossy(body);
-    let trimmed = text.trim_start();
-    let unreadable = |e: String| {
-        vec![
-            Outcome::transient(format!("the batch's answer could not be read: {e}"));
-            records.len()
-        ]
-    };
-    let items = match trimmed.as_bytes().first() {
-        Some(b'[') => match serde_json::from_str::<Vec<serde_json::Value>>(trimmed) {
-            Ok(items) => items,
-            Err(e) => return unreadable(format!("not a JSON array of results: {e}")),
-        },
-        Some(b'{') => match serde_json::from_str::<serde_json::Value>(trimmed) {
-            Ok(serde_json::Value::Object(mut object)) => match object.remove("results") {
-                Some(serde_json::Value::Array(items)) => items,
-                Some(_) => return unreadable("\"results\" is not an array".into()),
-                None => return all_succeeded(&text, records.len()),
-            },
-            Ok(_) => return all_succeeded(&text, records.len()),
-            Err(e) => return unreadable(format!("not JSON: {e}")),
-        },
-        _ => return all_succeeded(&text, records.len()),
-    };
-    let mut answers = Answers::new(records);
-    for (n, item) in items.iter().enumerate() {
-        match read_item(item, &transient) {
-            Ok((id, outcome)) => answers.answer(&id, outcome),
-            Err(e) => {
-                tracing::warn!("item {} of the batch's answer: {e}", n + 1);
-                answers.note(format!("item {} of the answer: {e}", n + 1));
-            }
-        }
-    }
-    answers.finish(|| Outcome::transient("the batch's answer has no result for this record"))
-}
-
-/// Every record of a batch succeeded, with `body` (bounded) as its response.
-fn all_succeeded(body: &str, records: usize) -> Vec<Outcome> {
-    let mut end = body.len().min(MAX_RESPONSE_BYTES);
-    while !body.is_char_boundary(end) {
-        end -= 1;
-    }
-    vec![Outcome::success(&body[..end]); records]
 }
 
 #[async_trait]

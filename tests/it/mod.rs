@@ -5,6 +5,7 @@ mod enqueue;
 mod errors;
 mod guard;
 mod hostile;
+mod hostile_batch;
 mod http;
 mod lease;
 mod library;
