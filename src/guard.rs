@@ -572,6 +572,7 @@ pub(crate) mod tests {
         let busy = Outcome::Transient {
             error: "HTTP 503".into(),
             retry_after: Some(RetryAfter::Delay(Duration::from_secs(20))),
+            class: None,
         };
         guard.record(&busy, at(0), Duration::from_secs(3600));
         assert_eq!(guard.blocked_until(at(5)), Some(at(20)));
@@ -580,6 +581,7 @@ pub(crate) mod tests {
         let long = Outcome::Transient {
             error: "HTTP 429".into(),
             retry_after: Some(RetryAfter::At(at(100_000))),
+            class: None,
         };
         guard.record(&long, at(1), Duration::from_secs(60));
         assert_eq!(guard.blocked_until(at(2)), Some(at(61)));
@@ -622,6 +624,7 @@ pub(crate) mod tests {
         let hostile = Outcome::Transient {
             error: "HTTP 503".into(),
             retry_after: Some(RetryAfter::Delay(Duration::from_secs(u64::MAX))),
+            class: None,
         };
         // The README's default ceiling: a day after the call.
         guard.record(&hostile, at(0), Duration::from_secs(86_400));
@@ -775,6 +778,7 @@ pub(crate) mod tests {
             .prop_map(|asked| Outcome::Transient {
                 error: "HTTP 503".into(),
                 retry_after: Some(asked),
+                class: None,
             }),
         ]
     }

@@ -361,6 +361,7 @@ fn batch_outcome(outcomes: &[Outcome], now: DateTime<Utc>) -> Outcome {
     Outcome::Transient {
         error: "the whole batch failed".into(),
         retry_after: latest,
+        class: None,
     }
 }
 
@@ -534,6 +535,7 @@ mod tests {
         let busy = Outcome::Transient {
             error: "HTTP 503".into(),
             retry_after: Some(RetryAfter::Delay(Duration::from_secs(20))),
+            class: None,
         };
         let guarded = Guarded::new(
             Answer::at_once(busy.clone()),
@@ -564,6 +566,7 @@ mod tests {
         let busy = Outcome::Transient {
             error: "HTTP 429".into(),
             retry_after: Some(RetryAfter::Delay(Duration::from_secs(20))),
+            class: None,
         };
         guard.record(&busy, at(0), Duration::from_secs(3600));
         let guarded = Guarded::new(
@@ -758,10 +761,12 @@ mod tests {
                 Outcome::Transient {
                     error: "503".into(),
                     retry_after: Some(RetryAfter::Delay(Duration::from_secs(10))),
+                    class: None,
                 },
                 Outcome::Transient {
                     error: "503".into(),
                     retry_after: Some(RetryAfter::At(at(40))),
+                    class: None,
                 },
             ],
             guard.clone(),

@@ -59,6 +59,7 @@ mod queue;
 mod redrive;
 mod report;
 mod round;
+mod rules;
 mod shard;
 mod status;
 pub mod store;
@@ -72,7 +73,7 @@ pub use guard::{Admission, BreakerConfig, BreakerState, Guard, GuardConfig, Rate
 pub use input::{Fields, INVALID_ID_PREFIX, InputFormat, MAX_ID_LEN};
 pub use layer::{Call, CatchPanic, Guarded, Timeout};
 pub use monitor::Commit;
-pub use outcome::{Outcome, OutcomeKind, RetryAfter};
+pub use outcome::{ErrorClass, Outcome, OutcomeKind, RetryAfter};
 pub use policy::{Jitter, RetryDecision, RetryPolicy, RetryPolicyBuilder};
 pub use processor::{
     BatchProcessor, Calls, CommandProcessor, HttpProcessor, Processor, ProcessorKind,
@@ -84,6 +85,7 @@ pub use round::{
     DEFAULT_CALL_BATCH, MAX_LEASE, MIN_LEASE, MISSING_PAYLOAD, OutcomeCounts, Phases, Progress,
     ROUND_BATCH, RoundConfig, RoundReport,
 };
+pub use rules::{Action, MAX_RULES, Rule, Rules, Snooze};
 pub use shard::Shard;
 pub use status::{ErrorCount, Status};
 pub use store::{AsOf, Maintained, Maintenance, RowRetention, StorageOptions};

@@ -30,6 +30,29 @@ impl RetryAfter {
     }
 }
 
+/// What kind of failure a call was, for rules to match ([`Rules`](crate::Rules)): set by
+/// the built-in processors, and by yours with [`Outcome::with_class`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// An HTTP status: the `http` processor's answer, or a batch item's `"status"`.
+    Status(u16),
+    /// A command's exit status: the `command` processor.
+    Exit(i32),
+    /// A name a processor gives its failure (`"deadlock"`; from Python, the exception's
+    /// type name unless it names another; a batch item's `"class"`).
+    Named(String),
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorClass::Status(s) => write!(f, "HTTP status {s}"),
+            ErrorClass::Exit(c) => write!(f, "exit status {c}"),
+            ErrorClass::Named(n) => write!(f, "class {n}"),
+        }
+    }
+}
+
 /// How one call to a processor ended: what a [`Processor`](crate::Processor) returns.
 ///
 /// ```
@@ -42,6 +65,7 @@ impl RetryAfter {
 ///         429 => Outcome::Transient {
 ///             error: "rate limited".into(),
 ///             retry_after: Some(RetryAfter::Delay(Duration::from_secs(60))),
+///             class: None,
 ///         },
 ///         500..=599 => Outcome::transient(format!("HTTP {status}")),
 ///         _ => Outcome::permanent(format!("HTTP {status}: {body}")),
@@ -64,11 +88,15 @@ pub enum Outcome {
         /// The earliest the downstream asked to be called again. The record's time lock
         /// is raised to at least this, up to the round's ceiling.
         retry_after: Option<RetryAfter>,
+        /// What kind of failure it was, for rules to match.
+        class: Option<ErrorClass>,
     },
     /// A failure that retrying cannot fix (bad data, 4xx): the record is dead-lettered.
     Permanent {
         /// What happened, stored as the record's `error_msg`.
         error: String,
+        /// What kind of failure it was, for rules to match.
+        class: Option<ErrorClass>,
     },
 }
 
@@ -85,6 +113,7 @@ impl Outcome {
         Outcome::Transient {
             error: error.into(),
             retry_after: None,
+            class: None,
         }
     }
 
@@ -92,6 +121,39 @@ impl Outcome {
     pub fn permanent(error: impl Into<String>) -> Self {
         Outcome::Permanent {
             error: error.into(),
+            class: None,
+        }
+    }
+
+    /// The failure with its class set, for rules to match; a success is unchanged.
+    ///
+    /// ```
+    /// use retrylake::{ErrorClass, Outcome};
+    ///
+    /// let deadlock = Outcome::transient("deadlock detected").with_class("deadlock");
+    /// assert_eq!(deadlock.class(), Some(&ErrorClass::Named("deadlock".into())));
+    /// ```
+    pub fn with_class(mut self, class: impl Into<ErrorClass>) -> Self {
+        if let Outcome::Transient { class: c, .. } | Outcome::Permanent { class: c, .. } = &mut self
+        {
+            *c = Some(class.into());
+        }
+        self
+    }
+
+    /// The failure's class, if it has one.
+    pub fn class(&self) -> Option<&ErrorClass> {
+        match self {
+            Outcome::Success { .. } => None,
+            Outcome::Transient { class, .. } | Outcome::Permanent { class, .. } => class.as_ref(),
+        }
+    }
+
+    /// The failure's message; `None` for a success.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Success { .. } => None,
+            Outcome::Transient { error, .. } | Outcome::Permanent { error, .. } => Some(error),
         }
     }
 
@@ -102,6 +164,18 @@ impl Outcome {
             Outcome::Transient { .. } => OutcomeKind::Transient,
             Outcome::Permanent { .. } => OutcomeKind::Permanent,
         }
+    }
+}
+
+impl From<&str> for ErrorClass {
+    fn from(name: &str) -> Self {
+        ErrorClass::Named(name.to_owned())
+    }
+}
+
+impl From<String> for ErrorClass {
+    fn from(name: String) -> Self {
+        ErrorClass::Named(name)
     }
 }
 

@@ -835,11 +835,13 @@ fn journal_row(
             journal.disposition = Disposition::Final;
             journal.response = response;
         }
-        Outcome::Permanent { error } => {
+        Outcome::Permanent { error, .. } => {
             journal.error_msg = Some(error);
             journal.reason = Some(DeadReason::Permanent);
         }
-        Outcome::Transient { error, retry_after } => {
+        Outcome::Transient {
+            error, retry_after, ..
+        } => {
             journal.error_msg = Some(error);
             let count = u32::try_from(row.retry_count).unwrap_or(0);
             match config.policy.decide(count, rng) {
@@ -957,6 +959,7 @@ mod tests {
         let asked = |retry_after| Outcome::Transient {
             error: "429".into(),
             retry_after: Some(retry_after),
+            class: None,
         };
         // Ten minutes asked, two of backoff: ten.
         let d = one(

@@ -254,6 +254,7 @@ fn outcome_of((kind, text, retry_after): Answer) -> Outcome {
         _ => Outcome::Transient {
             error: text.unwrap_or_default(),
             retry_after: retry_after.and_then(retry_after_delay),
+            class: None,
         },
     }
 }

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{MAX_RESPONSE_BYTES, Record};
-use crate::outcome::{Outcome, RetryAfter};
+use crate::outcome::{ErrorClass, Outcome, RetryAfter};
 
 /// Sends many records to an external system in one call and classifies what happened to
 /// each.
@@ -173,11 +173,23 @@ pub fn read_item(
         },
         (None, None) => return Err("neither \"outcome\" nor \"status\"".into()),
     };
+    // A class the item names, else its status.
+    let class = match (
+        fields.get("class"),
+        fields.get("status").and_then(Value::as_u64),
+    ) {
+        (Some(Value::String(name)), _) => Some(ErrorClass::Named(bounded(name.clone(), 200))),
+        (_, Some(status)) => u16::try_from(status).ok().map(ErrorClass::Status),
+        _ => None,
+    };
     let outcome = match kind {
         Kind::Success => Outcome::Success {
             response: text("response", MAX_RESPONSE_BYTES),
         },
-        Kind::Permanent => Outcome::permanent(error()),
+        Kind::Permanent => Outcome::Permanent {
+            error: error(),
+            class,
+        },
         Kind::Transient => Outcome::Transient {
             error: error(),
             retry_after: fields
@@ -187,6 +199,7 @@ pub fn read_item(
                 .map(|s| {
                     RetryAfter::Delay(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
                 }),
+            class,
         },
     };
     Ok((id, outcome))
@@ -293,7 +306,7 @@ impl<'a> Answers<'a> {
                     let mut outcome = missing();
                     if let (
                         Some(reason),
-                        Outcome::Transient { error, .. } | Outcome::Permanent { error },
+                        Outcome::Transient { error, .. } | Outcome::Permanent { error, .. },
                     ) = (&first, &mut outcome)
                     {
                         error.push_str(" (");
@@ -480,7 +493,8 @@ mod tests {
                 "B".into(),
                 Outcome::Transient {
                     error: "busy".into(),
-                    retry_after: Some(RetryAfter::Delay(Duration::from_secs(30)))
+                    retry_after: Some(RetryAfter::Delay(Duration::from_secs(30))),
+                    class: None,
                 }
             ))
         );

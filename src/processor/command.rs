@@ -18,7 +18,7 @@ use tokio::process::Command;
 use super::batch::{Answers, MAX_BATCH_ANSWER, batch_key, read_item, record_json};
 use super::http::DEFAULT_TRANSIENT_STATUSES;
 use super::{BatchProcessor, MAX_RESPONSE_BYTES, Processor, Record};
-use crate::outcome::Outcome;
+use crate::outcome::{ErrorClass, Outcome};
 
 /// Exit status that marks a transient failure (`EX_TEMPFAIL` from `sysexits.h`).
 pub const EX_TEMPFAIL: i32 = 75;
@@ -127,8 +127,10 @@ impl Finished {
         let message = |fallback: String| last_line(&self.stderr).unwrap_or(fallback);
         match self.status.code() {
             Some(0) => on_success(),
-            Some(EX_TEMPFAIL) => Outcome::transient(message(format!("exit status {EX_TEMPFAIL}"))),
-            Some(code) => Outcome::permanent(message(format!("exit status {code}"))),
+            Some(EX_TEMPFAIL) => Outcome::transient(message(format!("exit status {EX_TEMPFAIL}")))
+                .with_class(ErrorClass::Exit(EX_TEMPFAIL)),
+            Some(code) => Outcome::permanent(message(format!("exit status {code}")))
+                .with_class(ErrorClass::Exit(code)),
             None => {
                 use std::os::unix::process::ExitStatusExt;
                 let signal = self.status.signal().unwrap_or_default();
@@ -203,7 +205,11 @@ impl BatchProcessor for CommandProcessor {
             match finished
                 .outcome(|| Outcome::transient("the command gave no answer for this record"))
             {
-                Outcome::Permanent { error } => Outcome::transient(error),
+                Outcome::Permanent { error, class } => Outcome::Transient {
+                    error,
+                    retry_after: None,
+                    class,
+                },
                 outcome => outcome,
             }
         })

@@ -20,7 +20,7 @@ use reqwest::{Client, Response, Url};
 use super::batch::{MAX_BATCH_ANSWER, batch_key, read_answer, record_json};
 use super::{BatchProcessor, MAX_RESPONSE_BYTES, Processor, Record};
 use crate::error::{Error, Result};
-use crate::outcome::{Outcome, RetryAfter};
+use crate::outcome::{ErrorClass, Outcome, RetryAfter};
 
 /// The statuses that are transient unless configured otherwise.
 pub const DEFAULT_TRANSIENT_STATUSES: [u16; 7] = [408, 425, 429, 500, 502, 503, 504];
@@ -85,10 +85,15 @@ impl HttpProcessor {
                 error.push_str(body);
             }
         }
+        let class = Some(ErrorClass::Status(status.as_u16()));
         Err(if self.transient.contains(&status.as_u16()) {
-            Outcome::Transient { error, retry_after }
+            Outcome::Transient {
+                error,
+                retry_after,
+                class,
+            }
         } else {
-            Outcome::Permanent { error }
+            Outcome::Permanent { error, class }
         })
     }
 

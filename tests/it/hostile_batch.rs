@@ -563,6 +563,7 @@ async fn a_probe_batch_the_downstream_answered_keeps_each_records_outcome() {
     let asked = Outcome::Transient {
         error: "HTTP 429".into(),
         retry_after: Some(RetryAfter::Delay(Duration::from_secs(600))),
+        class: None,
     };
     let stored = Outcome::success("stored");
     let batch = Guarded::new(
