@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
             retry_count: 0,
             process_after: now,
             enqueued_at: now,
+            snoozes: 0,
         });
     }
     let batch = QueueRow::to_batch(&rows)?;

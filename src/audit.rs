@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::store::{AttemptKind, AttemptRow, DeadRow, FinalRow, QueueRow, Store, Table};
+use crate::store::{
+    AttemptKind, AttemptRow, DeadRow, Disposition, FinalRow, QueueRow, Store, Table,
+};
 
 /// What an audit found. A healthy queue has every list empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,11 +86,12 @@ pub async fn audit(store: &Store) -> Result<Audit> {
     let mut journaled: HashMap<&str, (usize, bool)> = HashMap::new();
     for a in ordered {
         let entry = journaled.entry(a.sample_id.as_str()).or_default();
-        match a.outcome {
-            AttemptKind::Redrive => entry.0 = 0,
-            AttemptKind::Transient => entry.0 += 1,
-            AttemptKind::Success => entry.1 = true,
-            AttemptKind::Permanent => {}
+        match (a.outcome, a.disposition) {
+            (AttemptKind::Redrive, _) => entry.0 = 0,
+            // A retry counted (a snooze counts none; a rule may retry a permanent failure).
+            (_, Disposition::Retry) => entry.0 += 1,
+            (AttemptKind::Success, _) => entry.1 = true,
+            _ => {}
         }
     }
     audit.unjournaled_finals = finals

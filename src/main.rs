@@ -17,7 +17,7 @@ use retrylake::{
     AsOf, BatchProcessor, BreakerConfig, Calls, EnqueueOptions, Fields, FixedClock, Guard,
     GuardConfig, InputFormat, Jitter, Maintenance, Processor, ProcessorKind, ProcessorOptions,
     Progress, Queue, Rate, RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds,
-    RowRetention, Shard, Shutdown, Status, Until, WorkerName, run_rounds,
+    RowRetention, Rules, Shard, Shutdown, Status, Until, WorkerName, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -243,6 +243,10 @@ struct RunArgs {
     /// Most calls in flight at once (batches, with --call-batch).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
+    /// Rules that give some failures another treatment (permanent, their own schedule, or
+    /// a snooze that counts no retry), from a TOML file (see the README).
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// Send records in batches of at most N per call: http POSTs a JSON array, command
     /// reads JSON Lines on stdin, and each answers per record (see the README). A batch
     /// is cut from the records due and never waits to fill.
@@ -471,10 +475,11 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
     run_rounds(&mut queue, processor.calls(), &config, &rounds, |r| {
         if let Some(round) = r.round {
             tracing::info!(
-                "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered in {:.2?}",
+                "round {round}: {} processed, {} succeeded, {} to retry, {} snoozed, {} dead-lettered in {:.2?}",
                 r.processed,
                 r.succeeded,
                 r.retried,
+                r.snoozed,
                 r.dead_lettered,
                 r.phases.read + r.phases.process + r.phases.commit()
             );
@@ -849,6 +854,10 @@ async fn prepare(
         call_batch: args
             .call_batch
             .map_or(retrylake::DEFAULT_CALL_BATCH, |n| n as usize),
+        rules: Arc::new(match &args.rules {
+            Some(path) => Rules::load(path)?,
+            None => Rules::none(),
+        }),
         timeout: args.timeout,
         allow_empty_payload: args.allow_empty_payload,
         seed: args.seed,
@@ -942,6 +951,9 @@ fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result
                 "round {round}: {} processed, {} succeeded, {} to retry, {} dead-lettered",
                 report.processed, report.succeeded, report.retried, report.dead_lettered
             )?;
+            if report.snoozed > 0 {
+                write!(out, ", {} snoozed", report.snoozed)?;
+            }
             if report.deferred > 0 {
                 write!(out, ", {} not called", report.deferred)?;
             }
@@ -1021,6 +1033,13 @@ fn print_status(out: &mut impl Write, s: &Status) -> Result<()> {
         "retry queue    {:>8} waiting, {} due now",
         s.waiting, s.due
     )?;
+    if s.snoozed > 0 {
+        writeln!(
+            out,
+            "snoozed        {:>8} waiting out a snooze (no retry counted)",
+            s.snoozed
+        )?;
+    }
     writeln!(out, "retries        avg {avg}, max {max}")?;
     writeln!(out, "next due       {next}")?;
     writeln!(out, "final results  {:>8}", s.final_count)?;

@@ -21,6 +21,8 @@ pub struct Metrics {
     permanent: u64,
     conflicts: u64,
     deferred: u64,
+    snoozes: u64,
+    snoozed: i64,
     paused: bool,
     waiting: i64,
     due: i64,
@@ -34,6 +36,7 @@ impl Metrics {
     pub fn record(&mut self, report: &RoundReport, status: &Status, at: DateTime<Utc>) {
         self.conflicts += report.conflicts;
         self.deferred += report.deferred as u64;
+        self.snoozes += report.snoozed as u64;
         self.paused = report.paused_until.is_some_and(|until| until > at);
         if report.round.is_some() {
             self.rounds += 1;
@@ -47,6 +50,7 @@ impl Metrics {
         }
         self.waiting = status.waiting;
         self.due = status.due;
+        self.snoozed = status.snoozed;
         self.dead = status.dead;
     }
 
@@ -86,6 +90,18 @@ impl Metrics {
             "counter",
             "Claimed records not called because calls were paused (breaker, Retry-After).",
             &[("", self.deferred.to_string())],
+        );
+        metric(
+            "retrylake_snoozes_total",
+            "counter",
+            "Failures a rule snoozed: the record waits, no retry counted.",
+            &[("", self.snoozes.to_string())],
+        );
+        metric(
+            "retrylake_snoozed",
+            "gauge",
+            "Records in retry_queue waiting out a snooze (not a retry).",
+            &[("", self.snoozed.to_string())],
         );
         metric(
             "retrylake_calls_paused",

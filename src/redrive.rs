@@ -122,6 +122,7 @@ async fn redrive_once(
             retry_count: 0,
             payload: d.payload,
             response: None,
+            rule: None,
         })
         .collect();
     let tag = CommitTag::round("redrive", REDRIVE_WORKER, round).with("redriven", rows.len());

@@ -16,6 +16,7 @@ use crate::layer::{Call, CatchPanic, Guarded, Timeout};
 use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Calls, Record};
+use crate::rules::{Action, Rules};
 use crate::shard::Shard;
 use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, oldest_first};
 use crate::store::journal::Settle;
@@ -81,6 +82,9 @@ pub struct RoundConfig {
     /// downstream; shared by every round run with this config (clones share it). Default
     /// value is [`Guard::default`]: the breaker on, no rate limit.
     pub guard: Guard,
+    /// Rules that give some failures another treatment than `policy` (see [`Rules`]).
+    /// Default value is none.
+    pub rules: std::sync::Arc<Rules>,
 }
 
 impl Default for RoundConfig {
@@ -98,6 +102,7 @@ impl Default for RoundConfig {
             progress: None,
             lease: Duration::from_secs(15 * 60),
             guard: Guard::default(),
+            rules: Default::default(),
         }
     }
 }
@@ -183,8 +188,11 @@ pub struct RoundReport {
     pub processed: usize,
     /// Records that went to `final_results`.
     pub succeeded: usize,
-    /// Records left in `retry_queue` with a new time lock.
+    /// Records left in `retry_queue` with a new time lock, one retry counted.
     pub retried: usize,
+    /// Records a rule snoozed: left in `retry_queue` with a new time lock, no retry
+    /// counted.
+    pub snoozed: usize,
     /// Records that went to `dead_letter_queue`.
     pub dead_lettered: usize,
     /// The earliest `process_after` left in the queue, `None` when it is empty.
@@ -511,6 +519,7 @@ impl Decision {
             processed: self.rows.len(),
             succeeded: placed(Disposition::Final),
             retried: placed(Disposition::Retry),
+            snoozed: placed(Disposition::Snooze),
             dead_lettered: placed(Disposition::Dead),
             deferred: self.deferred,
             phases,
@@ -544,9 +553,14 @@ fn decide(
     for (mut row, tried) in due.into_iter().zip(tried) {
         match tried {
             Tried::Called(attempt) => {
-                let enqueued_at = row.enqueued_at;
+                let (enqueued_at, snoozes) = (row.enqueued_at, row.snoozes);
                 let journal = journal_row(row, attempt, round, worker, config, &mut rng);
-                if journal.disposition == Disposition::Retry {
+                let snoozes = match journal.disposition {
+                    Disposition::Retry => Some(0),
+                    Disposition::Snooze => Some(snoozes.saturating_add(1)),
+                    _ => None,
+                };
+                if let Some(snoozes) = snoozes {
                     decision.retried.push(QueueRow {
                         sample_id: journal.sample_id.clone(),
                         payload: journal.payload.clone(),
@@ -554,6 +568,7 @@ fn decide(
                         retry_count: journal.retry_count,
                         process_after: journal.process_after.unwrap_or(journal.finished_at),
                         enqueued_at,
+                        snoozes,
                     });
                 }
                 decision.rows.push(journal);
@@ -611,6 +626,7 @@ async fn journal_and_settle(
         .with("deferred", report.deferred)
         .with("succeeded", report.succeeded)
         .with("retried", report.retried)
+        .with("snoozed", report.snoozed)
         .with("dead_lettered", report.dead_lettered);
     match store.commit_round(rows, &tag, Some(settle)).await {
         Err(Error::LeaseLost { .. }) => Ok(false),
@@ -804,7 +820,11 @@ fn journaled_kind(outcome: &Outcome) -> AttemptKind {
     }
 }
 
-/// Decides where a record goes after an attempt, as the journal row that records it.
+/// Decides where a record goes after an attempt, as the journal row that records it: the
+/// first rule matching a failure decides its treatment (see [`Rules`](crate::Rules)),
+/// else a transient failure is retried on the round's schedule and a permanent one is
+/// dead. A snooze past its rule's caps (snoozes in a row, the record's age) is treated as
+/// a failure no rule matched.
 fn journal_row(
     row: QueueRow,
     attempt: Attempt,
@@ -813,6 +833,7 @@ fn journal_row(
     config: &RoundConfig,
     rng: &mut SmallRng,
 ) -> AttemptRow {
+    let rule = config.rules.find(&attempt.outcome);
     let mut journal = AttemptRow {
         round,
         worker: worker.to_owned(),
@@ -829,33 +850,52 @@ fn journal_row(
         retry_count: row.retry_count,
         payload: row.payload,
         response: None,
+        rule: rule.map(|r| r.name.clone()),
     };
-    match attempt.outcome {
+    let (error, retry_after, transient) = match attempt.outcome {
         Outcome::Success { response } => {
             journal.disposition = Disposition::Final;
             journal.response = response;
-        }
-        Outcome::Permanent { error, .. } => {
-            journal.error_msg = Some(error);
-            journal.reason = Some(DeadReason::Permanent);
+            return journal;
         }
         Outcome::Transient {
             error, retry_after, ..
-        } => {
-            journal.error_msg = Some(error);
-            let count = u32::try_from(row.retry_count).unwrap_or(0);
-            match config.policy.decide(count, rng) {
-                RetryDecision::Exhausted => journal.reason = Some(DeadReason::RetriesExhausted),
-                RetryDecision::Retry { retry_count, delay } => {
-                    let end = attempt.finished_at;
-                    let backoff = add_saturating(end, delay);
-                    let asked =
-                        retry_after.map_or(backoff, |r| r.until(end, config.max_retry_after));
-                    journal.disposition = Disposition::Retry;
-                    journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
-                    journal.process_after = Some(ceil_millis(backoff.max(asked)));
-                }
-            }
+        } => (error, retry_after, true),
+        Outcome::Permanent { error, .. } => (error, None, false),
+    };
+    journal.error_msg = Some(error);
+    let end = attempt.finished_at;
+    // The time a call that ended now may be followed by another: after `delay`, or later
+    // if the downstream asked.
+    let lock = |delay: Duration| {
+        let after = add_saturating(end, delay);
+        let asked = retry_after.map_or(after, |r| r.until(end, config.max_retry_after));
+        ceil_millis(after.max(asked))
+    };
+    let policy = match rule.map(|r| &r.action) {
+        Some(Action::Snooze(snooze))
+            if u32::try_from(row.snoozes).unwrap_or(u32::MAX) < snooze.max_snoozes
+                && end < add_saturating(row.enqueued_at, snooze.max_age) =>
+        {
+            journal.disposition = Disposition::Snooze;
+            journal.process_after = Some(lock(snooze.wait));
+            return journal;
+        }
+        Some(Action::Permanent) => None,
+        Some(Action::Transient(policy)) => Some(policy),
+        Some(Action::Snooze(_)) | None => transient.then_some(&config.policy),
+    };
+    let Some(policy) = policy else {
+        journal.reason = Some(DeadReason::Permanent);
+        return journal;
+    };
+    let count = u32::try_from(row.retry_count).unwrap_or(0);
+    match policy.decide(count, rng) {
+        RetryDecision::Exhausted => journal.reason = Some(DeadReason::RetriesExhausted),
+        RetryDecision::Retry { retry_count, delay } => {
+            journal.disposition = Disposition::Retry;
+            journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
+            journal.process_after = Some(lock(delay));
         }
     }
     journal
@@ -882,6 +922,7 @@ mod tests {
             retry_count,
             process_after: at(0),
             enqueued_at: at(-60),
+            snoozes: 0,
         }
     }
 

@@ -172,6 +172,10 @@ impl Rules {
     /// ```
     pub fn parse(text: &str) -> std::result::Result<Rules, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        Rules::from_file(file)
+    }
+
+    fn from_file(file: File) -> std::result::Result<Rules, String> {
         if file.rule.len() > MAX_RULES {
             return Err(format!("{} rules, at most {MAX_RULES}", file.rule.len()));
         }
@@ -190,6 +194,13 @@ impl Rules {
             rules.push(rule);
         }
         Ok(Rules { rules })
+    }
+
+    /// Reads rules from JSON text of the same shape as the TOML file (`{"rule": [...]}`):
+    /// how the Python package hands over rules given as dicts.
+    pub fn parse_json(text: &str) -> std::result::Result<Rules, String> {
+        let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Rules::from_file(file)
     }
 
     /// The first rule matching a failure; `None` for a success or a failure no rule

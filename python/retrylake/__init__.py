@@ -54,20 +54,38 @@ class Transient(Exception):
 
     ``retry_after`` (seconds or a ``timedelta``) is the earliest the downstream asked to
     be called again; the record's time lock is raised to at least that, up to the run's
-    ``max_retry_after``.
+    ``max_retry_after``. ``error_class`` names the kind of failure for the run's
+    ``rules`` to match (``class = [...]``).
     """
 
-    def __init__(self, message: str = "", retry_after: Optional[Duration] = None):
+    def __init__(
+        self,
+        message: str = "",
+        retry_after: Optional[Duration] = None,
+        error_class: Optional[str] = None,
+    ):
         super().__init__(message)
         if retry_after is not None:
             retry_after = _seconds("retry_after", retry_after)
             if not retry_after >= 0:  # negative, or NaN
                 raise ValueError(f"retry_after must be 0 or more seconds, got {retry_after}")
         self.retry_after = retry_after
+        self.error_class = _error_class(error_class)
 
 
 class Permanent(Exception):
-    """A failure retrying cannot fix (bad data, a 4xx): the record is dead-lettered."""
+    """A failure retrying cannot fix (bad data, a 4xx): the record is dead-lettered.
+    ``error_class`` names the kind of failure for the run's ``rules`` to match."""
+
+    def __init__(self, message: str = "", error_class: Optional[str] = None):
+        super().__init__(message)
+        self.error_class = _error_class(error_class)
+
+
+def _error_class(error_class: Optional[str]) -> Optional[str]:
+    if error_class is not None and not isinstance(error_class, str):
+        raise TypeError(f"error_class must be a str, got {error_class!r}")
+    return error_class
 
 
 @dataclass(frozen=True)
@@ -357,17 +375,20 @@ class _Caller:
         return finish(response)
 
     def _failure(self, e: BaseException):
+        # A rule's class: the one the exception names, else its type's name.
+        named = getattr(e, "error_class", None)
+        error_class = named if isinstance(named, str) else type(e).__name__
         if isinstance(e, Transient):
-            return ("transient", _message(e, "Transient"), _retry_after(e))
+            return ("transient", _message(e, "Transient"), _retry_after(e), error_class)
         if isinstance(e, Permanent):
-            return ("permanent", _message(e, "Permanent"), None)
+            return ("permanent", _message(e, "Permanent"), None, error_class)
         if isinstance(e, asyncio.CancelledError):
             return ("transient", "cancelled", None)
         if not isinstance(e, Exception):
             # KeyboardInterrupt, SystemExit: stop after this round, then raise it.
             self.interrupted = self.interrupted or e
             return ("transient", f"interrupted ({_describe(e)})", None)
-        return (self.other_errors, _describe(e), None)
+        return (self.other_errors, _describe(e), None, _valid_utf8(error_class))
 
 
 #: The records with a call running, by queue root: one call of a record at a time.
@@ -611,7 +632,10 @@ class Queue:
         processor takes one record; N: it takes a list of at most N records and returns a
         list with one result per record, in their order, or a dict by id, each a response
         or an exception instance for that record's failure; what it raises applies to the
-        whole batch). Durations are seconds or ``timedelta``.
+        whole batch), ``rules`` (None; a path to a rules TOML file, or a list of dicts of the
+        same shape: ``[{"name": "throttled", "class": ["RateLimited"], "action": "snooze",
+        "wait": "1m"}]``; an exception's class is its ``error_class`` or its type's name).
+        Durations are seconds or ``timedelta``.
         """
         return self._rounds(processor, "drained", options, now=now)
 
@@ -698,6 +722,7 @@ class Queue:
         max_retry_after=86400.0,
         maintenance=True,
         call_batch=None,
+        rules=None,
     )
     _DURATIONS = (
         "poll",
@@ -723,6 +748,18 @@ class Queue:
         concurrency = settings["concurrency"]
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
+        rules = settings.pop("rules")
+        if rules is None:
+            settings["rules_file"], settings["rules_json"] = None, None
+        elif isinstance(rules, (str, os.PathLike)):
+            settings["rules_file"], settings["rules_json"] = os.fspath(rules), None
+        elif isinstance(rules, Sequence) and not isinstance(rules, (bytes, bytearray)):
+            if not all(isinstance(r, Mapping) for r in rules):
+                raise TypeError("rules must be a path to a TOML file or a list of dicts")
+            settings["rules_file"] = None
+            settings["rules_json"] = json.dumps({"rule": [dict(r) for r in rules]})
+        else:
+            raise TypeError(f"rules must be a path to a TOML file or a list of dicts, got {rules!r}")
         call_batch = settings["call_batch"]
         if call_batch is not None and (isinstance(call_batch, bool) or not isinstance(call_batch, int)):
             raise TypeError(f"call_batch must be an int or None, got {call_batch!r}")

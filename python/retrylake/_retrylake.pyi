@@ -74,6 +74,8 @@ class Queue:
         max_retry_after: float,
         maintenance: bool,
         call_batch: Optional[int],
+        rules_file: Optional[str],
+        rules_json: Optional[str],
     ) -> str: ...
     def status(self, now: Optional[str] = None) -> str: ...
     def query(

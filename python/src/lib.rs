@@ -33,7 +33,7 @@ use retrylake::store::Table;
 use retrylake::{
     AsOf, BatchProcessor, BreakerConfig, Calls, Clock, EnqueueOptions, Error, FixedClock, Guard,
     GuardConfig, Maintenance, Outcome, Processor, Record, RedriveFilter, RetryAfter, RetryPolicy,
-    RoundConfig, Rounds, Shutdown, SystemClock, Until, WorkerName,
+    RoundConfig, Rounds, Rules, Shutdown, SystemClock, Until, WorkerName,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -210,8 +210,36 @@ struct PyProcessor {
     caller: Py<PyAny>,
 }
 
-/// What `done` receives.
-type Answer = (String, Option<String>, Option<f64>);
+/// What `done` receives: `(kind, text, retry_after_seconds)`, and the failure's class as
+/// a fourth item when it has one.
+struct Answer {
+    kind: String,
+    text: Option<String>,
+    retry_after: Option<f64>,
+    class: Option<String>,
+}
+
+impl Answer {
+    /// Reads the tuple `done` was given.
+    fn read(answer: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let answer = answer.cast::<pyo3::types::PyTuple>()?;
+        let class = match answer.len() {
+            3 => None,
+            4 => answer.get_item(3)?.extract()?,
+            n => {
+                return Err(PyValueError::new_err(format!(
+                    "an answer has 3 or 4 items, got {n}"
+                )));
+            }
+        };
+        Ok(Answer {
+            kind: answer.get_item(0)?.extract()?,
+            text: answer.get_item(1)?.extract()?,
+            retry_after: answer.get_item(2)?.extract()?,
+            class,
+        })
+    }
+}
 
 #[async_trait::async_trait]
 impl Processor for PyProcessor {
@@ -220,7 +248,7 @@ impl Processor for PyProcessor {
         let tx = Mutex::new(Some(tx));
         let submitted = Python::attach(|py| -> PyResult<()> {
             let done = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
-                let answer: Answer = args.get_item(0)?.extract()?;
+                let answer = Answer::read(&args.get_item(0)?)?;
                 if let Some(tx) = tx.lock().expect("not poisoned").take() {
                     // The round may have stopped waiting (its timeout): nothing to do then.
                     let _ = tx.send(answer);
@@ -247,14 +275,20 @@ impl Processor for PyProcessor {
 }
 
 /// The outcome an answer names.
-fn outcome_of((kind, text, retry_after): Answer) -> Outcome {
-    match kind.as_str() {
-        "success" => Outcome::Success { response: text },
-        "permanent" => Outcome::permanent(text.unwrap_or_default()),
+fn outcome_of(answer: Answer) -> Outcome {
+    let class = answer.class.map(retrylake::ErrorClass::Named);
+    match answer.kind.as_str() {
+        "success" => Outcome::Success {
+            response: answer.text,
+        },
+        "permanent" => Outcome::Permanent {
+            error: answer.text.unwrap_or_default(),
+            class,
+        },
         _ => Outcome::Transient {
-            error: text.unwrap_or_default(),
-            retry_after: retry_after.and_then(retry_after_delay),
-            class: None,
+            error: answer.text.unwrap_or_default(),
+            retry_after: answer.retry_after.and_then(retry_after_delay),
+            class,
         },
     }
 }
@@ -273,7 +307,11 @@ impl BatchProcessor for PyBatchProcessor {
         let tx = Mutex::new(Some(tx));
         let submitted = Python::attach(|py| -> PyResult<()> {
             let done = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
-                let answers: Vec<Answer> = args.get_item(0)?.extract()?;
+                let answers = args
+                    .get_item(0)?
+                    .try_iter()?
+                    .map(|a| Answer::read(&a?))
+                    .collect::<PyResult<Vec<Answer>>>()?;
                 if let Some(tx) = tx.lock().expect("not poisoned").take() {
                     let _ = tx.send(answers);
                 }
@@ -571,7 +609,7 @@ impl Queue {
         call, until, now, poll, limit, concurrency, timeout, lease, max_retries,
         base_backoff, multiplier, max_backoff, jitter, seed, shard, rate, breaker,
         breaker_failure_rate, breaker_window, breaker_min_calls, breaker_cool_down,
-        allow_empty_payload, max_retry_after, maintenance, call_batch
+        allow_empty_payload, max_retry_after, maintenance, call_batch, rules_file, rules_json
     ))]
     fn rounds(
         &self,
@@ -601,7 +639,16 @@ impl Queue {
         max_retry_after: f64,
         maintenance: bool,
         call_batch: Option<usize>,
+        rules_file: Option<String>,
+        rules_json: Option<String>,
     ) -> PyResult<String> {
+        let rules = match (rules_file, rules_json) {
+            (Some(path), _) => Rules::load(std::path::Path::new(&path)).map_err(py_err)?,
+            (None, Some(json)) => {
+                Rules::parse_json(&json).map_err(|e| invalid(format!("rules: {e}")))?
+            }
+            (None, None) => Rules::none(),
+        };
         let policy = RetryPolicy::builder()
             .base(seconds("base_backoff", base_backoff)?)
             .multiplier(multiplier)
@@ -632,6 +679,7 @@ impl Queue {
             limit,
             concurrency,
             call_batch: call_batch.unwrap_or(retrylake::DEFAULT_CALL_BATCH),
+            rules: Arc::new(rules),
             timeout: seconds("timeout", timeout)?,
             allow_empty_payload,
             seed,

@@ -500,11 +500,22 @@ mod tests {
         );
         assert_eq!(
             item(r#"{"id": "C", "status": 429}"#),
-            Ok(("C".into(), Outcome::transient("no error given")))
+            Ok((
+                "C".into(),
+                Outcome::transient("no error given").with_class(ErrorClass::Status(429))
+            ))
         );
         assert_eq!(
             item(r#"{"id": "C", "status": 422, "error": "bad lab"}"#),
-            Ok(("C".into(), Outcome::permanent("bad lab")))
+            Ok((
+                "C".into(),
+                Outcome::permanent("bad lab").with_class(ErrorClass::Status(422))
+            ))
+        );
+        // A class named wins over the status.
+        assert_eq!(
+            item(r#"{"id": "C", "status": 500, "class": "deadlock", "error": "x"}"#),
+            Ok(("C".into(), Outcome::transient("x").with_class("deadlock")))
         );
         assert_eq!(
             item(r#"{"id": "C", "status": 201}"#),
@@ -608,7 +619,7 @@ mod tests {
         let items = r#"[{"id": "A", "outcome": "success"}, {"id": "B", "status": 503}]"#;
         let per_item = [
             Outcome::Success { response: None },
-            Outcome::transient("no error given"),
+            Outcome::transient("no error given").with_class(ErrorClass::Status(503)),
         ];
         for text in [
             items.to_owned(),

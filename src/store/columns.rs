@@ -115,6 +115,34 @@ impl Columns<'_> {
         self.required(name, self.opt_time(name)?)
     }
 
+    /// An added column ([`Table::added_columns`]): null in every row of a file written
+    /// before it was.
+    fn added<A: Array + Clone + 'static, T>(
+        &self,
+        name: &str,
+        ty: DataType,
+        values: impl Fn(&A) -> Vec<Option<T>>,
+    ) -> Result<Vec<Option<T>>> {
+        if self.batch.column_by_name(name).is_none() {
+            return Ok(std::iter::repeat_with(|| None)
+                .take(self.batch.num_rows())
+                .collect());
+        }
+        Ok(values(&self.column::<A>(name, ty)?))
+    }
+
+    /// An added integer column (see [`Columns::added`]).
+    pub fn added_int(&self, name: &str) -> Result<Vec<Option<i32>>> {
+        self.added(name, DataType::Int32, |a: &Int32Array| a.iter().collect())
+    }
+
+    /// An added string column (see [`Columns::added`]).
+    pub fn added_str(&self, name: &str) -> Result<Vec<Option<String>>> {
+        self.added(name, DataType::Utf8, |a: &StringArray| {
+            a.iter().map(|v| v.map(str::to_owned)).collect()
+        })
+    }
+
     /// The values of a column that may hold no null.
     fn required<T>(&self, name: &str, values: Vec<Option<T>>) -> Result<Vec<T>> {
         values

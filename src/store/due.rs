@@ -742,6 +742,7 @@ mod tests {
                 retry_count: 0,
                 process_after: now,
                 enqueued_at: now,
+                snoozes: 0,
             })
             .collect();
         (now, rows)
@@ -887,6 +888,7 @@ mod tests {
                 retry_count: 0,
                 payload: r.payload.clone(),
                 response: None,
+                rule: None,
             })
             .collect()
     }

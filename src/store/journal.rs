@@ -574,6 +574,14 @@ impl Store {
                         retry_count: a.retry_count,
                         error_msg: a.error_msg.clone(),
                         process_after: a.process_after.unwrap_or(a.finished_at),
+                        snoozes: 0,
+                        ..row
+                    }),
+                    Some(a) if a.disposition == Disposition::Snooze => retried.push(QueueRow {
+                        retry_count: a.retry_count,
+                        error_msg: a.error_msg.clone(),
+                        process_after: a.process_after.unwrap_or(a.finished_at),
+                        snoozes: row.snoozes.saturating_add(1),
                         ..row
                     }),
                     Some(_) => {}
@@ -622,6 +630,7 @@ fn redriven_rows(rows: &[AttemptRow]) -> Vec<QueueRow> {
             retry_count: r.retry_count,
             process_after: r.process_after.unwrap_or(r.finished_at),
             enqueued_at: r.finished_at,
+            snoozes: 0,
         })
         .collect()
 }
@@ -665,7 +674,7 @@ fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
         .iter()
         .map(|r| {
             Some(match r.disposition {
-                Disposition::Retry => "retry",
+                Disposition::Retry | Disposition::Snooze => "retry",
                 _ => "delete",
             })
         })

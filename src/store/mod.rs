@@ -114,8 +114,19 @@ impl Store {
         } else {
             refuse_unsafe_commits(root, &options)?;
         }
+        Store::open_tables(root, options, local, true).await
+    }
+
+    /// Opens (or creates) the four tables, adding the columns a table made by an older
+    /// retrylake lacks when `upgrade` (a writer), not when reading.
+    async fn open_tables(
+        root: &str,
+        options: StorageOptions,
+        local: bool,
+        upgrade: bool,
+    ) -> Result<Store> {
         let tables = futures::future::try_join_all(
-            Store::order().map(|table| open_or_create(root, &options, table, local)),
+            Store::order().map(|table| open_or_create(root, &options, table, local, upgrade)),
         )
         .await?;
         let tables: [DeltaTable; 4] = tables.try_into().expect("four tables");
@@ -183,8 +194,8 @@ impl Store {
                 missing,
             });
         }
-        // All four exist, so this opens them and creates nothing.
-        Store::open_with(root, options).await
+        // All four exist, so this opens them and creates nothing; nor does it upgrade them.
+        Store::open_tables(root, options, local, false).await
     }
 
     /// Opens the same tables again, independently of this one (to read old versions).
@@ -571,6 +582,7 @@ async fn open_or_create(
     options: &StorageOptions,
     table: Table,
     local: bool,
+    upgrade: bool,
 ) -> Result<DeltaTable> {
     let location = format!("{}/{}", root.trim_end_matches('/'), table.name());
     if local {
@@ -612,7 +624,53 @@ async fn open_or_create(
     };
     let schema = t.snapshot().map_err(table_error(table))?.schema();
     table.check_schema(&schema)?;
-    Ok(t)
+    if !upgrade {
+        return Ok(t);
+    }
+    add_columns(t, table).await
+}
+
+/// Adds the columns a later retrylake added ([`Table::added_columns`]) to a table made
+/// before, in one metadata commit (`ADD COLUMNS`, recorded in its history). A commit lost
+/// to another writer (another process upgrading it, a round) is tried again on the table
+/// read anew.
+async fn add_columns(mut t: DeltaTable, table: Table) -> Result<DeltaTable> {
+    for attempt in 0.. {
+        let schema = t.snapshot().map_err(table_error(table))?.schema();
+        let missing = table.missing_columns(&schema);
+        if missing.is_empty() {
+            return Ok(t);
+        }
+        let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+        let before = t.clone();
+        let added = t
+            .add_columns()
+            .with_fields(missing)
+            .with_commit_properties(
+                CommitTag::operation("upgrade")
+                    .with("columns", names.join(","))
+                    .properties(),
+            )
+            .await;
+        match added {
+            Ok(upgraded) => {
+                tracing::info!(table = table.name(), columns = ?names, "added columns");
+                return Ok(upgraded);
+            }
+            Err(e) if attempt >= 5 => return Err(table_error(table)(e)),
+            Err(e) => {
+                tracing::debug!(
+                    table = table.name(),
+                    "upgrade lost a race, reading again: {e}"
+                );
+                t = before;
+                t.update_incremental(None)
+                    .await
+                    .map_err(table_error(table))?;
+            }
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Refuses settings under which delta-rs would commit to S3 by renaming files: retrylake's

@@ -105,6 +105,7 @@ impl Table {
                 ("retry_count", Int, false),
                 ("process_after", Timestamp, false),
                 ("enqueued_at", Timestamp, false),
+                ("snoozes", Int, true),
             ],
             Table::FinalResults => &[
                 ("sample_id", Str, false),
@@ -137,6 +138,7 @@ impl Table {
                 ("retry_count", Int, false),
                 ("payload", Str, true),
                 ("response", Str, true),
+                ("rule", Str, true),
             ],
         }
     }
@@ -159,10 +161,33 @@ impl Table {
         ))
     }
 
-    /// Checks that an existing table has every column retrylake needs, with its type.
+    /// The columns a later retrylake added to the table: a table made before lacks them
+    /// until a writer opens it ([`Table::missing_columns`]), and a file written before
+    /// reads them as null.
+    pub(crate) fn added_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::RetryQueue => &["snoozes"],
+            Table::Attempts => &["rule"],
+            Table::FinalResults | Table::DeadLetterQueue => &[],
+        }
+    }
+
+    /// The added columns ([`Table::added_columns`]) a table's `schema` lacks, as Delta
+    /// fields.
+    pub(crate) fn missing_columns(self, schema: &StructType) -> Vec<StructField> {
+        self.delta_columns()
+            .into_iter()
+            .filter(|f| self.added_columns().contains(&f.name().as_str()))
+            .filter(|f| schema.field(f.name()).is_none())
+            .collect()
+    }
+
+    /// Checks that an existing table has every column retrylake needs, with its type (an
+    /// added column may be missing: see [`Table::added_columns`]).
     pub(crate) fn check_schema(self, schema: &StructType) -> Result<()> {
         for &(name, ty, _) in self.columns() {
             match schema.field(name) {
+                None if self.added_columns().contains(&name) => {}
                 None => {
                     return Err(Error::Schema {
                         table: self.name(),
@@ -201,6 +226,9 @@ pub struct QueueRow {
     pub process_after: DateTime<Utc>,
     /// When the record entered the queue.
     pub enqueued_at: DateTime<Utc>,
+    /// Snoozes in a row since its last counted attempt (a rule's `snooze`): 0 for none
+    /// (column `snoozes`, null for none).
+    pub snoozes: i32,
 }
 
 /// A row of `final_results`.
@@ -338,20 +366,23 @@ impl AttemptKind {
 pub enum Disposition {
     /// To `final_results` (`final`).
     Final,
-    /// Back into `retry_queue` with a new time lock (`retry`).
+    /// Back into `retry_queue` with a new time lock, one retry counted (`retry`).
     Retry,
     /// To `dead_letter_queue` (`dead`).
     Dead,
     /// From `dead_letter_queue` back into `retry_queue` (`redrive`).
     Redrive,
+    /// Back into `retry_queue`, no retry counted: a rule's snooze (`snooze`).
+    Snooze,
 }
 
 impl Disposition {
-    const ALL: [Disposition; 4] = [
+    const ALL: [Disposition; 5] = [
         Disposition::Final,
         Disposition::Retry,
         Disposition::Dead,
         Disposition::Redrive,
+        Disposition::Snooze,
     ];
 
     /// The column's text.
@@ -361,6 +392,7 @@ impl Disposition {
             Disposition::Retry => "retry",
             Disposition::Dead => "dead",
             Disposition::Redrive => "redrive",
+            Disposition::Snooze => "snooze",
         }
     }
 }
@@ -415,6 +447,9 @@ pub struct AttemptRow {
     pub payload: Option<String>,
     /// The processor's response, for successes.
     pub response: Option<String>,
+    /// The rule that decided the attempt, `None` for the default treatment (column
+    /// `rule`).
+    pub rule: Option<String>,
 }
 
 /// A string column, its buffers sized up front (growing them copies the whole column).
@@ -429,6 +464,10 @@ fn strings<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone) -> ArrayRe
 
 fn ints(values: impl Iterator<Item = i32>) -> ArrayRef {
     Arc::new(Int32Array::from_iter_values(values))
+}
+
+fn opt_ints(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
+    Arc::new(values.collect::<Int32Array>())
 }
 
 fn longs(values: impl Iterator<Item = i64>) -> ArrayRef {
@@ -492,6 +531,7 @@ impl QueueRow {
                 ints(rows.iter().map(|r| r.retry_count)),
                 times(rows.iter().map(|r| Some(lock.unwrap_or(r.process_after)))),
                 times(rows.iter().map(|r| Some(r.enqueued_at))),
+                opt_ints(rows.iter().map(|r| (r.snoozes != 0).then_some(r.snoozes))),
             ],
         )
     }
@@ -511,6 +551,7 @@ impl QueueRow {
                 ints(std::iter::repeat_n(0, n)),
                 times(std::iter::repeat_n(Some(now), n)),
                 times(std::iter::repeat_n(Some(now), n)),
+                opt_ints(std::iter::repeat_n(None, n)),
             ],
         )
     }
@@ -538,6 +579,7 @@ impl Rows for QueueRow {
             c.time("process_after")?,
             c.time("enqueued_at")?,
         );
+        let snoozes = c.added_int("snoozes")?;
         Ok((0..batch.num_rows())
             .map(|i| QueueRow {
                 sample_id: std::mem::take(&mut ids[i]),
@@ -546,6 +588,7 @@ impl Rows for QueueRow {
                 retry_count: counts[i],
                 process_after: after[i],
                 enqueued_at: enqueued[i],
+                snoozes: snoozes[i].unwrap_or(0),
             })
             .collect())
     }
@@ -704,6 +747,7 @@ impl Rows for AttemptRow {
                 ints(rows.iter().map(|r| r.retry_count)),
                 strings(rows.iter().map(|r| r.payload.as_deref())),
                 strings(rows.iter().map(|r| r.response.as_deref())),
+                strings(rows.iter().map(|r| r.rule.as_deref())),
             ],
         )
     }
@@ -747,6 +791,7 @@ impl Rows for AttemptRow {
             c.opt_str("payload")?,
             c.opt_str("response")?,
         );
+        let mut rules = c.added_str("rule")?;
         Ok((0..batch.num_rows())
             .map(|i| AttemptRow {
                 round: rounds[i],
@@ -764,6 +809,7 @@ impl Rows for AttemptRow {
                 retry_count: counts[i],
                 payload: std::mem::take(&mut payloads[i]),
                 response: std::mem::take(&mut responses[i]),
+                rule: std::mem::take(&mut rules[i]),
             })
             .collect())
     }

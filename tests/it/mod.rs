@@ -16,6 +16,7 @@ mod object_store;
 mod races;
 mod redrive;
 mod round;
+mod rules;
 mod s3;
 mod server;
 mod traps;

@@ -215,7 +215,7 @@ fn tables_are_delta_tables_with_the_designed_schema() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for (name, columns) in [
-            ("retry_queue", "sample_id:string payload:string error_msg:string retry_count:integer process_after:timestamp enqueued_at:timestamp"),
+            ("retry_queue", "sample_id:string payload:string error_msg:string retry_count:integer process_after:timestamp enqueued_at:timestamp snoozes:integer"),
             ("final_results", "sample_id:string data:string processed_at:timestamp attempts:integer response:string"),
             ("dead_letter_queue", "sample_id:string payload:string error_msg:string retry_count:integer failed_at:timestamp reason:string"),
         ] {
