@@ -175,3 +175,38 @@ pub async fn serve(addr: &str, metrics: Arc<Mutex<Metrics>>) -> Result<std::net:
     });
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snoozes_are_counted_apart_from_retries() {
+        let report = RoundReport {
+            round: Some(1),
+            retried: 1,
+            snoozed: 2,
+            ..RoundReport::default()
+        };
+        let status = Status {
+            waiting: 3,
+            due: 0,
+            snoozed: 2,
+            avg_retries: None,
+            max_retries: None,
+            next_due: None,
+            final_count: 0,
+            dead: 0,
+            dead_by_error: Vec::new(),
+            needed_retry: 0,
+            recovered: 0,
+            recovered_share: None,
+        };
+        let mut metrics = Metrics::default();
+        metrics.record(&report, &status, Utc::now());
+        metrics.record(&report, &status, Utc::now());
+        let text = metrics.render();
+        assert!(text.contains("\nretrylake_snoozes_total 4\n"), "{text}");
+        assert!(text.contains("\nretrylake_snoozed 2\n"), "{text}");
+    }
+}

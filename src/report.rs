@@ -78,12 +78,14 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
 <h1>retrylake</h1><div class="muted">{root} &middot; report at {now}</div>
 <div class="cards">
 <div class="card"><b>{waiting}</b>waiting</div><div class="card"><b>{due}</b>due now</div>
+<div class="card"><b>{snoozed}</b>snoozed (no retry counted)</div>
 <div class="card"><b>{final_count}</b>final</div><div class="card"><b>{dead_count}</b>dead letters</div>
 <div class="card"><b>{recovered}</b>recovered after a retry</div></div>"#,
         root = escape(store.root()),
         now = now.format("%Y-%m-%d %H:%M:%S UTC"),
         waiting = status.waiting,
         due = status.due,
+        snoozed = status.snoozed,
         final_count = status.final_count,
         dead_count = status.dead,
         recovered = recovered_share(store).await?,

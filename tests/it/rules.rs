@@ -144,6 +144,13 @@ fn each_failure_a_rule_matches_is_treated_as_the_rule_says() {
     );
     let text = env.ok(&["status", "--now", NOW]);
     assert!(text.contains("2 waiting out a snooze"), "{text}");
+    let report = env.path("report.html");
+    env.ok(&["report", "--out", report.to_str().unwrap(), "--now", NOW]);
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("<b>2</b>snoozed (no retry counted)"),
+        "the report shows them"
+    );
     // The audit agrees: a snooze counts no retry, a rule's retry of a permanent failure
     // counts one.
     assert_each_once(&env.data(), &ids.map(String::from));
