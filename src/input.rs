@@ -420,7 +420,8 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// What kind of JSON value this is, for an error naming it ("a number").
+pub(crate) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

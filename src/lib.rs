@@ -18,9 +18,11 @@
 //!   [`query`](Queue::query) them in SQL, [`redrive`](Queue::redrive) dead letters.
 //! - [`Processor`]: what a round calls for each record, returning an [`Outcome`] for a
 //!   [`Record`]; [`HttpProcessor`], [`CommandProcessor`] and [`SimulateProcessor`] come
-//!   built in.
-//! - [`RoundConfig`]: how a round runs (concurrency, timeout, lease, shard, the
-//!   [`Guard`] of breaker and rate limit), with its [`RetryPolicy`].
+//!   built in. A [`BatchProcessor`] takes many records in one call, one outcome each
+//!   (the same three implement it); [`Calls`] says which a round uses.
+//! - [`RoundConfig`]: how a round runs (concurrency, batch size, timeout, lease, shard, the
+//!   [`Guard`] of breaker and rate limit), with its [`RetryPolicy`] and the [`Rules`] that
+//!   give some failures (by [`ErrorClass`] or message) another treatment.
 //! - [`Error`]: what stops the queue itself; a failing record is an [`Outcome`], never an
 //!   error.
 //! - [`store`]: the tables' rows, for reading them directly.

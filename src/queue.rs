@@ -153,6 +153,7 @@ impl Queue {
     /// Brings every table up to this worker's last journaled round (after a crash);
     /// returns the rounds it re-applied.
     pub async fn recover(&mut self) -> Result<Vec<i64>> {
+        self.store.upgrade().await?;
         self.store.recover(self.worker.as_str()).await
     }
 
@@ -163,6 +164,7 @@ impl Queue {
         options: &EnqueueOptions,
     ) -> Result<EnqueueReport> {
         self.store.refresh().await?;
+        self.store.upgrade().await?;
         self.recover().await?;
         let now = self.clock.now();
         enqueue(&mut self.store, now, path, options).await
@@ -179,6 +181,7 @@ impl Queue {
         skip_invalid: bool,
     ) -> Result<EnqueueReport> {
         self.store.refresh().await?;
+        self.store.upgrade().await?;
         self.recover().await?;
         let now = self.clock.now();
         enqueue_parsed(&mut self.store, now, source, input, skip_invalid).await
@@ -196,6 +199,7 @@ impl Queue {
         let processor = processor.into();
         config.check()?;
         self.store.refresh().await?;
+        self.store.upgrade().await?;
         if self.recovered_all {
             self.store.recover(self.worker.as_str()).await?;
             // A redrive has no lease that would bring a half-applied one to a claim.
@@ -221,6 +225,7 @@ impl Queue {
 
     /// Moves the dead letters matching `filter` back into `retry_queue`, due now.
     pub async fn redrive(&mut self, filter: &RedriveFilter) -> Result<RedriveReport> {
+        self.store.upgrade().await?;
         let now = self.clock.now();
         redrive(&mut self.store, now, filter).await
     }
@@ -261,6 +266,7 @@ impl Queue {
     /// Compacts `tables` and checkpoints them (see [`Store::optimize`]).
     pub async fn optimize(&mut self, tables: &[Table]) -> Result<Vec<Optimized>> {
         self.store.refresh().await?;
+        self.store.upgrade().await?;
         self.store.optimize(tables).await
     }
 
@@ -268,6 +274,7 @@ impl Queue {
     /// [`run_rounds`](crate::run_rounds) does after every round. Rows' ages
     /// ([`RowRetention`](crate::RowRetention)) are measured on the queue's clock.
     pub async fn maintain(&mut self, policy: &Maintenance) -> Result<Vec<Maintained>> {
+        self.store.upgrade().await?;
         let now = self.clock.now();
         self.store.maintain(policy, now).await
     }
@@ -276,6 +283,7 @@ impl Queue {
     /// [`Store::vacuum`]).
     pub async fn vacuum(&mut self, retain: Duration) -> Result<Vec<Vacuumed>> {
         self.store.refresh().await?;
+        self.store.upgrade().await?;
         self.store.vacuum(retain).await
     }
 

@@ -734,6 +734,8 @@ fn call_window(lease: Duration, timeout: Duration) -> Duration {
 /// One call's result and timing.
 struct Attempt {
     outcome: Outcome,
+    /// Decided without a call (a missing payload): no rule applies.
+    uncalled: bool,
     started_at: DateTime<Utc>,
     finished_at: DateTime<Utc>,
     duration: Duration,
@@ -772,6 +774,7 @@ fn missing_payload(row: &QueueRow, clock: &dyn Clock, config: &RoundConfig) -> O
     let at = clock.now();
     Some(Tried::Called(Attempt {
         outcome: Outcome::permanent(MISSING_PAYLOAD),
+        uncalled: true,
         started_at: at,
         finished_at: at,
         duration: Duration::ZERO,
@@ -796,6 +799,7 @@ fn tried_of(call: Call, clock: &dyn Clock) -> Tried {
             took,
         } => Tried::Called(Attempt {
             outcome,
+            uncalled: false,
             started_at,
             finished_at: clock.now(),
             duration: took,
@@ -821,8 +825,9 @@ fn journaled_kind(outcome: &Outcome) -> AttemptKind {
 }
 
 /// Decides where a record goes after an attempt, as the journal row that records it: the
-/// first rule matching a failure decides its treatment (see [`Rules`](crate::Rules)),
-/// else a transient failure is retried on the round's schedule and a permanent one is
+/// first rule matching a failure of a call decides its treatment (see
+/// [`Rules`](crate::Rules); a record failed uncalled for its missing payload is dead), else
+/// a transient failure is retried on the round's schedule and a permanent one is
 /// dead. A snooze past its rule's caps (snoozes in a row, the record's age) is treated as
 /// a failure no rule matched.
 fn journal_row(
@@ -833,7 +838,10 @@ fn journal_row(
     config: &RoundConfig,
     rng: &mut SmallRng,
 ) -> AttemptRow {
-    let rule = config.rules.find(&attempt.outcome);
+    let rule = match attempt.uncalled {
+        true => None,
+        false => config.rules.find(&attempt.outcome),
+    };
     let mut journal = AttemptRow {
         round,
         worker: worker.to_owned(),
@@ -930,6 +938,7 @@ mod tests {
     fn called(outcome: Outcome) -> Tried {
         Tried::Called(Attempt {
             outcome,
+            uncalled: false,
             started_at: at(1),
             finished_at: at(1),
             duration: Duration::ZERO,

@@ -102,11 +102,11 @@ enum Failure {
 #[serde(deny_unknown_fields)]
 struct RuleFile {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "statuses")]
     status: Vec<u16>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exit_codes")]
     exit_code: Vec<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "classes")]
     class: Vec<String>,
     message: Option<String>,
     outcome: Option<Failure>,
@@ -121,6 +121,40 @@ struct RuleFile {
     wait: Option<String>,
     max_snoozes: Option<u32>,
     max_age: Option<String>,
+}
+
+/// One value or a list of them (`status = 429` or `status = [429, 503]`); `field` names
+/// the field in the error.
+fn one_or_many<'de, D, T>(d: D, field: &str, what: &str) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    match OneOrMany::<T>::deserialize(d) {
+        Ok(OneOrMany::One(v)) => Ok(vec![v]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(format!(
+            "{field} must be {what}, or a list of them"
+        ))),
+    }
+}
+
+fn statuses<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<u16>, D::Error> {
+    one_or_many(d, "status", "an HTTP status (a number from 100 to 599)")
+}
+
+fn exit_codes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i32>, D::Error> {
+    one_or_many(d, "exit_code", "an exit status (a number from 0 to 255)")
+}
+
+fn classes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    one_or_many(d, "class", "a class name (a string)")
 }
 
 #[derive(Deserialize)]
@@ -199,8 +233,19 @@ impl Rules {
     /// Reads rules from JSON text of the same shape as the TOML file (`{"rule": [...]}`):
     /// how the Python package hands over rules given as dicts.
     pub fn parse_json(text: &str) -> std::result::Result<Rules, String> {
-        let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        Rules::from_file(file)
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Values {
+            rule: Vec<serde_json::Value>,
+        }
+        let values: Values = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let rule = values
+            .rule
+            .into_iter()
+            .enumerate()
+            .map(|(n, v)| serde_json::from_value(v).map_err(|e| format!("rule {}: {e}", n + 1)))
+            .collect::<std::result::Result<Vec<RuleFile>, String>>()?;
+        Rules::from_file(File { rule })
     }
 
     /// The first rule matching a failure; `None` for a success or a failure no rule
@@ -259,6 +304,12 @@ impl Rule {
         }
         if let Some(bad) = r.status.iter().find(|s| !(100..=599).contains(*s)) {
             return Err(format!("status {bad} is not an HTTP status (100 to 599)"));
+        }
+        if let Some(bad) = r.exit_code.iter().find(|c| !(0..=255).contains(*c)) {
+            return Err(format!(
+                "exit_code {bad} is not an exit status (0 to 255; a command killed by a signal \
+                 has none: match its message, \"killed by signal N\")"
+            ));
         }
         let message = r
             .message
@@ -523,11 +574,33 @@ mod tests {
                 "wait",
             ),
             ("[[rule]\n", "TOML parse error"),
+            (
+                "[[rule]]\nname = \"a\"\nstatus = \"429\"\naction = \"permanent\"",
+                "status must be an HTTP status",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nclass = 3\naction = \"permanent\"",
+                "class must be a class name",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nexit_code = [-9]\naction = \"permanent\"",
+                "exit_code -9 is not an exit status",
+            ),
         ] {
             let err = Rules::parse(text).unwrap_err();
             assert!(err.contains(wrong), "{text}: {err}");
         }
         assert!(Rules::parse("").unwrap().is_empty());
+        // One value stands for a list of one.
+        let one = Rules::parse(
+            "[[rule]]\nname = \"a\"\nstatus = 429\nclass = \"x\"\naction = \"permanent\"",
+        );
+        assert!(one.is_ok(), "{one:?}");
+        let err = Rules::parse_json(r#"{"rule": [{"name": "a", "status": [429], "action": "permanent"}, {"name": "b", "wait": 3}]}"#).unwrap_err();
+        assert!(
+            err.starts_with("rule 2: invalid type: integer `3`"),
+            "{err}"
+        );
     }
 
     #[test]

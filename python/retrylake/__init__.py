@@ -70,7 +70,8 @@ class Transient(Exception):
             if not retry_after >= 0:  # negative, or NaN
                 raise ValueError(f"retry_after must be 0 or more seconds, got {retry_after}")
         self.retry_after = retry_after
-        self.error_class = _error_class(error_class)
+        if error_class is not None:  # else a class attribute of a subclass, if any
+            self.error_class = _error_class(error_class)
 
 
 class Permanent(Exception):
@@ -79,7 +80,8 @@ class Permanent(Exception):
 
     def __init__(self, message: str = "", error_class: Optional[str] = None):
         super().__init__(message)
-        self.error_class = _error_class(error_class)
+        if error_class is not None:  # else a class attribute of a subclass, if any
+            self.error_class = _error_class(error_class)
 
 
 def _error_class(error_class: Optional[str]) -> Optional[str]:
@@ -377,7 +379,7 @@ class _Caller:
     def _failure(self, e: BaseException):
         # A rule's class: the one the exception names, else its type's name.
         named = getattr(e, "error_class", None)
-        error_class = named if isinstance(named, str) else type(e).__name__
+        error_class = _valid_utf8(named if isinstance(named, str) else type(e).__name__)
         if isinstance(e, Transient):
             return ("transient", _message(e, "Transient"), _retry_after(e), error_class)
         if isinstance(e, Permanent):
@@ -388,7 +390,7 @@ class _Caller:
             # KeyboardInterrupt, SystemExit: stop after this round, then raise it.
             self.interrupted = self.interrupted or e
             return ("transient", f"interrupted ({_describe(e)})", None)
-        return (self.other_errors, _describe(e), None, _valid_utf8(error_class))
+        return (self.other_errors, _describe(e), None, error_class)
 
 
 #: The records with a call running, by queue root: one call of a record at a time.
@@ -757,7 +759,7 @@ class Queue:
             if not all(isinstance(r, Mapping) for r in rules):
                 raise TypeError("rules must be a path to a TOML file or a list of dicts")
             settings["rules_file"] = None
-            settings["rules_json"] = json.dumps({"rule": [dict(r) for r in rules]})
+            settings["rules_json"] = json.dumps({"rule": [_rule(n, r) for n, r in enumerate(rules, 1)]})
         else:
             raise TypeError(f"rules must be a path to a TOML file or a list of dicts, got {rules!r}")
         call_batch = settings["call_batch"]
@@ -777,6 +779,32 @@ class Queue:
         finally:
             caller.close()
         return json.loads(reports)
+
+
+#: The fields of a rule that are durations.
+_RULE_DURATIONS = ("wait", "max_age", "base_backoff", "max_backoff")
+
+
+def _rule(n: int, rule: Mapping) -> dict:
+    """A rule given as a dict, as the engine reads it: durations given as seconds or a
+    ``timedelta`` become text (``"1500ms"``); a value JSON cannot hold is refused, naming
+    the rule and the field."""
+    out = {}
+    for field, value in rule.items():
+        if field in _RULE_DURATIONS and not isinstance(value, str):
+            if isinstance(value, bool):
+                raise TypeError(f"rule {n}: {field} must be a duration, got {value!r}")
+            ms = _seconds(f"rule {n}: {field}", value) * 1000
+            if not 0 <= ms < 2**63:
+                raise ValueError(f"rule {n}: {field} must be 0 or more seconds, got {value!r}")
+            value = f"{round(ms)}ms"
+        else:
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"rule {n}: {field} cannot be {value!r}: {e}") from None
+        out[field] = value
+    return out
 
 
 def _is_pandas(data: Any) -> bool:

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{MAX_RESPONSE_BYTES, Record};
+use crate::input::json_kind;
 use crate::outcome::{ErrorClass, Outcome, RetryAfter};
 
 /// Sends many records to an external system in one call and classifies what happened to
@@ -124,11 +125,11 @@ pub fn read_item(
     transient_status: impl Fn(u16) -> bool,
 ) -> Result<(String, Outcome), String> {
     let Value::Object(fields) = item else {
-        return Err(format!("expected an object, got {}", kind_of(item)));
+        return Err(format!("expected an object, got {}", json_kind(item)));
     };
     let id = match fields.get("id") {
         Some(Value::String(id)) => id.clone(),
-        Some(other) => return Err(format!("\"id\" is {}, expected a string", kind_of(other))),
+        Some(other) => return Err(format!("\"id\" is {}, expected a string", json_kind(other))),
         None => return Err("no \"id\"".into()),
     };
     let text = |name: &str, limit: usize| -> Option<String> {
@@ -156,7 +157,7 @@ pub fn read_item(
         (Some(other), _) => {
             return Err(format!(
                 "\"outcome\" is {}, expected a string",
-                kind_of(other)
+                json_kind(other)
             ));
         }
         (None, Some(status)) => match status.as_u64() {
@@ -213,17 +214,6 @@ enum Kind {
 
 /// Longest error message kept from an item of a batch's answer.
 const MAX_ITEM_ERROR: usize = 1000;
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// `text` cut to at most `limit` bytes, on a character boundary.
 fn bounded(mut text: String, limit: usize) -> String {

@@ -668,13 +668,15 @@ fn halves(batch: RecordBatch) -> Vec<RecordBatch> {
 }
 
 /// The MERGE source for a round: one row per attempted record, `delete` for those that
-/// left the queue, `retry` (with the new count, error and time lock) for the others.
+/// left the queue, `retry` or `snooze` (with the new count, error and time lock) for the
+/// others.
 fn merge_source(rows: &[AttemptRow]) -> Result<RecordBatch> {
     let action: StringArray = rows
         .iter()
         .map(|r| {
             Some(match r.disposition {
-                Disposition::Retry | Disposition::Snooze => "retry",
+                Disposition::Retry => "retry",
+                Disposition::Snooze => "snooze",
                 _ => "delete",
             })
         })

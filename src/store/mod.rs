@@ -62,6 +62,8 @@ pub struct Store {
     maintained: [Option<u64>; 4],
     /// Application-transaction versions, kept up to date from the commits read.
     txns: txns::TxnCache,
+    /// Whether every table has the columns a later retrylake added ([`Store::upgrade`]).
+    upgraded: bool,
 }
 
 /// The bytes of the file at `path` (relative to `table`'s root) in `store`.
@@ -114,19 +116,14 @@ impl Store {
         } else {
             refuse_unsafe_commits(root, &options)?;
         }
-        Store::open_tables(root, options, local, true).await
+        Store::open_tables(root, options, local).await
     }
 
-    /// Opens (or creates) the four tables, adding the columns a table made by an older
-    /// retrylake lacks when `upgrade` (a writer), not when reading.
-    async fn open_tables(
-        root: &str,
-        options: StorageOptions,
-        local: bool,
-        upgrade: bool,
-    ) -> Result<Store> {
+    /// Opens (or creates) the four tables. A table made by an older retrylake is used as
+    /// it is until the first write upgrades it ([`Store::upgrade`]).
+    async fn open_tables(root: &str, options: StorageOptions, local: bool) -> Result<Store> {
         let tables = futures::future::try_join_all(
-            Store::order().map(|table| open_or_create(root, &options, table, local, upgrade)),
+            Store::order().map(|table| open_or_create(root, &options, table, local)),
         )
         .await?;
         let tables: [DeltaTable; 4] = tables.try_into().expect("four tables");
@@ -138,6 +135,7 @@ impl Store {
             conflicts: 0,
             maintained,
             txns: Default::default(),
+            upgraded: false,
         })
     }
 
@@ -194,8 +192,8 @@ impl Store {
                 missing,
             });
         }
-        // All four exist, so this opens them and creates nothing; nor does it upgrade them.
-        Store::open_tables(root, options, local, false).await
+        // All four exist, so this opens them and creates nothing.
+        Store::open_tables(root, options, local).await
     }
 
     /// Opens the same tables again, independently of this one (to read old versions).
@@ -206,6 +204,25 @@ impl Store {
     /// The data root the store was opened with.
     pub fn root(&self) -> &str {
         &self.root
+    }
+
+    /// Adds the columns a later retrylake added to tables an older one made (one `ADD
+    /// COLUMN` commit each, `upgrade` in their history), once per store: every write calls
+    /// it first, so reading an old queue never changes it. Rows written before read the
+    /// new columns as null.
+    pub async fn upgrade(&mut self) -> Result<()> {
+        if self.upgraded {
+            return Ok(());
+        }
+        for table in Store::order() {
+            let slot = &mut self.tables[Store::index(table)];
+            let schema = slot.snapshot().map_err(table_error(table))?.schema();
+            if !table.missing_columns(&schema).is_empty() {
+                *slot = add_columns(slot.clone(), table).await?;
+            }
+        }
+        self.upgraded = true;
+        Ok(())
     }
 
     fn order() -> [Table; 4] {
@@ -314,7 +331,8 @@ impl Store {
     }
 
     /// Runs one MERGE on `retry_queue` from `source` (columns `sample_id`, `action`
-    /// (`delete` or `retry`), `retry_count`, `error_msg`, `process_after`).
+    /// (`delete`, `retry` or `snooze`), `retry_count`, `error_msg`, `process_after`): a
+    /// retry ends a record's snoozes in a row, a snooze adds one.
     pub(crate) async fn merge_queue(&mut self, source: DataFrame, tag: &CommitTag) -> Result<()> {
         let table = Table::RetryQueue;
         let slot = &mut self.tables[Store::index(table)];
@@ -330,6 +348,15 @@ impl Store {
                     .update("retry_count", "source.retry_count")
                     .update("error_msg", "source.error_msg")
                     .update("process_after", "source.process_after")
+                    .update("snoozes", "CAST(NULL AS INT)")
+            })
+            .map_err(table_error(table))?
+            .when_matched_update(|u| {
+                u.predicate("source.action = 'snooze'")
+                    .update("retry_count", "source.retry_count")
+                    .update("error_msg", "source.error_msg")
+                    .update("process_after", "source.process_after")
+                    .update("snoozes", "COALESCE(target.snoozes, 0) + 1")
             })
             .map_err(table_error(table))?
             .with_commit_properties(tag.properties())
@@ -582,7 +609,6 @@ async fn open_or_create(
     options: &StorageOptions,
     table: Table,
     local: bool,
-    upgrade: bool,
 ) -> Result<DeltaTable> {
     let location = format!("{}/{}", root.trim_end_matches('/'), table.name());
     if local {
@@ -624,10 +650,7 @@ async fn open_or_create(
     };
     let schema = t.snapshot().map_err(table_error(table))?.schema();
     table.check_schema(&schema)?;
-    if !upgrade {
-        return Ok(t);
-    }
-    add_columns(t, table).await
+    Ok(t)
 }
 
 /// Adds the columns a later retrylake added ([`Table::added_columns`]) to a table made

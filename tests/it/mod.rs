@@ -6,6 +6,7 @@ mod errors;
 mod guard;
 mod hostile;
 mod hostile_batch;
+mod hostile_rules;
 mod http;
 mod lease;
 mod library;
