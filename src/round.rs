@@ -537,9 +537,11 @@ impl Decision {
 /// (`tried`, in the same order), the table it goes to, with which count and time lock. A
 /// success is final; a permanent failure, or a transient one past the retry budget, is
 /// dead; any other transient failure is retried after its backoff (or its Retry-After,
-/// at most `max_retry_after` on), one more retry counted. A record held back keeps its
-/// count and its time lock, raised to the end of the pause that held it. The jitter's
-/// draws are seeded by `config.seed` and the round, taken in queue order.
+/// at most `max_retry_after` on), one more retry counted; a failure a rule matches is
+/// treated as the rule says (see `journal_row`), a snooze adding one to the record's
+/// snoozes in a row and a counted retry ending them. A record held back keeps its count,
+/// its snoozes and its time lock, raised to the end of the pause that held it. The
+/// jitter's draws are seeded by `config.seed` and the round, taken in queue order.
 fn decide(
     due: Vec<QueueRow>,
     tried: Vec<Tried>,
