@@ -46,6 +46,7 @@
 
 mod audit;
 mod clock;
+mod control;
 mod enqueue;
 mod error;
 mod guard;
@@ -69,6 +70,7 @@ mod worker;
 
 pub use audit::Audit;
 pub use clock::{Clock, FixedClock, SystemClock};
+pub use control::{CANCEL_WORKER, CancelFilter, CancelReport, MAX_REASON_LEN, Pause};
 pub use enqueue::{EnqueueOptions, EnqueueReport};
 pub use error::{Error, Result};
 pub use guard::{Admission, BreakerConfig, BreakerState, Guard, GuardConfig, Rate};

@@ -14,10 +14,10 @@ use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::metrics::Metrics;
 use retrylake::store::{DeadReason, Table};
 use retrylake::{
-    AsOf, BatchProcessor, BreakerConfig, Calls, EnqueueOptions, Fields, FixedClock, Guard,
-    GuardConfig, InputFormat, Jitter, Maintenance, Processor, ProcessorKind, ProcessorOptions,
-    Progress, Queue, Rate, RedriveFilter, RetryPolicy, RoundConfig, RoundReport, Rounds,
-    RowRetention, Rules, Shard, Shutdown, Status, Until, WorkerName, run_rounds,
+    AsOf, BatchProcessor, BreakerConfig, Calls, CancelFilter, EnqueueOptions, Fields, FixedClock,
+    Guard, GuardConfig, InputFormat, Jitter, Maintenance, Processor, ProcessorKind,
+    ProcessorOptions, Progress, Queue, Rate, RedriveFilter, RetryPolicy, RoundConfig, RoundReport,
+    Rounds, RowRetention, Rules, Shard, Shutdown, Status, Until, WorkerName, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -90,6 +90,45 @@ enum Command {
         /// At most this many, oldest first.
         #[arg(long, value_parser = parse_count)]
         limit: Option<usize>,
+        /// The current time (RFC 3339); the system clock by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause the queue: every worker's rounds claim nothing until --until or a resume
+    /// (enqueues go on).
+    Pause {
+        /// End the pause by itself at this time (RFC 3339); until a resume when omitted.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// Why, for the status and the history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The current time (RFC 3339); the system clock by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// End a pause: workers claim again from their next round.
+    Resume,
+    /// Move queued records to the dead-letter queue (reason cancelled), now.
+    Cancel {
+        /// Only this id (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Only records whose last error is exactly this.
+        #[arg(long)]
+        error_msg: Option<String>,
+        /// Only records enqueued at least this long ago.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Every queued record (required when no other filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Why, written as the dead letters' error_msg.
+        #[arg(long)]
+        reason: Option<String>,
         /// The current time (RFC 3339); the system clock by default.
         #[arg(long, value_parser = parse_time)]
         now: Option<DateTime<Utc>>,
@@ -278,6 +317,10 @@ struct RunArgs {
     /// How long a round holds the records it claims; a round running longer commits nothing.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     lease: Duration,
+    /// A record's deadline from its enqueue: past it, it is not called again and goes to
+    /// the dead-letter queue with reason expired.
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    max_age: Option<Duration>,
     /// Enqueue this file first.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -714,6 +757,50 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let batches = queue.query(&sql, as_of).await?;
             print_batches(&mut out, &batches, format)?;
         }
+        Command::Pause { until, reason, now } => {
+            let mut queue = open(&cli.data, now).await?;
+            let pause = queue.pause(until, reason.as_deref()).await?;
+            match pause.until {
+                Some(until) => writeln!(out, "queue paused until {}", until.to_rfc3339())?,
+                None => writeln!(out, "queue paused until `retrylake resume`")?,
+            }
+        }
+        Command::Resume => {
+            let mut queue = Queue::open(&cli.data).await?;
+            queue.resume().await?;
+            writeln!(out, "queue resumed")?;
+        }
+        Command::Cancel {
+            ids,
+            error_msg,
+            older_than,
+            all,
+            reason,
+            now,
+            json,
+        } => {
+            let mut queue = open(&cli.data, now).await?;
+            let filter = CancelFilter {
+                ids,
+                error_msg,
+                older_than,
+                all,
+                reason,
+            };
+            let report = queue.cancel(&filter).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            } else {
+                writeln!(out, "cancelled {} records", report.cancelled)?;
+            }
+            if report.held > 0 {
+                tracing::warn!(
+                    "{} matching records are held by a running round and were left to it; \
+                     cancel again once it has placed them",
+                    report.held
+                );
+            }
+        }
         Command::Optimize { table } => {
             let mut queue = Queue::open(&cli.data).await?;
             for t in queue.optimize(&tables(table.as_deref())?).await? {
@@ -866,6 +953,7 @@ async fn prepare(
         lease: args.lease,
         progress: progress_bar(),
         guard: args.guard.guard(kind)?,
+        max_age: args.max_age,
     };
     let clock = now.map(|now| Arc::new(FixedClock::new(now)));
     let mut queue = Queue::open(data).await?.with_worker(args.worker.as_str())?;

@@ -5,11 +5,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 
 use crate::audit::{self, Audit};
 use crate::clock::{Clock, SystemClock};
+use crate::control::{CANCEL_WORKER, CancelFilter, CancelReport, Pause};
 use crate::enqueue::{EnqueueOptions, EnqueueReport, enqueue, enqueue_parsed};
 use crate::error::{Error, Result};
 use crate::input::ParsedInput;
@@ -202,8 +204,10 @@ impl Queue {
         self.store.upgrade().await?;
         if self.recovered_all {
             self.store.recover(self.worker.as_str()).await?;
-            // A redrive has no lease that would bring a half-applied one to a claim.
+            // A redrive has no lease that would bring a half-applied one to a claim; a
+            // cancel's holds its records, a later one's too, until it ends.
             self.store.recover(REDRIVE_WORKER).await?;
+            self.store.recover(CANCEL_WORKER).await?;
         } else {
             // Once per process: complete the half-applied rounds of any worker, so one that
             // crashed and never came back cannot leave a record in two tables.
@@ -221,6 +225,59 @@ impl Queue {
         .await?;
         report.conflicts = self.store.conflicts() - conflicts;
         Ok(report)
+    }
+
+    /// Pauses the queue until `until` (or a [`Queue::resume`]): from their next round,
+    /// every worker's rounds claim nothing; enqueues, redrives and cancels go on. Recorded
+    /// in `retry_queue`'s history with `reason` and who paused.
+    pub async fn pause(
+        &mut self,
+        until: Option<DateTime<Utc>>,
+        reason: Option<&str>,
+    ) -> Result<Pause> {
+        crate::control::check_reason(reason)?;
+        let now = self.clock.now();
+        if let Some(until) = until
+            && until <= now
+        {
+            return Err(Error::InvalidConfig(format!(
+                "--until {} is not in the future (now is {})",
+                until.to_rfc3339(),
+                now.to_rfc3339()
+            )));
+        }
+        let pause = Pause {
+            until,
+            reason: reason.map(str::to_owned),
+            by: crate::control::operator(),
+            at: now,
+        };
+        self.store.refresh_table(Table::RetryQueue).await?;
+        self.store.upgrade().await?;
+        self.store.set_pause(Some(&pause)).await?;
+        Ok(pause)
+    }
+
+    /// Ends a pause of the queue (nothing happens when it is not paused but the history
+    /// line): workers claim again from their next round.
+    pub async fn resume(&mut self) -> Result<()> {
+        self.store.refresh_table(Table::RetryQueue).await?;
+        self.store.upgrade().await?;
+        self.store.set_pause(None).await
+    }
+
+    /// The queue's pause if one holds now, as last read (see [`Queue::refresh`]).
+    pub fn paused(&self) -> Result<Option<Pause>> {
+        let now = self.clock.now();
+        Ok(self.store.pause()?.filter(|p| p.holds_at(now)))
+    }
+
+    /// Cancels the queued records `filter` matches: they go to `dead_letter_queue` with
+    /// reason `cancelled`, journaled like a round's. A record a running round holds under
+    /// its live lease is left to it and counted as held.
+    pub async fn cancel(&mut self, filter: &CancelFilter) -> Result<CancelReport> {
+        self.store.upgrade().await?;
+        crate::control::cancel(&mut self.store, self.clock.as_ref(), filter).await
     }
 
     /// Moves the dead letters matching `filter` back into `retry_queue`, due now.

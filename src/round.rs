@@ -10,15 +10,16 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 
 use crate::clock::{Clock, add_saturating, ceil_millis};
+use crate::control::Pause;
 use crate::error::{Error, Result};
 use crate::guard::{BreakerState, Guard};
 use crate::layer::{Call, CatchPanic, Guarded, Timeout};
 use crate::outcome::Outcome;
 use crate::policy::{RetryDecision, RetryPolicy};
 use crate::processor::{Calls, Record};
-use crate::rules::{Action, Rules};
+use crate::rules::{Action, Rule, Rules};
 use crate::shard::Shard;
-use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, oldest_first};
+use crate::store::due::{ClaimRequest, Found, KeyFilter, LeaseOwner, Take, oldest_first};
 use crate::store::journal::Settle;
 use crate::store::{
     AttemptKind, AttemptRow, CommitTag, DeadReason, Disposition, QueueRow, Store, Table,
@@ -85,6 +86,11 @@ pub struct RoundConfig {
     /// Rules that give some failures another treatment than `policy` (see [`Rules`]).
     /// Default value is none.
     pub rules: std::sync::Arc<Rules>,
+    /// A record's deadline, from its enqueue: a record past it is not called again and
+    /// goes to `dead_letter_queue` with reason `expired`, and so does a failure whose
+    /// next try would fall after it (a transient rule's `max_age` overrides it for the
+    /// failures it matches). Default value is `None`: no deadline.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for RoundConfig {
@@ -103,6 +109,7 @@ impl Default for RoundConfig {
             lease: Duration::from_secs(15 * 60),
             guard: Guard::default(),
             rules: Default::default(),
+            max_age: None,
         }
     }
 }
@@ -123,6 +130,9 @@ impl RoundConfig {
             return invalid("--call-batch must be at least 1".into());
         }
         self.guard.config().check()?;
+        if self.max_age.is_some_and(|age| age.is_zero()) {
+            return invalid("--max-age must be more than 0".into());
+        }
         if self.lease < MIN_LEASE {
             return invalid(format!(
                 "--lease ({}) is shorter than {}: a round must claim, call and commit within it",
@@ -206,6 +216,8 @@ pub struct RoundReport {
     /// The circuit breaker's state after the round (`closed`, `open`, `half-open`), `None`
     /// when it is off.
     pub breaker: Option<String>,
+    /// The queue is paused (`retrylake pause`): the round claimed nothing.
+    pub queue_paused: Option<Pause>,
     /// Records this round claimed but did not place: its lease ended and another worker
     /// took them (or another process runs under the same worker name). Nothing of the
     /// round was committed; the other places them.
@@ -300,7 +312,14 @@ pub(crate) async fn run_round(
         round,
         lease_until,
         at: claimed_at,
-    } = claim(store, clock, worker, config).await?;
+        paused,
+    } = claim(store, clock, worker, config, Take::Due).await?;
+    if let Some(pause) = paused {
+        return Ok(RoundReport {
+            queue_paused: Some(pause),
+            ..RoundReport::default()
+        });
+    }
     let claim_took = claimed_at.elapsed();
     let mut phases = Phases {
         read: started.elapsed(),
@@ -448,10 +467,10 @@ async fn call(
             progress.report(done, total);
         }
     };
-    // A record without a payload fails at once, uncalled (unless `allow_empty_payload`).
+    // A record without a payload, or past its deadline, fails at once, uncalled.
     let mut tried: Vec<Option<Tried>> = due
         .iter()
-        .map(|row| missing_payload(row, clock, config))
+        .map(|row| missing_payload(row, clock, config).or_else(|| expired(row, clock, config)))
         .collect();
     let to_call: Vec<usize> = (0..total).filter(|&i| tried[i].is_none()).collect();
     finish(total - to_call.len());
@@ -648,31 +667,47 @@ async fn journal_and_settle(
 const CLAIM_RETRIES: u32 = 12;
 
 /// What a round's claim found, and its lease.
-struct Claimed {
-    found: Found,
+pub(crate) struct Claimed {
+    pub found: Found,
     /// The round's number.
-    round: i64,
+    pub round: i64,
     /// The end of the lease, the claimed rows' time lock.
-    lease_until: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
     /// When the claim was made.
-    at: Instant,
+    pub at: Instant,
+    /// The queue's pause, when it holds: nothing was claimed.
+    pub paused: Option<Pause>,
 }
 
-/// Reads the due records and claims them with a lease (one commit), so a concurrent
-/// worker cannot take them. A claim that loses a race re-reads and tries again; one that
-/// meets the files of another round whose lease ended first resolves that round. Returns
-/// what it found, the lease's end and when the claim was made.
-async fn claim(
+/// Reads the records `take` picks (a round's due records) and claims them with a lease
+/// (one commit), so a concurrent worker cannot take them. A claim that loses a race
+/// re-reads and tries again; one that meets the files of another round whose lease ended
+/// first resolves that round. A round's claim takes nothing while the queue is paused, as
+/// read before each try. Returns what it found, the lease's end and when the claim was
+/// made.
+pub(crate) async fn claim(
     store: &mut Store,
     clock: &dyn Clock,
     worker: &str,
     config: &RoundConfig,
+    take: Take,
 ) -> Result<Claimed> {
     for retries in 0.. {
         // Read again after resolving: a round of this worker left by a crashed process
         // may have been fenced, and its number is then taken.
         let round = store.last_round(worker).await? + 1;
         let now = clock.now();
+        if matches!(take, Take::Due)
+            && let Some(pause) = store.pause()?.filter(|p| p.holds_at(now))
+        {
+            return Ok(Claimed {
+                found: Found::default(),
+                round,
+                lease_until: now,
+                at: Instant::now(),
+                paused: Some(pause),
+            });
+        }
         let request = ClaimRequest {
             now,
             limit: config.limit,
@@ -685,6 +720,7 @@ async fn claim(
                 worker: worker.to_owned(),
                 round,
             },
+            take: take.clone(),
         };
         let lease_until = request.lease_until;
         let claimed_at = Instant::now();
@@ -695,6 +731,7 @@ async fn claim(
                     round,
                     lease_until,
                     at: claimed_at,
+                    paused: None,
                 });
             }
             Ok(found) if retries < CLAIM_RETRIES => {
@@ -712,6 +749,7 @@ async fn claim(
                     round,
                     lease_until,
                     at: claimed_at,
+                    paused: None,
                 });
             }
             Err(e) if e.is_conflict() && retries < CLAIM_RETRIES => {
@@ -736,8 +774,9 @@ fn call_window(lease: Duration, timeout: Duration) -> Duration {
 /// One call's result and timing.
 struct Attempt {
     outcome: Outcome,
-    /// Decided without a call (a missing payload): no rule applies.
-    uncalled: bool,
+    /// Decided without a call, dead for this reason (a missing payload, a deadline
+    /// passed): no rule applies.
+    uncalled: Option<DeadReason>,
     started_at: DateTime<Utc>,
     finished_at: DateTime<Utc>,
     duration: Duration,
@@ -776,11 +815,36 @@ fn missing_payload(row: &QueueRow, clock: &dyn Clock, config: &RoundConfig) -> O
     let at = clock.now();
     Some(Tried::Called(Attempt {
         outcome: Outcome::permanent(MISSING_PAYLOAD),
-        uncalled: true,
+        uncalled: Some(DeadReason::Permanent),
         started_at: at,
         finished_at: at,
         duration: Duration::ZERO,
     }))
+}
+
+/// A record past its deadline (`config.max_age` after its enqueue) fails at once,
+/// uncalled, with reason `expired`: `None` for a record to call.
+fn expired(row: &QueueRow, clock: &dyn Clock, config: &RoundConfig) -> Option<Tried> {
+    let age = config.max_age?;
+    let at = clock.now();
+    if at < add_saturating(row.enqueued_at, age) {
+        return None;
+    }
+    Some(Tried::Called(Attempt {
+        outcome: Outcome::permanent(expired_error(age)),
+        uncalled: Some(DeadReason::Expired),
+        started_at: at,
+        finished_at: at,
+        duration: Duration::ZERO,
+    }))
+}
+
+/// The error message of a record dead-lettered past its deadline of `age`.
+fn expired_error(age: Duration) -> String {
+    format!(
+        "expired: enqueued more than {} ago",
+        humantime::format_duration(age)
+    )
 }
 
 /// The record a processor is called with for a row of the queue.
@@ -801,7 +865,7 @@ fn tried_of(call: Call, clock: &dyn Clock) -> Tried {
             took,
         } => Tried::Called(Attempt {
             outcome,
-            uncalled: false,
+            uncalled: None,
             started_at,
             finished_at: clock.now(),
             duration: took,
@@ -841,8 +905,8 @@ fn journal_row(
     rng: &mut SmallRng,
 ) -> AttemptRow {
     let rule = match attempt.uncalled {
-        true => None,
-        false => config.rules.find(&attempt.outcome),
+        Some(_) => None,
+        None => config.rules.find(&attempt.outcome),
     };
     let mut journal = AttemptRow {
         round,
@@ -874,6 +938,33 @@ fn journal_row(
         Outcome::Permanent { error, .. } => (error, None, false),
     };
     journal.error_msg = Some(error);
+    if let Some(reason) = attempt.uncalled {
+        journal.reason = Some(reason);
+        return journal;
+    }
+    // A retry or snooze whose next try would fall after the record's deadline is dead now.
+    let max_age = match rule {
+        Some(
+            r @ Rule {
+                action: Action::Transient(_),
+                ..
+            },
+        ) if r.max_age.is_some() => r.max_age,
+        _ => config.max_age,
+    };
+    let deadline = max_age.map(|age| add_saturating(row.enqueued_at, age));
+    let expires = |journal: &mut AttemptRow, next: DateTime<Utc>| {
+        let late = deadline.is_some_and(|d| next > d);
+        if late {
+            journal.disposition = Disposition::Dead;
+            journal.reason = Some(DeadReason::Expired);
+            journal.error_msg = journal
+                .error_msg
+                .take()
+                .map(|e| format!("{e} ({})", expired_error(max_age.unwrap_or_default())));
+        }
+        late
+    };
     let end = attempt.finished_at;
     // The time a call that ended now may be followed by another: after `delay`, or later
     // if the downstream asked.
@@ -887,8 +978,11 @@ fn journal_row(
             if u32::try_from(row.snoozes).unwrap_or(u32::MAX) < snooze.max_snoozes
                 && end < add_saturating(row.enqueued_at, snooze.max_age) =>
         {
-            journal.disposition = Disposition::Snooze;
-            journal.process_after = Some(lock(snooze.wait));
+            let next = lock(snooze.wait);
+            if !expires(&mut journal, next) {
+                journal.disposition = Disposition::Snooze;
+                journal.process_after = Some(next);
+            }
             return journal;
         }
         Some(Action::Permanent) => None,
@@ -903,9 +997,12 @@ fn journal_row(
     match policy.decide(count, rng) {
         RetryDecision::Exhausted => journal.reason = Some(DeadReason::RetriesExhausted),
         RetryDecision::Retry { retry_count, delay } => {
-            journal.disposition = Disposition::Retry;
-            journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
-            journal.process_after = Some(lock(delay));
+            let next = lock(delay);
+            if !expires(&mut journal, next) {
+                journal.disposition = Disposition::Retry;
+                journal.retry_count = i32::try_from(retry_count).unwrap_or(i32::MAX);
+                journal.process_after = Some(next);
+            }
         }
     }
     journal
@@ -940,7 +1037,7 @@ mod tests {
     fn called(outcome: Outcome) -> Tried {
         Tried::Called(Attempt {
             outcome,
-            uncalled: false,
+            uncalled: None,
             started_at: at(1),
             finished_at: at(1),
             duration: Duration::ZERO,

@@ -52,6 +52,10 @@ pub struct Rule {
     when: When,
     /// What it does to a failure it matches.
     pub action: Action,
+    /// For a `transient` rule, the record's deadline from its enqueue (overriding
+    /// `--max-age`): a failure it matches whose next try would fall after it is dead, with
+    /// reason `expired`.
+    pub max_age: Option<Duration>,
 }
 
 /// What a rule does to a failure.
@@ -346,7 +350,6 @@ impl Rule {
         let snooze = [
             ("wait", r.wait.is_some()),
             ("max_snoozes", r.max_snoozes.is_some()),
-            ("max_age", r.max_age.is_some()),
         ];
         let only = |action: &str, given: &[(&str, bool)]| match given.iter().find(|(_, set)| *set) {
             Some((field, _)) => Err(format!("{field} does not apply to action '{action}'")),
@@ -356,6 +359,7 @@ impl Rule {
             "permanent" => {
                 only("permanent", &schedule)?;
                 only("permanent", &snooze)?;
+                only("permanent", &[("max_age", r.max_age.is_some())])?;
                 Action::Permanent
             }
             "transient" => {
@@ -387,7 +391,7 @@ impl Rule {
                 Action::Snooze(Snooze {
                     wait,
                     max_snoozes: r.max_snoozes.unwrap_or(100),
-                    max_age: duration("max_age", r.max_age)?
+                    max_age: duration("max_age", r.max_age.clone())?
                         .unwrap_or(Duration::from_secs(24 * 3600)),
                 })
             }
@@ -397,10 +401,18 @@ impl Rule {
                 ));
             }
         };
+        let max_age = match action {
+            Action::Transient(_) => duration("max_age", r.max_age)?,
+            _ => None,
+        };
+        if max_age.is_some_and(|age| age.is_zero()) {
+            return Err("max_age must be more than 0".into());
+        }
         Ok(Rule {
             name: r.name,
             when,
             action,
+            max_age,
         })
     }
 }

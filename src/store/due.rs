@@ -104,6 +104,30 @@ pub(crate) struct Found {
     /// are not yet known to be over: nothing was claimed, and each must be resolved
     /// ([`Store::resolve_lease`]) before their records can be taken.
     pub unresolved: Vec<LeaseOwner>,
+    /// For [`Take::Matching`]: the rows it would take that a round which may still
+    /// journal holds under its live lease, left to that round.
+    pub held: usize,
+}
+
+/// Which rows a claim takes.
+#[derive(Clone, Default)]
+pub(crate) enum Take {
+    /// The due rows (`process_after <= now`): a round's claim.
+    #[default]
+    Due,
+    /// The rows this picks, due or not, except those a round that may still journal holds
+    /// under its live lease: a cancel's claim. A row keeps its own time lock when it is
+    /// later than the lease's end, so a cancel that dies early calls nothing early.
+    Matching(Arc<dyn Fn(&QueueRow) -> bool + Send + Sync>),
+}
+
+impl std::fmt::Debug for Take {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Take::Due => "Due",
+            Take::Matching(_) => "Matching",
+        })
+    }
 }
 
 /// Which keys a claim takes: `group_of` puts each key in one group of a split of the
@@ -142,6 +166,8 @@ struct Scan {
     read: HashMap<usize, Bytes>,
     /// The earliest time lock of the files not read, as far as their statistics tell.
     unread_earliest: Option<DateTime<Utc>>,
+    /// Matching rows left under the live lease of a round that may still journal.
+    held: usize,
 }
 
 impl Scan {
@@ -196,6 +222,8 @@ pub(crate) struct ClaimRequest {
     pub lease_until: DateTime<Utc>,
     /// The round that claims, named in the lease files' tags.
     pub owner: LeaseOwner,
+    /// Which rows it takes.
+    pub take: Take,
 }
 
 impl Store {
@@ -244,7 +272,12 @@ impl Store {
     /// the file of a round that may still journal: it reports the round as `unresolved`.
     pub(crate) async fn claim_due(&mut self, request: ClaimRequest) -> Result<Found> {
         let files = self.queue_files()?;
-        let scan = self.scan(&files, &request).await?;
+        let resolved = match request.take {
+            Take::Due => HashSet::new(),
+            Take::Matching(_) => self.resolved_leases(&files).await?,
+        };
+        let scan = self.scan(&files, &request, &resolved).await?;
+        let held = scan.held;
         let next_due = scan.next_due(&request);
         let Scan {
             due, kept, read, ..
@@ -253,6 +286,7 @@ impl Store {
             // Nothing to claim: leave the files as they are.
             return Ok(Found {
                 next_due,
+                held,
                 ..Found::default()
             });
         }
@@ -265,10 +299,15 @@ impl Store {
             return Ok(Found {
                 next_due,
                 unresolved,
+                held,
                 ..Found::default()
             });
         }
-        let (whole, rewritten) = split_touched(kept, &touched, request.keys.as_ref());
+        let (mut whole, rewritten) = split_touched(kept, &touched, request.keys.as_ref());
+        if matches!(request.take, Take::Matching(_)) {
+            // A copy would lock every row until the lease's end, even one locked later.
+            whole.clear();
+        }
         let (lease, rows) = self
             .write_lease(&files, &read, whole, due, &request)
             .await?;
@@ -295,13 +334,39 @@ impl Store {
             }),
             next_due,
             unresolved: Vec::new(),
+            held,
         })
+    }
+
+    /// The rounds holding lease files of `files` that are over (their application
+    /// transaction on `retry_queue` reached their round): nothing of theirs can journal
+    /// any more, so a cancel may take their rows before their lease ends.
+    async fn resolved_leases(&self, files: &[QueueFile]) -> Result<HashSet<LeaseOwner>> {
+        let owners: BTreeSet<&LeaseOwner> = files.iter().filter_map(|f| f.lease.as_ref()).collect();
+        let unresolved: HashSet<LeaseOwner> = self
+            .unresolved_leases(files.iter())
+            .await?
+            .into_iter()
+            .collect();
+        Ok(owners
+            .into_iter()
+            .filter(|o| !unresolved.contains(*o))
+            .cloned()
+            .collect())
     }
 
     /// Reads the files that may hold due rows of the request's keys, earliest first, and
     /// sorts their rows into the due ones it claims (up to the limit, oldest lock first) and
     /// the others.
-    async fn scan(&self, files: &[QueueFile], request: &ClaimRequest) -> Result<Scan> {
+    async fn scan(
+        &self,
+        files: &[QueueFile],
+        request: &ClaimRequest,
+        resolved: &HashSet<LeaseOwner>,
+    ) -> Result<Scan> {
+        if let Take::Matching(select) = &request.take {
+            return self.scan_matching(files, request, select, resolved).await;
+        }
         let store = self.table(Table::RetryQueue).log_store().object_store(None);
         let mut scan = Scan::default();
         for (i, file) in files.iter().enumerate() {
@@ -323,6 +388,52 @@ impl Store {
             scan.read.insert(i, bytes);
             for row in rows {
                 if request.takes(&row.sample_id) && row.process_after <= request.now {
+                    scan.due.push((i, row));
+                } else {
+                    scan.kept.push((i, row));
+                }
+            }
+        }
+        scan.due.sort_by(|a, b| oldest_first(&a.1, &b.1));
+        if scan.due.len() > request.limit {
+            let over = scan.due.drain(request.limit..).collect::<Vec<_>>();
+            scan.kept.extend(over);
+        }
+        Ok(scan)
+    }
+
+    /// The scan of [`Take::Matching`]: every file but those under the live lease of a
+    /// round that may still journal (whose matching rows it counts as held), until
+    /// `request.limit` rows are taken.
+    async fn scan_matching(
+        &self,
+        files: &[QueueFile],
+        request: &ClaimRequest,
+        select: &Arc<dyn Fn(&QueueRow) -> bool + Send + Sync>,
+        resolved: &HashSet<LeaseOwner>,
+    ) -> Result<Scan> {
+        let store = self.table(Table::RetryQueue).log_store().object_store(None);
+        let mut scan = Scan::default();
+        for (i, file) in files.iter().enumerate() {
+            if scan.due.len() >= request.limit {
+                break;
+            }
+            let live = file.earliest.is_none_or(|t| t > request.now);
+            let held = file
+                .lease
+                .as_ref()
+                .is_some_and(|owner| live && !resolved.contains(owner));
+            let (bytes, rows) = read_file(store.clone(), file).await?;
+            if held {
+                scan.held += rows
+                    .iter()
+                    .filter(|r| request.takes(&r.sample_id) && select(r))
+                    .count();
+                continue;
+            }
+            scan.read.insert(i, bytes);
+            for row in rows {
+                if request.takes(&row.sample_id) && select(&row) {
                     scan.due.push((i, row));
                 } else {
                     scan.kept.push((i, row));
@@ -846,6 +957,7 @@ mod tests {
                 worker: worker.to_owned(),
                 round: 1,
             },
+            take: Take::Due,
         };
         let first = a.claim_due(request(&shards[0], "a")).await.unwrap();
         let second = b.claim_due(request(&shards[1], "b")).await.unwrap();
@@ -866,6 +978,7 @@ mod tests {
                 worker: worker.to_owned(),
                 round,
             },
+            take: Take::Due,
         }
     }
 

@@ -241,6 +241,11 @@ impl Store {
             .expect("every table has a slot")
     }
 
+    /// Puts `updated`, the result of an operation on `table`, in its slot.
+    pub(crate) fn replace_table(&mut self, table: Table, updated: DeltaTable) {
+        self.tables[Store::index(table)] = updated;
+    }
+
     /// The open Delta table behind `table`.
     pub fn table(&self, table: Table) -> &DeltaTable {
         &self.tables[Store::index(table)]

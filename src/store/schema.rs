@@ -274,16 +274,22 @@ pub enum DeadReason {
     RetriesExhausted,
     /// Its input line could not be read as a record (`invalid_input`).
     InvalidInput,
+    /// An operator cancelled it (`cancelled`, see `retrylake cancel`).
+    Cancelled,
+    /// It outlived its deadline (`expired`, see `--max-age`).
+    Expired,
     /// Any other text in the column.
     Other(String),
 }
 
 impl DeadReason {
     /// The reasons retrylake writes.
-    pub const KNOWN: [DeadReason; 3] = [
+    pub const KNOWN: [DeadReason; 5] = [
         DeadReason::Permanent,
         DeadReason::RetriesExhausted,
         DeadReason::InvalidInput,
+        DeadReason::Cancelled,
+        DeadReason::Expired,
     ];
 
     /// The column's text.
@@ -292,6 +298,8 @@ impl DeadReason {
             DeadReason::Permanent => "permanent",
             DeadReason::RetriesExhausted => "retries_exhausted",
             DeadReason::InvalidInput => "invalid_input",
+            DeadReason::Cancelled => "cancelled",
+            DeadReason::Expired => "expired",
             DeadReason::Other(text) => text,
         }
     }
@@ -314,7 +322,8 @@ impl std::fmt::Display for DeadReason {
 impl std::str::FromStr for DeadReason {
     type Err = Error;
 
-    /// Reads a reason a user names (`permanent`, `retries_exhausted`, `invalid_input`):
+    /// Reads a reason a user names (`permanent`, `retries_exhausted`, `invalid_input`,
+    /// `cancelled`, `expired`):
     /// any other text is refused, as a filter that can match nothing is a mistake.
     fn from_str(s: &str) -> Result<DeadReason> {
         DeadReason::KNOWN
@@ -322,8 +331,8 @@ impl std::str::FromStr for DeadReason {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 Error::InvalidConfig(format!(
-                    "unknown dead-letter reason '{s}' (expected permanent, retries_exhausted or \
-                     invalid_input)"
+                    "unknown dead-letter reason '{s}' (expected permanent, retries_exhausted, \
+                     invalid_input, cancelled or expired)"
                 ))
             })
     }
@@ -340,14 +349,17 @@ pub enum AttemptKind {
     Permanent,
     /// Not a call: a dead letter moved back into the queue (`redrive`).
     Redrive,
+    /// Not a call: an operator cancelled the record (`cancel`).
+    Cancel,
 }
 
 impl AttemptKind {
-    const ALL: [AttemptKind; 4] = [
+    const ALL: [AttemptKind; 5] = [
         AttemptKind::Success,
         AttemptKind::Transient,
         AttemptKind::Permanent,
         AttemptKind::Redrive,
+        AttemptKind::Cancel,
     ];
 
     /// The column's text.
@@ -357,6 +369,7 @@ impl AttemptKind {
             AttemptKind::Transient => "transient",
             AttemptKind::Permanent => "permanent",
             AttemptKind::Redrive => "redrive",
+            AttemptKind::Cancel => "cancel",
         }
     }
 }
@@ -519,8 +532,9 @@ pub trait Rows: Sized {
 }
 
 impl QueueRow {
-    /// The rows as one batch, with every `process_after` set to `lock` when one is given
-    /// (a claim's lease), without copying the rows first.
+    /// The rows as one batch, with every `process_after` raised to `lock` when one is
+    /// given (a claim's lease; a row locked later, which only a cancel claims, keeps its
+    /// own lock), without copying the rows first.
     pub(crate) fn locked_batch(rows: &[Self], lock: Option<DateTime<Utc>>) -> Result<RecordBatch> {
         batch(
             Self::TABLE,
@@ -529,7 +543,10 @@ impl QueueRow {
                 strings(rows.iter().map(|r| r.payload.as_deref())),
                 strings(rows.iter().map(|r| r.error_msg.as_deref())),
                 ints(rows.iter().map(|r| r.retry_count)),
-                times(rows.iter().map(|r| Some(lock.unwrap_or(r.process_after)))),
+                times(
+                    rows.iter()
+                        .map(|r| Some(lock.map_or(r.process_after, |l| l.max(r.process_after)))),
+                ),
                 times(rows.iter().map(|r| Some(r.enqueued_at))),
                 opt_ints(rows.iter().map(|r| (r.snoozes != 0).then_some(r.snoozes))),
             ],
