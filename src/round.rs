@@ -24,6 +24,7 @@ use crate::store::journal::Settle;
 use crate::store::{
     AttemptKind, AttemptRow, CommitTag, DeadReason, Disposition, QueueRow, Store, Table,
 };
+use deltalake::kernel::Remove;
 
 /// The error message of a record with a missing or empty payload (the original Spark job's rule).
 pub const MISSING_PAYLOAD: &str = "Missing Payload";
@@ -43,8 +44,8 @@ pub const MISSING_PAYLOAD: &str = "Missing Payload";
 ///     ..RoundConfig::default()
 /// };
 /// config.check()?;
-/// let too_short = RoundConfig { lease: Duration::from_secs(15), ..config };
-/// assert!(too_short.check().is_err()); // under twice the timeout
+/// let too_short = RoundConfig { lease: Duration::from_millis(500), ..config };
+/// assert!(too_short.check().is_err()); // under a second
 /// # Ok::<(), retrylake::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -75,9 +76,11 @@ pub struct RoundConfig {
     pub shard: Option<Shard>,
     /// Told how many of the round's calls have finished. Default value is `None`.
     pub progress: Option<Progress>,
-    /// How long a round holds the records it claimed. A round that runs longer commits
-    /// nothing (the records come back when the lease ends), so no two workers ever place
-    /// the same record. Default value is 15 minutes.
+    /// How long a round holds the records it claimed. While calls run, the round extends
+    /// it in time (a heartbeat commit once half of it is left), for at most the longest
+    /// call; a round whose lease ends or whose heartbeat fails commits nothing (the records
+    /// come back when the lease ends), so no two workers ever place the same record.
+    /// Default value is 15 minutes.
     pub lease: Duration,
     /// The circuit breaker, rate limit and Retry-After pauses between the rounds and the
     /// downstream; shared by every round run with this config (clones share it). Default
@@ -116,8 +119,7 @@ impl Default for RoundConfig {
 
 impl RoundConfig {
     /// Refuses settings under which a round cannot work: no record per round, no call in
-    /// flight, or a lease too short for one call and the round's commits (a round starts
-    /// no call once less than `timeout` plus a fifth of the lease is left).
+    /// flight, a lease under [`MIN_LEASE`] or over [`MAX_LEASE`].
     pub fn check(&self) -> Result<()> {
         let invalid = |message: String| Err(Error::InvalidConfig(message));
         if self.limit == 0 {
@@ -145,14 +147,6 @@ impl RoundConfig {
                 "--lease ({}) is longer than {}: a crashed worker's records would wait that long",
                 humantime::format_duration(self.lease),
                 humantime::format_duration(MAX_LEASE)
-            ));
-        }
-        if self.lease < self.timeout.saturating_mul(2) {
-            return invalid(format!(
-                "--lease ({}) must be at least twice --timeout ({}): a round starts no call once less \
-                 than the timeout plus a fifth of the lease is left, so that it commits before its lease ends",
-                humantime::format_duration(self.lease),
-                humantime::format_duration(self.timeout)
             ));
         }
         Ok(())
@@ -335,7 +329,25 @@ pub(crate) async fn run_round(
     let total = claim.rows.len();
     tracing::debug!(round, due = total, "round starts");
     let processing = Instant::now();
-    let tried = call(processor, clock, &claim.rows, config, claimed_at).await;
+    let owner = LeaseOwner {
+        worker: worker.to_owned(),
+        round,
+    };
+    let calls = call(processor, clock, &claim.rows, config, claimed_at);
+    let held = Held {
+        files: claim.lease,
+        until: lease_until,
+    };
+    let Some((tried, held)) =
+        keep_lease(store, clock, config, &owner, held, claimed_at, calls).await
+    else {
+        let report = RoundReport {
+            phases,
+            ..RoundReport::default()
+        };
+        return Ok(report.lost(worker, round, total));
+    };
+    let lease_until = held.until;
     phases.process = processing.elapsed();
     let decision = decide(claim.rows, tried, round, worker, config);
     let mut report = decision.report(round, phases);
@@ -353,7 +365,7 @@ pub(crate) async fn run_round(
     let all_late = decision.late == total;
     let Decision { rows, retried, .. } = decision;
     let settle = Settle {
-        lease: claim.lease,
+        lease: held.files,
         retried,
         lease_until,
     };
@@ -764,11 +776,89 @@ pub(crate) async fn claim(
     unreachable!("the loop returns")
 }
 
-/// How long after its claim a round may start calls: its lease, less the longest call and
-/// a fifth of the lease to commit in. [`RoundConfig::check`] keeps it at least 30% of
-/// the lease.
+/// How long after its claim a round may start calls: its lease, less the longest call (at
+/// most half the lease: a longer call runs on heartbeats) and a fifth of the lease to
+/// commit in; so at least 30% of the lease.
 fn call_window(lease: Duration, timeout: Duration) -> Duration {
-    lease.saturating_sub(timeout).saturating_sub(lease / 5)
+    lease
+        .saturating_sub(timeout.min(lease / 2))
+        .saturating_sub(lease / 5)
+}
+
+/// A round's lease: its files and its end.
+struct Held {
+    files: Vec<Remove>,
+    until: DateTime<Utc>,
+}
+
+/// Runs `calls` while keeping the round's lease: each time half of the lease is left, one
+/// heartbeat commit extends it to a whole lease from now ([`Store::extend_lease`]), so a
+/// call that runs long is not taken over by another worker. Calls start only within the
+/// first lease's call window and each ends within its timeout, so the heartbeats end too.
+/// Returns what the calls gave and the lease as it ends, or `None` when the round lost its
+/// lease (it ended, the round was fenced, a heartbeat failed): the calls are dropped and
+/// nothing of the round may be committed.
+async fn keep_lease<T>(
+    store: &mut Store,
+    clock: &dyn Clock,
+    config: &RoundConfig,
+    owner: &LeaseOwner,
+    mut held: Held,
+    claimed_at: Instant,
+    calls: impl std::future::Future<Output = T>,
+) -> Option<(T, Held)> {
+    let every = (config.lease / 2).max(Duration::from_millis(100));
+    let mut beat_at = claimed_at + every;
+    let mut calls = std::pin::pin!(calls);
+    let mut done = None;
+    loop {
+        tokio::select! {
+            out = &mut calls => return Some((out, held)),
+            _ = tokio::time::sleep_until(beat_at.into()) => {}
+        }
+        beat_at = Instant::now() + every;
+        let now = clock.now();
+        if now >= held.until {
+            tracing::warn!(
+                round = owner.round,
+                "the lease of round {} ended while its calls ran; they are dropped",
+                owner.round
+            );
+            return None;
+        }
+        let until = ceil_millis(add_saturating(now, config.lease));
+        if until <= held.until {
+            continue; // a clock that stands still (a virtual one) needs no heartbeat
+        }
+        // The calls go on while the heartbeat commits.
+        let beat = {
+            let mut beat = std::pin::pin!(store.extend_lease(owner, &held.files, until));
+            loop {
+                tokio::select! {
+                    r = &mut beat => break r,
+                    out = &mut calls, if done.is_none() => done = Some(out),
+                }
+            }
+        };
+        match beat {
+            Ok(files) => {
+                tracing::debug!(round = owner.round, %until, "lease extended");
+                held = Held { files, until };
+            }
+            Err(e) => {
+                tracing::warn!(
+                    round = owner.round,
+                    "the heartbeat of round {} failed, so it stops its calls and commits \
+                     nothing: {e}",
+                    owner.round
+                );
+                return None;
+            }
+        }
+        if let Some(out) = done.take() {
+            return Some((out, held));
+        }
+    }
 }
 
 /// One call's result and timing.

@@ -544,6 +544,75 @@ impl Store {
         Ok(unresolved)
     }
 
+    /// Extends `owner`'s lease to `until` (a heartbeat of a round whose calls run long): one
+    /// commit replaces its lease files by copies with that time lock. Fails with
+    /// [`Error::LeaseLost`] when the round is no longer sure to hold its records: it was
+    /// fenced, or another commit removed a lease file. Returns the new lease files.
+    pub(crate) async fn extend_lease(
+        &mut self,
+        owner: &LeaseOwner,
+        held: &[Remove],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<Remove>> {
+        let lost = || Error::LeaseLost {
+            worker: owner.worker.clone(),
+            round: owner.round,
+        };
+        for conflicts in 0.. {
+            self.refresh_table(Table::Attempts).await?;
+            self.refresh_table(Table::RetryQueue).await?;
+            if self.last_round(&owner.worker).await? >= owner.round {
+                return Err(lost());
+            }
+            let files: Vec<QueueFile> = self
+                .queue_files()?
+                .into_iter()
+                .filter(|f| f.lease.as_ref() == Some(owner))
+                .collect();
+            let paths: HashSet<&str> = files.iter().map(|f| f.remove.path.as_str()).collect();
+            if held.iter().any(|r| !paths.contains(r.path.as_str())) {
+                return Err(lost());
+            }
+            let store = self.table(Table::RetryQueue).log_store().object_store(None);
+            let tags = owner.tags();
+            let mut actions = Vec::new();
+            let mut extended = Vec::new();
+            for file in &files {
+                let (bytes, rows) = read_file(store.clone(), file).await?;
+                let mut add = match leased_copy(&bytes, file.stats.as_deref(), until)? {
+                    Some((data, stats)) => self.put_file(Table::RetryQueue, data, stats).await?,
+                    None => {
+                        let batch = QueueRow::locked_batch(&rows, Some(until));
+                        let mut adds = self.write_batches(Table::RetryQueue, [batch]).await?;
+                        adds.pop().ok_or_else(lost)?
+                    }
+                };
+                add.tags = Some(tags.clone());
+                actions.push(Action::Remove(file.remove.clone()));
+                extended.push(remove_of(&add));
+                actions.push(Action::Add(add));
+            }
+            let tag = CommitTag::operation("heartbeat")
+                .with("worker", owner.worker.as_str())
+                .with("round", owner.round)
+                .with("lease_until", until.to_rfc3339());
+            let operation = DeltaOperation::Update {
+                predicate: Some(sql(lit(false))?),
+            };
+            match self
+                .commit(Table::RetryQueue, actions, operation, &tag)
+                .await
+            {
+                Ok(()) => return Ok(extended),
+                Err(e) if e.is_conflict() && conflicts < 12 => {
+                    self.pause_after_conflict(conflicts).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
     /// The files that hold `owner`'s records under its lease, with their rows.
     pub(crate) async fn lease_files(
         &self,

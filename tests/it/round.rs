@@ -398,34 +398,133 @@ fn a_round_stops_calling_before_its_lease_ends_and_gives_back_the_rest() {
     super::util::assert_exactly_once(&env.data(), &ids);
 }
 
-/// A lease too short for one call and the commits is refused before anything is claimed.
+/// A call longer than the lease: the round extends its lease by heartbeats while the
+/// call runs, so a second worker polling meanwhile takes nothing, and the record is placed
+/// once, by the round that called it.
 #[test]
-fn a_lease_shorter_than_twice_the_timeout_is_refused() {
+fn a_call_longer_than_the_lease_is_kept_by_heartbeats_and_no_other_worker_takes_it() {
     let env = Env::new();
-    let (input, _) = super::util::write_samples(&env, "T", 3);
+    let (input, ids) = write_samples(&env, "L", 2);
     env.ok(&["enqueue", input.to_str().unwrap()]);
-    let out = env
-        .cmd()
-        .args([
+    let calls = env.path("calls.log");
+    let command = format!(
+        "echo \"$RETRYLAKE_SAMPLE_ID\" >> {}; sleep 5; echo done",
+        calls.display()
+    );
+    // A 2s lease, a 30s timeout: without heartbeats the lease ends 3s into the call.
+    let slow = super::util::Background::spawn(
+        &env,
+        "slow",
+        &[
             "run",
             "--processor",
-            "simulate",
+            "command",
+            "--command",
+            &command,
             "--lease",
-            "40s",
+            "2s",
             "--timeout",
             "30s",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--lease (40s) must be at least twice --timeout (30s)"),
-        "{stderr}"
+            "--worker",
+            "slow",
+            "--json",
+        ],
+        &[],
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(env.rows::<QueueRow>().len(), 3);
-    assert!(env.rows::<AttemptRow>().is_empty());
+    let claimed = std::time::Instant::now();
+    while !env.ok(&["history", "retry_queue"]).contains("claim") {
+        assert!(
+            claimed.elapsed() < std::time::Duration::from_secs(20),
+            "no claim"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Meanwhile another worker tries, again and again, to take the records.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(6) {
+        let out = env.json(&["run", "--processor", "simulate", "--worker", "other"]);
+        assert_eq!(
+            out["processed"], 0,
+            "the other worker took a held record: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let done = slow.wait(std::time::Duration::from_secs(30));
+    assert!(done.status.success(), "{}", done.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(done.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (report["processed"].as_u64(), report["lost"].as_u64()),
+        (Some(2), Some(0)),
+        "{report}"
+    );
+    // Each record called once, placed once; the heartbeats are in the history.
+    let called = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(called.lines().collect::<Vec<_>>(), ["L-0001"], "{called}");
+    super::util::assert_exactly_once(&env.data(), &ids);
+    let history = env.ok(&["history", "retry_queue"]);
+    assert!(history.contains("heartbeat"), "{history}");
+}
+
+/// A round whose heartbeat finds its lease files taken (another worker fenced it and took
+/// its records while it was frozen) stops its calls and commits nothing; the records are
+/// placed once, by the other worker.
+#[test]
+fn a_round_frozen_past_its_lease_stops_at_its_next_heartbeat_and_commits_nothing() {
+    use nix::sys::signal::Signal;
+    let env = Env::new();
+    let (input, ids) = write_samples(&env, "F", 3);
+    env.ok(&["enqueue", input.to_str().unwrap()]);
+    let command = "sleep 3; echo done";
+    let frozen = super::util::Background::spawn(
+        &env,
+        "frozen",
+        &[
+            "run",
+            "--processor",
+            "command",
+            "--command",
+            command,
+            "--lease",
+            "2s",
+            "--timeout",
+            "30s",
+            "--worker",
+            "frozen",
+            "--json",
+        ],
+        &[],
+    );
+    // Let it claim, then freeze it past its lease.
+    let claimed = std::time::Instant::now();
+    while !env.ok(&["history", "retry_queue"]).contains("claim") {
+        assert!(
+            claimed.elapsed() < std::time::Duration::from_secs(20),
+            "no claim"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    frozen.signal(Signal::SIGSTOP);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let other = env.json(&[
+        "run",
+        "--processor",
+        "simulate",
+        "--transient-rate",
+        "0",
+        "--worker",
+        "other",
+    ]);
+    assert_eq!(other["processed"], 3, "{other}");
+    frozen.signal(Signal::SIGCONT);
+    let done = frozen.wait(std::time::Duration::from_secs(30));
+    assert!(done.status.success(), "{}", done.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(done.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(report["lost"], 3, "{report}");
+    super::util::assert_exactly_once(&env.data(), &ids);
+    let attempts = env.rows::<AttemptRow>();
+    assert!(attempts.iter().all(|a| a.worker == "other"), "{attempts:?}");
 }
 
 /// Durations at their limits are refused or saturate; none panics.
