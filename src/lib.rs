@@ -91,6 +91,6 @@ pub use round::{
 };
 pub use rules::{Action, MAX_RULES, Rule, Rules, Snooze};
 pub use shard::Shard;
-pub use status::{ErrorCount, Status};
+pub use status::{ErrorCount, ReasonCount, Status};
 pub use store::{AsOf, Maintained, Maintenance, RowRetention, StorageOptions};
 pub use worker::{Rounds, Shutdown, Until, run_rounds};

@@ -1026,6 +1026,14 @@ fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result
         format!("calls paused until {} ({why})", until.to_rfc3339())
     });
     match (report.round, paused) {
+        (None, _) if report.queue_paused.is_some() => {
+            let p = report.queue_paused.as_ref().expect("checked");
+            let until = p.until.map_or_else(
+                || "until `retrylake resume`".to_owned(),
+                |t| format!("until {}", t.to_rfc3339()),
+            );
+            writeln!(out, "queue paused {until} by {}; nothing claimed", p.by)?
+        }
         (None, _) if report.lost > 0 => writeln!(
             out,
             "round lost its lease: {} records taken by another worker, nothing committed; {next}",
@@ -1116,6 +1124,23 @@ fn print_status(out: &mut impl Write, s: &Status) -> Result<()> {
     let max = s
         .max_retries
         .map_or_else(|| "-".to_owned(), |m| m.to_string());
+    if let Some(p) = &s.paused {
+        let until = p.until.map_or_else(
+            || "until `retrylake resume`".to_owned(),
+            |t| format!("until {}", t.to_rfc3339()),
+        );
+        let why = p
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "PAUSED         {until} (by {} at {}){why}",
+            p.by,
+            p.at.to_rfc3339()
+        )?;
+    }
     writeln!(
         out,
         "retry queue    {:>8} waiting, {} due now",
@@ -1132,6 +1157,14 @@ fn print_status(out: &mut impl Write, s: &Status) -> Result<()> {
     writeln!(out, "next due       {next}")?;
     writeln!(out, "final results  {:>8}", s.final_count)?;
     writeln!(out, "dead letters   {:>8}", s.dead)?;
+    if !s.dead_by_reason.is_empty() {
+        let reasons: Vec<String> = s
+            .dead_by_reason
+            .iter()
+            .map(|r| format!("{} {}", r.count, r.reason.as_deref().unwrap_or("(none)")))
+            .collect();
+        writeln!(out, "  by reason    {}", reasons.join(", "))?;
+    }
     if let Some(share) = s.recovered_share {
         writeln!(
             out,

@@ -29,6 +29,10 @@ pub struct Metrics {
     dead: i64,
     last_round_seconds: f64,
     last_round_at: Option<DateTime<Utc>>,
+    queue_paused: bool,
+    dead_by_reason: Vec<(String, i64)>,
+    alerts_delivered: u64,
+    alerts_failed: u64,
 }
 
 impl Metrics {
@@ -52,6 +56,22 @@ impl Metrics {
         self.due = status.due;
         self.snoozed = status.snoozed;
         self.dead = status.dead;
+        self.queue_paused = status.paused.is_some();
+        self.dead_by_reason = status
+            .dead_by_reason
+            .iter()
+            .map(|r| (r.reason.clone().unwrap_or_default(), r.count))
+            .collect();
+    }
+
+    /// Counts dead-letter alerts delivered (`--on-dead-letter`).
+    pub fn alerts_delivered(&mut self, alerts: u64) {
+        self.alerts_delivered += alerts;
+    }
+
+    /// Counts a failed delivery of a dead-letter alert (tried again later).
+    pub fn alert_failed(&mut self) {
+        self.alerts_failed += 1;
     }
 
     /// The Prometheus text exposition.
@@ -127,6 +147,37 @@ impl Metrics {
             "Records in dead_letter_queue.",
             &[("", self.dead.to_string())],
         );
+        let by_reason: Vec<(String, String)> = self
+            .dead_by_reason
+            .iter()
+            .map(|(reason, n)| (format!("{{reason=\"{}\"}}", label(reason)), n.to_string()))
+            .collect();
+        let by_reason: Vec<(&str, String)> = by_reason
+            .iter()
+            .map(|(l, n)| (l.as_str(), n.clone()))
+            .collect();
+        metric(
+            "retrylake_dead_letters_by_reason",
+            "gauge",
+            "Records in dead_letter_queue by reason (permanent, retries_exhausted, \
+             invalid_input, cancelled, expired).",
+            &by_reason,
+        );
+        metric(
+            "retrylake_queue_paused",
+            "gauge",
+            "1 while the queue is paused (retrylake pause).",
+            &[("", u8::from(self.queue_paused).to_string())],
+        );
+        metric(
+            "retrylake_dead_letter_alerts_total",
+            "counter",
+            "Dead-letter alerts (--on-dead-letter) by result; a failed one is tried again.",
+            &[
+                ("{result=\"delivered\"}", self.alerts_delivered.to_string()),
+                ("{result=\"failed\"}", self.alerts_failed.to_string()),
+            ],
+        );
         metric(
             "retrylake_round_duration_seconds",
             "gauge",
@@ -144,6 +195,14 @@ impl Metrics {
         );
         out
     }
+}
+
+/// A label value as the Prometheus text format writes it.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serves `metrics` on `http://ADDR/metrics` until the process ends. `ADDR` is `host:port`,
@@ -198,6 +257,11 @@ mod tests {
             final_count: 0,
             dead: 0,
             dead_by_error: Vec::new(),
+            dead_by_reason: vec![crate::ReasonCount {
+                reason: Some("we\"ird\n".into()),
+                count: 2,
+            }],
+            paused: None,
             needed_retry: 0,
             recovered: 0,
             recovered_share: None,
@@ -208,5 +272,10 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("\nretrylake_snoozes_total 4\n"), "{text}");
         assert!(text.contains("\nretrylake_snoozed 2\n"), "{text}");
+        assert!(
+            text.contains("\nretrylake_dead_letters_by_reason{reason=\"we\\\"ird\\n\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nretrylake_queue_paused 0\n"), "{text}");
     }
 }

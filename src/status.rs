@@ -8,9 +8,19 @@ use deltalake::datafusion::logical_expr::cast as cast_expr;
 use deltalake::datafusion::prelude::{Expr, col, lit};
 use serde::Serialize;
 
+use crate::control::Pause;
 use crate::error::Result;
 use crate::store::columns::{float_at, int_at, strings, time_at, timestamp};
 use crate::store::{Store, Table};
+
+/// How many dead letters have one reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReasonCount {
+    /// The `reason` column.
+    pub reason: Option<String>,
+    /// How many dead letters have it.
+    pub count: i64,
+}
 
 /// Dead letters sharing one error message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,6 +54,11 @@ pub struct Status {
     pub dead: i64,
     /// Dead letters by error message, most common first.
     pub dead_by_error: Vec<ErrorCount>,
+    /// Dead letters by reason (`permanent`, `retries_exhausted`, `invalid_input`,
+    /// `cancelled`, `expired`), most common first.
+    pub dead_by_reason: Vec<ReasonCount>,
+    /// The queue's pause, when one holds (see `retrylake pause`).
+    pub paused: Option<Pause>,
     /// Records that failed transiently at least once and have since left the queue, to
     /// `final_results` or `dead_letter_queue`.
     pub needed_retry: i64,
@@ -110,6 +125,28 @@ pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> 
             });
         }
     }
+    let dead_by_reason = {
+        let (_ctx, dead) = store.frame(Table::DeadLetterQueue).await?;
+        let batches = dead
+            .aggregate(vec![col("reason")], vec![count(lit(1)).alias("n")])?
+            .sort(vec![
+                col("n").sort(false, false),
+                col("reason").sort(true, true),
+            ])?
+            .collect()
+            .await?;
+        let mut counts = Vec::new();
+        for batch in &batches {
+            let reasons = strings(batch.column(0))?;
+            for i in 0..batch.num_rows() {
+                counts.push(ReasonCount {
+                    reason: reasons.is_valid(i).then(|| reasons.value(i).to_owned()),
+                    count: int_at(batch.column(1), i).unwrap_or(0),
+                });
+            }
+        }
+        counts
+    };
     let (final_count, recovered) =
         count_where(store, Table::FinalResults, col("attempts").gt(lit(1))).await?;
     let needed_retry = recovered + dead_after_retry;
@@ -123,6 +160,8 @@ pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> 
         final_count,
         dead: dead_by_error.iter().map(|e| e.count).sum(),
         dead_by_error,
+        dead_by_reason,
+        paused: store.pause()?.filter(|p| p.holds_at(now)),
         needed_retry,
         recovered,
         recovered_share: (needed_retry > 0).then(|| recovered as f64 / needed_retry as f64),

@@ -196,9 +196,14 @@ impl Rounds {
             }
             Until::Drained | Until::Stopped => {}
         }
-        // While calls are paused (breaker open, Retry-After), the next round waits for the
-        // pause to end even if records are due.
-        let next = report.paused_until.max(report.next_due);
+        // While calls are paused (breaker open, Retry-After) or the queue is, the next round
+        // waits for the pause to end even if records are due. A drain stops on a queue paused
+        // until a resume; a worker polls.
+        let queue_paused = report.queue_paused.as_ref().map(|p| p.until);
+        let next = report
+            .paused_until
+            .max(queue_paused.flatten())
+            .max(report.next_due);
         if next.is_none() && self.until == Until::Drained {
             return None;
         }
@@ -225,6 +230,25 @@ impl Rounds {
             );
         }
         Some(wait)
+    }
+}
+
+/// Logs that the queue's pause began (or changed) or ended.
+fn log_pause(pause: Option<&crate::control::Pause>) {
+    match pause {
+        Some(p) => tracing::warn!(
+            by = p.by,
+            reason = p.reason.as_deref().unwrap_or(""),
+            "queue paused {} by {}{}: claiming nothing",
+            p.until
+                .map_or_else(|| "until a resume".to_owned(), |t| format!("until {t}")),
+            p.by,
+            p.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        None => tracing::info!("queue resumed"),
     }
 }
 
@@ -260,8 +284,13 @@ pub async fn run_rounds<'p, E: From<Error>>(
     mut on_round: impl FnMut(&RoundReport) -> Result<(), E>,
 ) -> Result<(), E> {
     let processor = processor.into();
+    let mut paused = None;
     while !rounds.shutdown.is_triggered() {
         let report = queue.run_round(processor, config).await?;
+        if report.queue_paused != paused {
+            log_pause(report.queue_paused.as_ref());
+            paused = report.queue_paused.clone();
+        }
         on_round(&report)?;
         // Upkeep, not the queue's work: a failed pass is tried again after the next round.
         if let Err(e) = queue.maintain(&rounds.maintenance).await {
