@@ -23,6 +23,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidConfig(String),
 
+    /// A dead-letter alert could not be delivered (it is tried again).
+    #[error("{0}")]
+    Alert(String),
+
     /// The input to enqueue could not be read or holds invalid records.
     #[error("{path}: {message}")]
     InvalidInput {

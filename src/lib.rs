@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod alert;
 mod audit;
 mod clock;
 mod control;
@@ -68,6 +69,7 @@ mod status;
 pub mod store;
 mod worker;
 
+pub use alert::{ALERT_BATCH, AlertedLetter, Alerts, DeadLetterAlert, DeadLetterHook};
 pub use audit::Audit;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use control::{CANCEL_WORKER, CancelFilter, CancelReport, MAX_REASON_LEN, Pause};

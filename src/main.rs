@@ -14,10 +14,11 @@ use deltalake::arrow::util::pretty::pretty_format_batches;
 use retrylake::metrics::Metrics;
 use retrylake::store::{DeadReason, Table};
 use retrylake::{
-    AsOf, BatchProcessor, BreakerConfig, Calls, CancelFilter, EnqueueOptions, Fields, FixedClock,
-    Guard, GuardConfig, InputFormat, Jitter, Maintenance, Processor, ProcessorKind,
-    ProcessorOptions, Progress, Queue, Rate, RedriveFilter, RetryPolicy, RoundConfig, RoundReport,
-    Rounds, RowRetention, Rules, Shard, Shutdown, Status, Until, WorkerName, run_rounds,
+    Alerts, AsOf, BatchProcessor, BreakerConfig, Calls, CancelFilter, DeadLetterHook,
+    EnqueueOptions, Fields, FixedClock, Guard, GuardConfig, InputFormat, Jitter, Maintenance,
+    Processor, ProcessorKind, ProcessorOptions, Progress, Queue, Rate, RedriveFilter, RetryPolicy,
+    RoundConfig, RoundReport, Rounds, RowRetention, Rules, Shard, Shutdown, Status, Until,
+    WorkerName, run_rounds,
 };
 
 /// A durable exponential-backoff retry queue on Delta Lake tables.
@@ -317,6 +318,10 @@ struct RunArgs {
     /// How long a round holds the records it claims; a round running longer commits nothing.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     lease: Duration,
+    /// Where the dead letters of each round go, at least once, after the round commits: a
+    /// shell command (the alert as JSON on stdin) or an http(s):// URL (POSTed as JSON).
+    #[arg(long, value_name = "CMD|URL", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<DeadLetterHook>()))]
+    on_dead_letter: Option<DeadLetterHook>,
     /// A record's deadline from its enqueue: past it, it is not called again and goes to
     /// the dead-letter queue with reason expired.
     #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
@@ -436,6 +441,15 @@ impl GuardArgs {
 
 impl RunArgs {
     /// The tables' upkeep after every round.
+    /// `rounds` with the poll, upkeep and dead-letter alerts these flags set.
+    fn rounds(&self, rounds: Rounds) -> Result<Rounds> {
+        let mut rounds = rounds.poll(self.poll).maintenance(self.maintenance());
+        if let Some(hook) = &self.on_dead_letter {
+            rounds = rounds.on_dead_letter(Alerts::new(hook)?);
+        }
+        Ok(rounds)
+    }
+
     fn maintenance(&self) -> Maintenance {
         let keep_rows = RowRetention {
             attempts: self.keep_attempts.0,
@@ -504,9 +518,9 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
     let kind = args.check()?;
     let shutdown = Shutdown::on_signals().context("cannot listen for signals")?;
     let (mut queue, processor, config, _clock) = prepare(data, &args.run, kind, None).await?;
-    let mut rounds = Rounds::new(Until::Stopped)
-        .poll(args.run.poll)
-        .maintenance(args.run.maintenance())
+    let mut rounds = args
+        .run
+        .rounds(Rounds::new(Until::Stopped))?
         .shutdown(shutdown);
     if let Some(addr) = &args.metrics_addr {
         let metrics = Arc::new(Mutex::new(Metrics::default()));
@@ -997,9 +1011,7 @@ async fn run(data: &str, command: RunCommand, out: &mut impl Write) -> Result<()
         (false, Some(_)) => Until::OneRound,
         (false, None) => Until::NoneDue,
     };
-    let mut rounds = Rounds::new(until)
-        .poll(args.poll)
-        .maintenance(args.maintenance());
+    let mut rounds = args.rounds(Rounds::new(until))?;
     if let Some(clock) = clock {
         rounds = rounds.virtual_clock(clock);
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
+use crate::alert::{AlertTask, Alerts};
 use crate::clock::FixedClock;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -113,6 +114,7 @@ pub struct Rounds {
     shutdown: Shutdown,
     metrics: Option<Arc<Mutex<Metrics>>>,
     maintenance: Maintenance,
+    alerts: Option<Arc<Alerts>>,
 }
 
 impl Rounds {
@@ -126,7 +128,17 @@ impl Rounds {
             shutdown: Shutdown::new(),
             metrics: None,
             maintenance: Maintenance::default(),
+            alerts: None,
         }
+    }
+
+    /// Delivers the dead letters of every commit of `dead_letter_queue` made from the
+    /// first round on (by any worker) to `alerts`, at least once, in the background: a
+    /// failing hook is tried again and never holds a round back; what is not delivered
+    /// when the rounds end waits for the next rounds with alerts. Default value is none.
+    pub fn on_dead_letter(mut self, alerts: Alerts) -> Self {
+        self.alerts = Some(Arc::new(alerts));
+        self
     }
 
     /// Sets the longest wait between rounds, so records enqueued or released by other
@@ -284,12 +296,52 @@ pub async fn run_rounds<'p, E: From<Error>>(
     mut on_round: impl FnMut(&RoundReport) -> Result<(), E>,
 ) -> Result<(), E> {
     let processor = processor.into();
+    let alerts = match &rounds.alerts {
+        Some(alerts) => Some(
+            AlertTask::start(
+                queue.store(),
+                alerts.clone(),
+                rounds.poll,
+                rounds.metrics.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let result = rounds_until(
+        queue,
+        processor,
+        config,
+        rounds,
+        &mut on_round,
+        alerts.as_ref(),
+    )
+    .await;
+    if let Some(alerts) = alerts {
+        alerts.finish().await;
+    }
+    result
+}
+
+async fn rounds_until<E: From<Error>>(
+    queue: &mut Queue,
+    processor: Calls<'_>,
+    config: &RoundConfig,
+    rounds: &Rounds,
+    on_round: &mut impl FnMut(&RoundReport) -> Result<(), E>,
+    alerts: Option<&AlertTask>,
+) -> Result<(), E> {
     let mut paused = None;
     while !rounds.shutdown.is_triggered() {
         let report = queue.run_round(processor, config).await?;
         if report.queue_paused != paused {
             log_pause(report.queue_paused.as_ref());
             paused = report.queue_paused.clone();
+        }
+        if report.dead_lettered > 0
+            && let Some(alerts) = alerts
+        {
+            alerts.wake();
         }
         on_round(&report)?;
         // Upkeep, not the queue's work: a failed pass is tried again after the next round.

@@ -50,6 +50,18 @@ impl HttpProcessor {
         }
     }
 
+    /// POSTs the JSON `body` as it is, with `key` as its idempotency key: a success on a
+    /// 2xx read to its end (how dead-letter alerts reach a webhook).
+    pub(crate) async fn post_json(&self, body: String, key: String) -> Outcome {
+        match self.post(body, key).await {
+            Ok(response) => match read_bounded(response, self.max_response_bytes).await {
+                Ok(_) => Outcome::Success { response: None },
+                Err(e) => transport_failure(&e),
+            },
+            Err(failed) => failed,
+        }
+    }
+
     /// POSTs `body` with `key` as its idempotency key: the 2xx response, or the outcome of
     /// a call that failed (every record of a batch shares it).
     async fn post(&self, body: String, key: String) -> std::result::Result<Response, Outcome> {

@@ -20,6 +20,8 @@ pub struct CommitTag {
     rewrites: Option<i64>,
     /// The time before which the table's rows may have been pruned (see [`PRUNED_APP`]).
     pruned: Option<i64>,
+    /// The last version of `dead_letter_queue` alerted (see [`ALERTS_APP`]).
+    alerts: Option<i64>,
     details: BTreeMap<String, Value>,
 }
 
@@ -68,6 +70,9 @@ impl CommitTag {
         if let Some(pruned) = self.pruned {
             txns.push(Transaction::new(PRUNED_APP, pruned));
         }
+        if let Some(alerts) = self.alerts {
+            txns.push(Transaction::new(ALERTS_APP, alerts));
+        }
         // delta-rs would list the whole `_delta_log` after every commit to remove expired
         // entries, a cost that grows with the log: the queue's maintenance does it now and
         // then instead (`Store::maintain`).
@@ -90,6 +95,15 @@ impl CommitTag {
     pub(crate) fn with_pruned(&self, micros: i64) -> Self {
         CommitTag {
             pruned: Some(micros),
+            ..self.clone()
+        }
+    }
+
+    /// The same tag, for a commit that records `dead_letter_queue`'s alerts as delivered
+    /// up to `version`.
+    pub(crate) fn with_alerts(&self, version: i64) -> Self {
+        CommitTag {
+            alerts: Some(version),
             ..self.clone()
         }
     }
@@ -125,6 +139,11 @@ pub(crate) const REWRITES_APP: &str = "retrylake-rewrites";
 /// expect journal rows older than that. Kept in every checkpoint, unlike the prune's
 /// commit, whose log entry expires.
 pub(crate) const PRUNED_APP: &str = "retrylake-pruned";
+
+/// The application id whose version is the last version of `dead_letter_queue` whose dead
+/// letters were delivered to the `--on-dead-letter` hook (see `crate::alert`). Kept in
+/// every checkpoint.
+pub(crate) const ALERTS_APP: &str = "retrylake-alerts";
 
 /// The application id under which `worker`'s rounds are recorded in every table.
 pub(crate) fn app_id(worker: &str) -> String {

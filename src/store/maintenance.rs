@@ -270,11 +270,27 @@ impl Store {
         let every = policy.clean_log_every.max(1);
         let last = self.maintained[Store::index(table)];
         let due = matches!((last, version), (Some(last), Some(version)) if version / every > last / every);
-        if let (true, Some(after)) = (due, policy.vacuum_after) {
+        // Dead letters not yet alerted (`--on-dead-letter`) keep their log entries and
+        // files until they are.
+        let alerted = match table {
+            Table::DeadLetterQueue => self.txn_version(table, super::commit::ALERTS_APP).await?,
+            _ => None,
+        };
+        // (The cursor may lag a few versions without dead letters behind.)
+        let alerts_pending = alerted.is_some_and(|a| {
+            version.is_some_and(|v| {
+                a.saturating_add(crate::alert::CURSOR_LAG) < i64::try_from(v).unwrap_or(i64::MAX)
+            })
+        });
+        if let (true, false, Some(after)) = (due, alerts_pending, policy.vacuum_after) {
             did.files_vacuumed = self.vacuum_table(table, after).await?;
         }
         // The vacuum commits too: clean up to (and remember) the version it left.
         let version = self.table(table).version();
+        let keep = match alerted {
+            Some(a) => version.map(|v| v.min(u64::try_from(a.saturating_add(1)).unwrap_or(0))),
+            None => version,
+        };
         if let (true, Some(retention), Some(version)) = (due, policy.log_retention, version) {
             // Nothing is older than the beginning of time.
             let cutoff = chrono::Duration::from_std(retention)
@@ -283,7 +299,7 @@ impl Store {
             if let Some(cutoff) = cutoff {
                 let t = self.table(table);
                 did.log_entries_removed = deltalake::checkpoints::cleanup_expired_logs_for(
-                    version,
+                    keep.unwrap_or(version),
                     t.log_store().as_ref(),
                     cutoff.timestamp_millis(),
                     None,

@@ -2,7 +2,7 @@
 //! queue needs (append, the queue MERGE, scans, application-transaction versions).
 
 pub(crate) mod columns;
-mod commit;
+pub(crate) mod commit;
 pub(crate) mod due;
 pub(crate) mod journal;
 mod local_log;
