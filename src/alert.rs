@@ -102,7 +102,7 @@ pub struct Alerts {
 
 enum Hook {
     Command(CommandProcessor),
-    Webhook(HttpProcessor),
+    Webhook(Box<HttpProcessor>),
 }
 
 /// Most versions without dead letters the cursor stays behind.
@@ -116,12 +116,12 @@ impl Alerts {
     pub fn new(hook: &DeadLetterHook) -> Result<Alerts> {
         let hook = match hook {
             DeadLetterHook::Command(c) => Hook::Command(CommandProcessor::new(c.clone())),
-            DeadLetterHook::Webhook(url) => Hook::Webhook(
+            DeadLetterHook::Webhook(url) => Hook::Webhook(Box::new(
                 HttpProcessor::builder(url)
                     .pool_size(1)
                     .build()
                     .map_err(|e| Error::InvalidConfig(format!("--on-dead-letter: {e}")))?,
-            ),
+            )),
         };
         Ok(Alerts { hook })
     }
