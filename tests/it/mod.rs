@@ -1,5 +1,7 @@
+mod alerts;
 mod batch;
 mod concurrent;
+mod controls;
 mod crash;
 mod enqueue;
 mod errors;
