@@ -54,10 +54,13 @@ fn all_ids(alerts: &BTreeMap<String, Vec<Vec<String>>>) -> BTreeSet<String> {
     alerts.values().flatten().flatten().cloned().collect()
 }
 
+/// The requests a webhook received: key, body and the status it answered.
+type Requests = Arc<Mutex<Vec<(String, serde_json::Value, u16)>>>;
+
 /// A webhook that answers 503 to its first `failures` requests, then 200, keeping every
 /// request's key and body.
-fn webhook(failures: usize) -> (String, Arc<Mutex<Vec<(String, serde_json::Value, u16)>>>) {
-    let seen: Arc<Mutex<Vec<(String, serde_json::Value, u16)>>> = Arc::default();
+fn webhook(failures: usize) -> (String, Requests) {
+    let seen: Requests = Arc::default();
     let kept = seen.clone();
     let app = Router::new().route(
         "/alerts",
