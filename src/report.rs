@@ -52,7 +52,7 @@ pub async fn report(store: &Store, policy: &RetryPolicy, now: DateTime<Utc>) -> 
          SUM(CASE WHEN outcome = 'success' THEN 1 ELSE 0 END) AS success, \
          SUM(CASE WHEN outcome = 'transient' THEN 1 ELSE 0 END) AS transient, \
          SUM(CASE WHEN outcome = 'permanent' THEN 1 ELSE 0 END) AS permanent \
-         FROM attempts WHERE outcome <> 'redrive' GROUP BY worker, round ORDER BY at, worker, round",
+         FROM attempts WHERE outcome NOT IN ('redrive', 'cancel') GROUP BY worker, round ORDER BY at, worker, round",
     )
     .await?;
     let dead = query(
@@ -73,6 +73,7 @@ h1{{font-size:1.6rem;margin-bottom:.2rem}} h2{{font-size:1.1rem;margin-top:2.2re
 .card b{{display:block;font-size:1.5rem}} .muted{{color:#68738a;font-size:.9rem}}
 table{{border-collapse:collapse;margin-top:.6rem}} td,th{{padding:.25rem .8rem;text-align:left;border-bottom:1px solid #eef1f6}}
 td.n{{text-align:right;font-variant-numeric:tabular-nums}}
+.paused{{background:#fff4e0;border-left:4px solid #e6a23c;padding:.6rem 1rem;margin-top:1rem}}
 .legend span{{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin:0 .3rem 0 1rem;vertical-align:middle}}
 </style></head><body>
 <h1>retrylake</h1><div class="muted">{root} &middot; report at {now}</div>
@@ -91,6 +92,23 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
         recovered = recovered_share(store).await?,
     );
 
+    if let Some(p) = &status.paused {
+        let until = p.until.map_or_else(
+            || "until resumed".to_owned(),
+            |t| format!("until {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        );
+        let _ = write!(
+            html,
+            "<p class=\"paused\"><b>Paused</b> {} by {} at {}{}</p>",
+            escape(&until),
+            escape(&p.by),
+            p.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.reason
+                .as_deref()
+                .map(|r| format!(": {}", escape(r)))
+                .unwrap_or_default()
+        );
+    }
     html.push_str("<h2>Backlog over time</h2><div class=\"muted\">Rows in retry_queue at each table version (from the Delta history).</div>");
     let points: Vec<(String, f64)> = backlog
         .iter()
