@@ -382,6 +382,7 @@ impl Queue {
 /// assert_eq!(name.as_str(), "w-1.eu_west");
 /// assert!("two words".parse::<WorkerName>().is_err());
 /// assert!("redrive".parse::<WorkerName>().is_err());
+/// assert!("cancel".parse::<WorkerName>().is_err());
 /// # Ok::<(), retrylake::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -408,10 +409,12 @@ impl FromStr for WorkerName {
                 "worker name {shown:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"
             )));
         }
-        if s == REDRIVE_WORKER {
-            return Err(Error::InvalidConfig(format!(
-                "'{s}' is the name redrives are journaled under; choose another"
-            )));
+        for (reserved, what) in [(REDRIVE_WORKER, "redrives"), (CANCEL_WORKER, "cancels")] {
+            if s == reserved {
+                return Err(Error::InvalidConfig(format!(
+                    "'{s}' is the name {what} are journaled under; choose another"
+                )));
+            }
         }
         Ok(WorkerName(s.to_owned()))
     }

@@ -57,6 +57,8 @@ async fn worker_names_are_checked_by_the_library() {
     }
     let err = WorkerName::from_str("redrive").unwrap_err().to_string();
     assert!(err.contains("redrives are journaled under"), "{err}");
+    let err = WorkerName::from_str("cancel").unwrap_err().to_string();
+    assert!(err.contains("cancels are journaled under"), "{err}");
 
     let env = Env::new();
     let queue = Queue::open(&env.data().url).await.unwrap();
@@ -351,4 +353,100 @@ async fn a_shutdown_or_an_error_stops_the_rounds() {
         1,
         "one round, then the poll wait"
     );
+}
+
+/// Counts its calls; every call succeeds.
+#[derive(Default)]
+struct Counting(AtomicUsize);
+
+#[async_trait::async_trait]
+impl retrylake::Processor for Counting {
+    async fn process(&self, _record: &retrylake::Record) -> retrylake::Outcome {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        retrylake::Outcome::success("ok")
+    }
+}
+
+/// Pause, resume, cancel, deadlines and dead-letter alerts, from the library, with the
+/// tables audited after each.
+#[tokio::test]
+async fn the_operator_controls_work_from_the_library() {
+    use retrylake::{Alerts, CancelFilter, DeadLetterHook};
+    let env = Env::new();
+    let (mut queue, clock, ids) = queue_with(&env, 30).await;
+    let calls = Counting::default();
+    // Paused: a round claims nothing, and says why.
+    let pause = queue.pause(None, Some("maintenance")).await.unwrap();
+    assert_eq!(pause.reason.as_deref(), Some("maintenance"));
+    let report = queue.run_round(&calls, &config(100)).await.unwrap();
+    assert_eq!(report.queue_paused, Some(pause.clone()));
+    assert_eq!((report.processed, calls.0.load(Ordering::SeqCst)), (0, 0));
+    assert_eq!(queue.status().await.unwrap().paused, Some(pause));
+    // A pause that ends by itself: over once the clock passes it.
+    queue.resume().await.unwrap();
+    let until = past() + chrono::Duration::minutes(1);
+    queue.pause(Some(until), None).await.unwrap();
+    assert!(queue.paused().unwrap().is_some());
+    clock.set(until);
+    assert!(queue.paused().unwrap().is_none());
+    clock.set(past());
+    queue.resume().await.unwrap();
+    // Cancel three records: dead letters with reason cancelled, never called.
+    let filter = CancelFilter {
+        ids: ids[1..4].to_vec(),
+        reason: Some("bad batch".into()),
+        ..CancelFilter::default()
+    };
+    let cancelled = queue.cancel(&filter).await.unwrap();
+    assert_eq!((cancelled.cancelled, cancelled.held), (3, 0));
+    assert!(
+        queue.cancel(&CancelFilter::default()).await.is_err(),
+        "no filter"
+    );
+    // A deadline of a minute, the clock two on: the rest expire, uncalled, but alerted.
+    clock.set(past() + chrono::Duration::minutes(2));
+    let dir = env.path("alerts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hook: DeadLetterHook = format!("cat > '{}'/\"$RETRYLAKE_IDEMPOTENCY_KEY\"", dir.display())
+        .parse()
+        .unwrap();
+    let rounds = Rounds::new(Until::NoneDue).on_dead_letter(Alerts::new(&hook).unwrap());
+    let deadline = RoundConfig {
+        max_age: Some(Duration::from_secs(60)),
+        ..config(100)
+    };
+    run_rounds(&mut queue, &calls, &deadline, &rounds, |_| {
+        Ok::<(), Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        calls.0.load(Ordering::SeqCst),
+        0,
+        "expired records are not called"
+    );
+    let dead = queue.status().await.unwrap().dead_by_reason;
+    let count = |reason: &str| {
+        dead.iter()
+            .find(|r| r.reason.as_deref() == Some(reason))
+            .map_or(0, |r| r.count)
+    };
+    assert_eq!((count("cancelled"), count("expired")), (3, 23), "{dead:?}");
+    assert_eq!(
+        count("permanent"),
+        4,
+        "missing payloads are dead as before: {dead:?}"
+    );
+    let alerted: usize = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|f| {
+            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+            let alert: serde_json::Value = serde_json::from_str(&text).unwrap();
+            alert["dead_letters"].as_array().unwrap().len()
+        })
+        .sum();
+    assert_eq!(alerted, 27, "the round's dead letters were alerted");
+    let audit = queue.audit().await.unwrap();
+    assert!(audit.is_clean(), "{audit:?}");
+    assert_eq!(audit.ids.len(), ids.len());
 }
