@@ -16,6 +16,7 @@ mod limits;
 mod maintenance;
 mod monitor;
 mod object_store;
+mod pause_races;
 mod races;
 mod redrive;
 mod round;
