@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deltalake::logstore::commit_uri_from_version;
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -24,7 +25,10 @@ use crate::outcome::Outcome;
 use crate::processor::{CommandProcessor, HttpProcessor, Processor, Record};
 use crate::store::commit::ALERTS_APP;
 use crate::store::due::blind_append;
-use crate::store::{CommitTag, DeadRow, Rows, Store, Table, read_object, table_error};
+use crate::store::{
+    AttemptRow, CommitTag, DeadReason, DeadRow, Rows, Store, Table, collect_rows, read_object,
+    table_error,
+};
 
 /// Most dead letters in one alert; a commit with more is delivered in several.
 pub const ALERT_BATCH: usize = 1000;
@@ -240,8 +244,10 @@ struct AddLine {
     data_change: bool,
 }
 
-/// The alerts of one version of `dead_letter_queue`: its new dead letters (files added as
-/// a data change; a compaction's are not new), in batches of at most [`ALERT_BATCH`].
+/// The alerts of one version of `dead_letter_queue`: its new dead letters, in batches of at
+/// most [`ALERT_BATCH`]. Dead letters are only ever appended (`WRITE`: a round, a cancel,
+/// an enqueue's invalid records, a recovery); the files other commits add hold letters
+/// that were there before (a compaction, a redrive's or a prune's rewrite).
 async fn alerts_of(store: &Store, table_id: &str, version: i64) -> Result<Vec<DeadLetterAlert>> {
     let table = Table::DeadLetterQueue;
     let object_store = store.table(table).log_store().object_store(None);
@@ -271,9 +277,36 @@ async fn alerts_of(store: &Store, table_id: &str, version: i64) -> Result<Vec<De
             info = i;
         }
     }
+    if info["operation"].as_str() != Some("WRITE") {
+        return Ok(Vec::new());
+    }
+    let tag = &info["retrylake"];
     let mut letters = Vec::new();
     for path in paths {
         let path = percent_decode(&path);
+        // A file deleted before it was alerted (compacted, then vacuumed, while the hook
+        // was down): a round's dead letters are in its journal too.
+        if let Ok(location) = deltalake::Path::parse(&path)
+            && let Err(deltalake::ObjectStoreError::NotFound { .. }) =
+                object_store.head(&location).await
+        {
+            match journaled_dead(store, tag).await? {
+                Some(journaled) => {
+                    letters = journaled;
+                    break;
+                }
+                None => {
+                    tracing::error!(
+                        version,
+                        file = path,
+                        "dead letters of version {version} of dead_letter_queue were vacuumed \
+                         before they were alerted, and no journal holds them; this alert \
+                         cannot be sent"
+                    );
+                    continue;
+                }
+            }
+        }
         let bytes = read_object(&object_store, table, &path).await?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| table_error(table)(e.into()))?
@@ -284,7 +317,6 @@ async fn alerts_of(store: &Store, table_id: &str, version: i64) -> Result<Vec<De
             letters.extend(DeadRow::from_batch(&batch)?);
         }
     }
-    let tag = &info["retrylake"];
     let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
     Ok(letters
         .chunks(ALERT_BATCH)
@@ -308,6 +340,38 @@ async fn alerts_of(store: &Store, table_id: &str, version: i64) -> Result<Vec<De
                 .collect(),
         })
         .collect())
+}
+
+/// The dead letters of the round a commit's `retrylake` metadata names, from its journal
+/// rows; `None` for a commit of no round (an enqueue) or a round no longer journaled.
+async fn journaled_dead(store: &Store, tag: &serde_json::Value) -> Result<Option<Vec<DeadRow>>> {
+    let (Some(worker), Some(round)) = (tag["worker"].as_str(), tag["round"].as_i64()) else {
+        return Ok(None);
+    };
+    use deltalake::datafusion::prelude::{col, lit};
+    let (_ctx, frame) = store.frame(Table::Attempts).await?;
+    let frame = frame.filter(
+        col("worker")
+            .eq(lit(worker))
+            .and(col("round").eq(lit(round)))
+            .and(col("disposition").eq(lit("dead"))),
+    )?;
+    let rows: Vec<AttemptRow> = collect_rows(frame).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| DeadRow {
+                sample_id: r.sample_id,
+                payload: r.payload,
+                error_msg: r.error_msg,
+                retry_count: r.retry_count,
+                failed_at: r.finished_at,
+                reason: r.reason.unwrap_or(DeadReason::Permanent),
+            })
+            .collect(),
+    ))
 }
 
 /// A path of the Delta log (percent-encoded) as the object store names it.
@@ -338,6 +402,10 @@ pub(crate) struct AlertTask {
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// How long a stopping process goes on trying to deliver (it may then be in one more try,
+/// of at most [`DELIVERY_TIMEOUT`]).
+const STOP_BUDGET: Duration = Duration::from_secs(10);
+
 /// The longest pause between two tries of a failing hook.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(60);
 
@@ -351,25 +419,33 @@ impl AlertTask {
         metrics: Option<Arc<Mutex<Metrics>>>,
     ) -> Result<AlertTask> {
         let mut store = store.reopen().await?;
-        if let Err(e) = alerts.deliver(&mut store).await {
-            tracing::warn!("{e}; trying again in the background");
+        // Only the cursor before the first round (so its dead letters are alerted); the
+        // backlog goes out in the background.
+        store.refresh_table(Table::DeadLetterQueue).await?;
+        if store
+            .txn_version(Table::DeadLetterQueue, ALERTS_APP)
+            .await?
+            .is_none()
+        {
+            alerts.deliver(&mut store).await?;
         }
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
         let (w, s) = (wake.clone(), stop.clone());
         let handle = tokio::spawn(async move {
             let mut failures: u32 = 0;
-            let mut stopping = false;
+            let mut stopping: Option<std::time::Instant> = None;
+            let mut first = true;
             loop {
                 let pause = if failures == 0 {
                     poll
                 } else {
                     Duration::from_secs(1u64 << failures.min(6)).min(MAX_RETRY_PAUSE)
                 };
-                if !stopping {
+                if stopping.is_none() && !std::mem::take(&mut first) {
                     tokio::select! {
                         _ = w.notified() => {}
-                        _ = s.notified() => stopping = true,
+                        _ = s.notified() => stopping = Some(std::time::Instant::now()),
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -381,7 +457,7 @@ impl AlertTask {
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .alerts_delivered(sent as u64);
                         }
-                        if stopping {
+                        if stopping.is_some() {
                             return;
                         }
                     }
@@ -392,7 +468,10 @@ impl AlertTask {
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .alert_failed();
                         }
-                        if stopping && failures >= 3 {
+                        // Stopping, a failing hook gets a few more tries, within a bound.
+                        if let Some(since) = stopping
+                            && (failures >= 3 || since.elapsed() >= STOP_BUDGET)
+                        {
                             tracing::error!(
                                 "{e}; giving up for now: the next run or worker with \
                                  --on-dead-letter delivers it"
@@ -400,7 +479,7 @@ impl AlertTask {
                             return;
                         }
                         tracing::warn!("{e}; trying again (attempt {})", failures + 1);
-                        if stopping {
+                        if stopping.is_some() {
                             tokio::time::sleep(Duration::from_secs(1u64 << failures)).await;
                         }
                     }

@@ -110,10 +110,22 @@ impl Store {
                 .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
                 .map(|t| t.with_timezone(&Utc))
         };
+        // Another tool may have written anything: no control character reaches a terminal.
+        let text = |key: &str| {
+            config
+                .get(key)
+                .map(|v| {
+                    v.chars()
+                        .filter(|c| !c.is_control())
+                        .take(MAX_REASON_LEN)
+                        .collect::<String>()
+                })
+                .filter(|v| !v.is_empty())
+        };
         Ok(Some(Pause {
             until: time(PAUSED_UNTIL),
-            reason: config.get(PAUSED_REASON).filter(|r| !r.is_empty()).cloned(),
-            by: config.get(PAUSED_BY).cloned().unwrap_or_default(),
+            reason: text(PAUSED_REASON),
+            by: text(PAUSED_BY).unwrap_or_default(),
             at: time(PAUSED_AT).unwrap_or(DateTime::UNIX_EPOCH),
         }))
     }

@@ -91,8 +91,9 @@ pub struct RoundConfig {
     pub rules: std::sync::Arc<Rules>,
     /// A record's deadline, from its enqueue: a record past it is not called again and
     /// goes to `dead_letter_queue` with reason `expired`, and so does a failure whose
-    /// next try would fall after it (a transient rule's `max_age` overrides it for the
-    /// failures it matches). Default value is `None`: no deadline.
+    /// next try would fall after it (a transient rule's `max_age` is a second deadline for
+    /// the failures it matches; the earlier one decides). Default value is `None`: no
+    /// deadline.
     pub max_age: Option<Duration>,
 }
 
@@ -1039,7 +1040,7 @@ fn journal_row(
                 action: Action::Transient(_),
                 ..
             },
-        ) if r.max_age.is_some() => r.max_age,
+        ) => [r.max_age, config.max_age].into_iter().flatten().min(),
         _ => config.max_age,
     };
     let deadline = max_age.map(|age| add_saturating(row.enqueued_at, age));

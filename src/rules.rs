@@ -52,9 +52,9 @@ pub struct Rule {
     when: When,
     /// What it does to a failure it matches.
     pub action: Action,
-    /// For a `transient` rule, the record's deadline from its enqueue (overriding
-    /// `--max-age`): a failure it matches whose next try would fall after it is dead, with
-    /// reason `expired`.
+    /// For a `transient` rule, a deadline from the record's enqueue besides `--max-age`
+    /// (the earlier one decides): a failure it matches whose next try would fall after it
+    /// is dead, with reason `expired`.
     pub max_age: Option<Duration>,
 }
 

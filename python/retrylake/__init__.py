@@ -636,8 +636,16 @@ class Queue:
         or an exception instance for that record's failure; what it raises applies to the
         whole batch), ``rules`` (None; a path to a rules TOML file, or a list of dicts of the
         same shape: ``[{"name": "throttled", "class": ["RateLimited"], "action": "snooze",
-        "wait": "1m"}]``; an exception's class is its ``error_class`` or its type's name).
-        Durations are seconds or ``timedelta``.
+        "wait": "1m"}]``; an exception's class is its ``error_class`` or its type's name),
+        ``max_age`` (None; a record's deadline from its enqueue: past it, it is not called
+        again and goes to ``dead_letter_queue`` with reason ``expired``, as does a failure
+        whose next try would fall after it), ``on_dead_letter`` (None; a shell command, or
+        an ``http(s)://`` URL, that gets the dead letters of each round as JSON, at least
+        once, with an idempotency key, after the round commits; see the README's "Operator
+        controls"). Durations are seconds or ``timedelta``.
+
+        A round on a paused queue (:meth:`pause`) claims nothing; its report's
+        ``queue_paused`` holds the pause (``None`` otherwise).
         """
         return self._rounds(processor, "drained", options, now=now)
 
@@ -664,7 +672,8 @@ class Queue:
 
     def status(self, *, now: Optional[Time] = None) -> dict:
         """The queue's state: ``waiting``, ``due``, ``final``, ``dead``, ``next_due``,
-        ``dead_by_error``, ``recovered_share`` and more."""
+        ``dead_by_error``, ``dead_by_reason``, ``recovered_share``, ``paused`` (the pause
+        holding at ``now``, as :meth:`paused` gives it, or ``None``) and more."""
         return json.loads(self._native.status(_time("now", now)))
 
     def query(self, sql: str, *, version: Optional[int] = None, as_of: Optional[Time] = None):
@@ -701,6 +710,62 @@ class Queue:
             self._native.redrive(list(ids), reason, error_msg, limit, _time("now", now))
         )
 
+    def pause(
+        self,
+        until: Optional[Time] = None,
+        reason: Optional[str] = None,
+        *,
+        now: Optional[Time] = None,
+    ) -> dict:
+        """Pauses the queue: from their next round, every worker's rounds (in any process,
+        on any host) claim nothing, until ``until`` (a ``datetime``, naive ones taken as
+        UTC) or a :meth:`resume`; enqueues, redrives and cancels go on. ``reason`` (one
+        line) is kept with the pause and in ``retry_queue``'s history. ``now`` is the time
+        the pause is made at (the system clock by default); ``until`` must be after it.
+        Returns the pause: ``until``, ``reason``, ``by`` (``user@host``) and ``at``."""
+        return json.loads(self._native.pause(_time("until", until), reason, _time("now", now)))
+
+    def resume(self) -> None:
+        """Ends a pause of the queue: workers claim again from their next round."""
+        self._native.resume()
+
+    def paused(self, *, now: Optional[Time] = None) -> Optional[dict]:
+        """The pause holding at ``now`` (the system clock by default), as the tables say
+        now (other processes' pauses and resumes included), or ``None``: a dict with
+        ``until``, ``reason``, ``by`` and ``at``."""
+        return json.loads(self._native.paused(_time("now", now)))
+
+    def cancel(
+        self,
+        ids: Union[str, Iterable[str], None] = None,
+        *,
+        error_msg: Optional[str] = None,
+        older_than: Optional[Duration] = None,
+        all: bool = False,
+        reason: Optional[str] = None,
+        now: Optional[Time] = None,
+    ) -> dict:
+        """Moves the queued records matching every filter given (``ids``, the last error
+        exactly ``error_msg``, enqueued at least ``older_than`` before ``now``) to
+        ``dead_letter_queue`` with reason ``cancelled`` and ``reason`` as their
+        ``error_msg`` (``cancelled by user@host`` by default), journaled like a round. With
+        no filter it refuses unless ``all=True``. A record a running round holds under its
+        lease is left to that round and counted in ``held``. Returns ``rounds``,
+        ``cancelled`` and ``held``."""
+        if ids is None:
+            ids = []
+        elif isinstance(ids, str):
+            ids = [ids]
+        if older_than is not None:
+            older_than = _seconds("older_than", older_than)
+        if not isinstance(all, bool):
+            raise TypeError(f"all must be a bool, got {all!r}")
+        return json.loads(
+            self._native.cancel(
+                list(ids), error_msg, older_than, all, reason, _time("now", now)
+            )
+        )
+
     _DEFAULTS = dict(
         poll=5.0,
         limit=100_000,
@@ -725,6 +790,8 @@ class Queue:
         maintenance=True,
         call_batch=None,
         rules=None,
+        max_age=None,
+        on_dead_letter=None,
     )
     _DURATIONS = (
         "poll",
@@ -744,6 +811,8 @@ class Queue:
         settings = {**self._DEFAULTS, **options}
         for name in self._DURATIONS:
             settings[name] = _seconds(name, settings[name])
+        if settings["max_age"] is not None:
+            settings["max_age"] = _seconds("max_age", settings["max_age"])
         for name in ("timeout", "poll"):
             if not settings[name] > 0:
                 raise ValueError(f"{name} must be more than 0 seconds, got {settings[name]}")

@@ -31,9 +31,10 @@ use pyo3::types::{PyCFunction, PyCapsule};
 use retrylake::input::{Fields, InputFormat, parse_batches, parse_jsonl_from};
 use retrylake::store::Table;
 use retrylake::{
-    AsOf, BatchProcessor, BreakerConfig, Calls, Clock, EnqueueOptions, Error, FixedClock, Guard,
-    GuardConfig, Maintenance, Outcome, Processor, Record, RedriveFilter, RetryAfter, RetryPolicy,
-    RoundConfig, Rounds, Rules, Shutdown, SystemClock, Until, WorkerName,
+    Alerts, AsOf, BatchProcessor, BreakerConfig, Calls, CancelFilter, Clock, DeadLetterHook,
+    EnqueueOptions, Error, FixedClock, Guard, GuardConfig, Maintenance, Outcome, Processor, Record,
+    RedriveFilter, RetryAfter, RetryPolicy, RoundConfig, Rounds, Rules, Shutdown, SystemClock,
+    Until, WorkerName,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -609,7 +610,8 @@ impl Queue {
         call, until, now, poll, limit, concurrency, timeout, lease, max_retries,
         base_backoff, multiplier, max_backoff, jitter, seed, shard, rate, breaker,
         breaker_failure_rate, breaker_window, breaker_min_calls, breaker_cool_down,
-        allow_empty_payload, max_retry_after, maintenance, call_batch, rules_file, rules_json
+        allow_empty_payload, max_retry_after, maintenance, call_batch, rules_file, rules_json,
+        max_age=None, on_dead_letter=None
     ))]
     fn rounds(
         &self,
@@ -641,6 +643,8 @@ impl Queue {
         call_batch: Option<usize>,
         rules_file: Option<String>,
         rules_json: Option<String>,
+        max_age: Option<f64>,
+        on_dead_letter: Option<String>,
     ) -> PyResult<String> {
         let rules = match (rules_file, rules_json) {
             (Some(path), _) => Rules::load(std::path::Path::new(&path)).map_err(py_err)?,
@@ -691,6 +695,7 @@ impl Queue {
                 breaker: breaker.then_some(breaker_config),
                 rate,
             }),
+            max_age: max_age.map(|age| seconds("max_age", age)).transpose()?,
         };
         config.check().map_err(py_err)?;
         let until = match until {
@@ -710,6 +715,10 @@ impl Queue {
             } else {
                 Maintenance::off()
             });
+        if let Some(hook) = on_dead_letter {
+            let hook: DeadLetterHook = hook.parse().map_err(py_err)?;
+            rounds = rounds.on_dead_letter(Alerts::new(&hook).map_err(py_err)?);
+        }
         let virtual_clock = now.map(|t| Arc::new(FixedClock::new(t)));
         if let Some(clock) = &virtual_clock {
             rounds = rounds.virtual_clock(clock.clone());
@@ -764,6 +773,68 @@ impl Queue {
             queue.status().await
         })?;
         json(&status)
+    }
+
+    /// Pauses the queue until `until` (or a resume); returns the pause as JSON.
+    #[pyo3(signature = (until, reason, now))]
+    fn pause(
+        &self,
+        py: Python<'_>,
+        until: Option<String>,
+        reason: Option<String>,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let until = until.map(|t| time("until", &t)).transpose()?;
+        let pause = self.change_at(py, now, async move |queue| {
+            queue.pause(until, reason.as_deref()).await
+        })?;
+        json(&pause)
+    }
+
+    /// Ends a pause of the queue.
+    fn resume(&self, py: Python<'_>) -> PyResult<()> {
+        self.change_at(py, None, async move |queue| queue.resume().await)
+    }
+
+    /// The pause holding at `now` (the system clock without it), after reading the
+    /// tables again, as JSON (`null` for none).
+    #[pyo3(signature = (now=None))]
+    fn paused(&self, py: Python<'_>, now: Option<String>) -> PyResult<String> {
+        let now = now.map(|t| time("now", &t)).transpose()?;
+        let queue = self.queue()?;
+        let paused = read(py, move || async move {
+            let mut queue = queue.lock().await;
+            queue.set_clock(clock(now));
+            queue.refresh().await?;
+            queue.paused()
+        })?;
+        json(&paused)
+    }
+
+    /// Moves the queued records matching every filter given to the dead letters (reason
+    /// `cancelled`); the report as JSON.
+    #[pyo3(signature = (ids, error_msg, older_than, all, reason, now))]
+    fn cancel(
+        &self,
+        py: Python<'_>,
+        ids: Vec<String>,
+        error_msg: Option<String>,
+        older_than: Option<f64>,
+        all: bool,
+        reason: Option<String>,
+        now: Option<String>,
+    ) -> PyResult<String> {
+        let filter = CancelFilter {
+            ids,
+            error_msg,
+            older_than: older_than
+                .map(|age| seconds("older_than", age))
+                .transpose()?,
+            all,
+            reason,
+        };
+        let report = self.change_at(py, now, async move |queue| queue.cancel(&filter).await)?;
+        json(&report)
     }
 
     /// A read-only SQL query over the four tables, at a version or a time.

@@ -38,6 +38,25 @@ pub struct HttpProcessor {
     max_response_bytes: usize,
 }
 
+/// The redirects a POST follows: 307 and 308 (which keep the method and the body), to the
+/// same host (so no header goes elsewhere), at most 5. A 301, 302 or 303 would turn the
+/// POST into a GET without its body, whose 2xx says nothing of the record: it is
+/// answered as the status it is.
+fn redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+        let keeps_body = matches!(attempt.status().as_u16(), 307 | 308);
+        if same_host && keeps_body && attempt.previous().len() <= 5 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
 impl HttpProcessor {
     /// A builder for a processor posting to `url`.
     pub fn builder(url: &str) -> HttpProcessorBuilder {
@@ -346,6 +365,7 @@ impl HttpProcessorBuilder {
         let client = Client::builder()
             .pool_max_idle_per_host(self.pool_size)
             .tcp_nodelay(true)
+            .redirect(redirects())
             .build()
             .map_err(|e| invalid(format!("cannot build the HTTP client: {}", e.without_url())))?;
         Ok(HttpProcessor {

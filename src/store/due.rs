@@ -51,6 +51,9 @@ struct QueueFile {
     /// The round whose lease the file holds (its records under that round's lease), from
     /// the file's tags; `None` for other files.
     lease: Option<LeaseOwner>,
+    /// The end of that lease, from the file's tags (files of an older retrylake have
+    /// none: their rows' time lock is the lease's end).
+    lease_until: Option<DateTime<Utc>>,
 }
 
 /// A round that holds records under its lease: the worker and the round's number.
@@ -65,12 +68,18 @@ pub(crate) struct LeaseOwner {
 /// The tags of a lease file's add action, which name the round that holds it.
 const LEASE_WORKER_TAG: &str = "retrylake.lease.worker";
 const LEASE_ROUND_TAG: &str = "retrylake.lease.round";
+const LEASE_UNTIL_TAG: &str = "retrylake.lease.until";
 
 impl LeaseOwner {
-    fn tags(&self) -> HashMap<String, Option<String>> {
+    /// The tags of a file holding the round's records under its lease until `until`.
+    fn tags(&self, until: DateTime<Utc>) -> HashMap<String, Option<String>> {
         HashMap::from([
             (LEASE_WORKER_TAG.to_owned(), Some(self.worker.clone())),
             (LEASE_ROUND_TAG.to_owned(), Some(self.round.to_string())),
+            (
+                LEASE_UNTIL_TAG.to_owned(),
+                Some(to_micros(until).to_string()),
+            ),
         ])
     }
 
@@ -244,16 +253,19 @@ impl Store {
             }
             let stats = view.stats();
             #[allow(deprecated)] // the one public way to a file's tags
-            let lease = view
-                .add_action()
-                .tags
+            let tags = view.add_action().tags;
+            let lease = tags.as_ref().and_then(LeaseOwner::from_tags);
+            let lease_until = tags
                 .as_ref()
-                .and_then(LeaseOwner::from_tags);
+                .and_then(|t| t.get(LEASE_UNTIL_TAG).cloned().flatten())
+                .and_then(|micros| micros.parse::<i64>().ok())
+                .and_then(DateTime::from_timestamp_micros);
             files.push(QueueFile {
                 remove: view.remove_action(true),
                 earliest: stats.as_deref().and_then(earliest_lock),
                 stats,
                 lease,
+                lease_until,
             });
         }
         files.sort_by_key(|f| f.earliest);
@@ -418,7 +430,12 @@ impl Store {
             if scan.due.len() >= request.limit {
                 break;
             }
-            let live = file.earliest.is_none_or(|t| t > request.now);
+            // A cancel's lease file keeps rows locked past its lease: the tag tells when
+            // the lease ends.
+            let live = file
+                .lease_until
+                .or(file.earliest)
+                .is_none_or(|t| t > request.now);
             let held = file
                 .lease
                 .as_ref()
@@ -461,7 +478,7 @@ impl Store {
         request: &ClaimRequest,
     ) -> Result<(Vec<Add>, Vec<QueueRow>)> {
         let table = Table::RetryQueue;
-        let tags = request.owner.tags();
+        let tags = request.owner.tags(request.lease_until);
         let mut lease = Vec::new();
         let mut copied = HashSet::new();
         for &i in whole.iter() {
@@ -564,17 +581,19 @@ impl Store {
             if self.last_round(&owner.worker).await? >= owner.round {
                 return Err(lost());
             }
+            // Only the files this round claimed: a crashed process of the same worker may
+            // have left lease files under the same round number, which are not ours.
+            let ours: HashSet<&str> = held.iter().map(|r| r.path.as_str()).collect();
             let files: Vec<QueueFile> = self
                 .queue_files()?
                 .into_iter()
-                .filter(|f| f.lease.as_ref() == Some(owner))
+                .filter(|f| ours.contains(f.remove.path.as_str()))
                 .collect();
-            let paths: HashSet<&str> = files.iter().map(|f| f.remove.path.as_str()).collect();
-            if held.iter().any(|r| !paths.contains(r.path.as_str())) {
+            if files.len() != ours.len() || files.iter().any(|f| f.lease.as_ref() != Some(owner)) {
                 return Err(lost());
             }
             let store = self.table(Table::RetryQueue).log_store().object_store(None);
-            let tags = owner.tags();
+            let tags = owner.tags(until);
             let mut actions = Vec::new();
             let mut extended = Vec::new();
             for file in &files {
