@@ -91,7 +91,7 @@ pub struct RoundConfig {
     pub rules: std::sync::Arc<Rules>,
     /// A record's deadline, from its enqueue: a record past it is not called again and
     /// goes to `dead_letter_queue` with reason `expired`, and so does a failure whose
-    /// next try would fall after it (a transient rule's `max_age` is a second deadline for
+    /// next try would fall at or after it (a transient rule's `max_age` is a second deadline for
     /// the failures it matches; the earlier one decides). Default value is `None`: no
     /// deadline.
     pub max_age: Option<Duration>,
@@ -1033,7 +1033,7 @@ fn journal_row(
         journal.reason = Some(reason);
         return journal;
     }
-    // A retry or snooze whose next try would fall after the record's deadline is dead now.
+    // A retry or snooze whose next try would fall at or after the record's deadline is dead now.
     let max_age = match rule {
         Some(
             r @ Rule {
@@ -1045,7 +1045,7 @@ fn journal_row(
     };
     let deadline = max_age.map(|age| add_saturating(row.enqueued_at, age));
     let expires = |journal: &mut AttemptRow, next: DateTime<Utc>| {
-        let late = deadline.is_some_and(|d| next > d);
+        let late = deadline.is_some_and(|d| next >= d);
         if late {
             journal.disposition = Disposition::Dead;
             journal.reason = Some(DeadReason::Expired);

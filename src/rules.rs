@@ -53,7 +53,7 @@ pub struct Rule {
     /// What it does to a failure it matches.
     pub action: Action,
     /// For a `transient` rule, a deadline from the record's enqueue besides `--max-age`
-    /// (the earlier one decides): a failure it matches whose next try would fall after it
+    /// (the earlier one decides): a failure it matches whose next try would fall at or after it
     /// is dead, with reason `expired`.
     pub max_age: Option<Duration>,
 }

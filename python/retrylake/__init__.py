@@ -639,7 +639,7 @@ class Queue:
         "wait": "1m"}]``; an exception's class is its ``error_class`` or its type's name),
         ``max_age`` (None; a record's deadline from its enqueue: past it, it is not called
         again and goes to ``dead_letter_queue`` with reason ``expired``, as does a failure
-        whose next try would fall after it), ``on_dead_letter`` (None; a shell command, or
+        whose next try would fall at or after it), ``on_dead_letter`` (None; a shell command, or
         an ``http(s)://`` URL, that gets the dead letters of each round as JSON, at least
         once, with an idempotency key, after the round commits; see the README's "Operator
         controls"). Durations are seconds or ``timedelta``.

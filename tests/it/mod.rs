@@ -8,6 +8,7 @@ mod errors;
 mod guard;
 mod hostile;
 mod hostile_batch;
+mod hostile_controls;
 mod hostile_rules;
 mod http;
 mod lease;
