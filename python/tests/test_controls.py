@@ -491,7 +491,7 @@ def test_dead_letters_reach_a_command_hook_from_python_once_each(tmp_path):
     hook = f"cat > '{alerts}'/\"$RETRYLAKE_IDEMPOTENCY_KEY\""
 
     def half_bad(record):
-        if record.sample_id.endswith(("1", "3", "5")):
+        if record.id.endswith(("1", "3", "5")):
             raise retrylake.Permanent("rejected")
         return "ok"
 
