@@ -180,6 +180,26 @@ struct Scan {
 }
 
 impl Scan {
+    /// Sorts the rows of file `i` into the ones the claim `takes` and the others.
+    fn sort_in(&mut self, i: usize, rows: Vec<QueueRow>, takes: impl Fn(&QueueRow) -> bool) {
+        for row in rows {
+            match takes(&row) {
+                true => self.due.push((i, row)),
+                false => self.kept.push((i, row)),
+            }
+        }
+    }
+
+    /// The scan with at most `limit` rows taken, the oldest locks first; the others kept.
+    fn up_to(mut self, limit: usize) -> Scan {
+        self.due.sort_by(|a, b| oldest_first(&a.1, &b.1));
+        if self.due.len() > limit {
+            let over = self.due.drain(limit..).collect::<Vec<_>>();
+            self.kept.extend(over);
+        }
+        self
+    }
+
     /// The earliest time lock of the request's rows left unclaimed.
     fn next_due(&self, request: &ClaimRequest) -> Option<DateTime<Utc>> {
         let kept = self
@@ -398,20 +418,11 @@ impl Store {
             }
             let (bytes, rows) = read_file(store.clone(), file).await?;
             scan.read.insert(i, bytes);
-            for row in rows {
-                if request.takes(&row.sample_id) && row.process_after <= request.now {
-                    scan.due.push((i, row));
-                } else {
-                    scan.kept.push((i, row));
-                }
-            }
+            scan.sort_in(i, rows, |row| {
+                request.takes(&row.sample_id) && row.process_after <= request.now
+            });
         }
-        scan.due.sort_by(|a, b| oldest_first(&a.1, &b.1));
-        if scan.due.len() > request.limit {
-            let over = scan.due.drain(request.limit..).collect::<Vec<_>>();
-            scan.kept.extend(over);
-        }
-        Ok(scan)
+        Ok(scan.up_to(request.limit))
     }
 
     /// The scan of [`Take::Matching`]: every file but those under the live lease of a
@@ -449,20 +460,9 @@ impl Store {
                 continue;
             }
             scan.read.insert(i, bytes);
-            for row in rows {
-                if request.takes(&row.sample_id) && select(&row) {
-                    scan.due.push((i, row));
-                } else {
-                    scan.kept.push((i, row));
-                }
-            }
+            scan.sort_in(i, rows, |row| request.takes(&row.sample_id) && select(row));
         }
-        scan.due.sort_by(|a, b| oldest_first(&a.1, &b.1));
-        if scan.due.len() > request.limit {
-            let over = scan.due.drain(request.limit..).collect::<Vec<_>>();
-            scan.kept.extend(over);
-        }
-        Ok(scan)
+        Ok(scan.up_to(request.limit))
     }
 
     /// Writes the lease files of the `due` rows, tagged with the round that claims them: a
