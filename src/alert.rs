@@ -54,6 +54,11 @@ impl FromStr for DeadLetterHook {
                 "--on-dead-letter is empty: give a command or an http(s):// URL".into(),
             ));
         }
+        if s.contains('\0') {
+            return Err(Error::InvalidConfig(
+                "--on-dead-letter holds a NUL byte, which no command or URL can".into(),
+            ));
+        }
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             reqwest::Url::parse(s).map_err(|e| {
@@ -400,6 +405,8 @@ pub(crate) struct AlertTask {
     wake: Arc<Notify>,
     stop: Arc<Notify>,
     handle: tokio::task::JoinHandle<()>,
+    /// The last failed delivery's error, until a delivery succeeds.
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 /// How long a stopping process goes on trying to deliver (it may then be in one more try,
@@ -431,7 +438,11 @@ impl AlertTask {
         }
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
-        let (w, s) = (wake.clone(), stop.clone());
+        let failing: Arc<Mutex<Option<String>>> = Arc::default();
+        let (w, s, f) = (wake.clone(), stop.clone(), failing.clone());
+        let set = move |error: Option<String>| {
+            *f.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+        };
         let handle = tokio::spawn(async move {
             let mut failures: u32 = 0;
             let mut stopping: Option<std::time::Instant> = None;
@@ -452,6 +463,7 @@ impl AlertTask {
                 match alerts.deliver(&mut store).await {
                     Ok(sent) => {
                         failures = 0;
+                        set(None);
                         if let Some(m) = &metrics {
                             m.lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -463,6 +475,7 @@ impl AlertTask {
                     }
                     Err(e) => {
                         failures += 1;
+                        set(Some(e.to_string()));
                         if let Some(m) = &metrics {
                             m.lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -486,7 +499,12 @@ impl AlertTask {
                 }
             }
         });
-        Ok(AlertTask { wake, stop, handle })
+        Ok(AlertTask {
+            wake,
+            stop,
+            handle,
+            failing,
+        })
     }
 
     /// Tells the task that a round committed.
@@ -494,9 +512,27 @@ impl AlertTask {
         self.wake.notify_one();
     }
 
-    /// Delivers what is left (trying a failing hook a few times) and stops.
-    pub(crate) async fn finish(self) {
+    /// Delivers what is left (trying a failing hook a few times) and stops, within
+    /// [`STOP_BUDGET`] and a little: a delivery still running then (a hook that hangs) is
+    /// dropped, and the next run or worker with alerts sends it again.
+    /// Returns the error of the last failed delivery when alerts are left undelivered.
+    pub(crate) async fn finish(mut self) -> Option<String> {
         self.stop.notify_one();
-        let _ = self.handle.await;
+        let grace = STOP_BUDGET + Duration::from_secs(2);
+        if tokio::time::timeout(grace, &mut self.handle).await.is_err() {
+            self.handle.abort();
+            let pending = format!(
+                "dead-letter alerts still undelivered after {}; the next run or worker with \
+                 --on-dead-letter sends them",
+                humantime::format_duration(grace)
+            );
+            tracing::error!("{pending}");
+            let failing = self.failing.lock().ok().and_then(|f| f.clone());
+            return Some(failing.map_or(pending.clone(), |e| format!("{pending} ({e})")));
+        }
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

@@ -218,7 +218,8 @@ impl CancelFilter {
         check_reason(self.reason.as_deref())
     }
 
-    /// The filter as a predicate on queue rows at `now`.
+    /// The filter as a predicate on queue rows at `now`, the time the cancel began: only
+    /// records enqueued by then, so a cancel ends while others keep enqueueing.
     fn select(&self, now: DateTime<Utc>) -> Arc<dyn Fn(&QueueRow) -> bool + Send + Sync> {
         let ids: Option<HashSet<String>> =
             (!self.ids.is_empty()).then(|| self.ids.iter().cloned().collect());
@@ -230,7 +231,8 @@ impl CancelFilter {
             .unwrap_or(DateTime::<Utc>::MIN_UTC)
         });
         Arc::new(move |row: &QueueRow| {
-            ids.as_ref().is_none_or(|ids| ids.contains(&row.sample_id))
+            row.enqueued_at <= now
+                && ids.as_ref().is_none_or(|ids| ids.contains(&row.sample_id))
                 && error
                     .as_ref()
                     .is_none_or(|e| row.error_msg.as_ref() == Some(e))
@@ -278,11 +280,12 @@ pub(crate) async fn cancel(
     };
     let mut report = CancelReport::default();
     let mut lost = 0;
+    let started = clock.now();
+    let now = crate::clock::floor_millis(started);
     loop {
         store.refresh().await?;
         store.recover_all().await?;
-        let now = crate::clock::floor_millis(clock.now());
-        let take = Take::Matching(filter.select(now));
+        let take = Take::Matching(filter.select(started));
         let claimed = round::claim(store, clock, CANCEL_WORKER, &config, take).await?;
         report.held = claimed.found.held;
         let Some(claim) = claimed.found.claim else {

@@ -312,6 +312,7 @@ pub(crate) async fn run_round(
     if let Some(pause) = paused {
         return Ok(RoundReport {
             queue_paused: Some(pause),
+            next_due: found.next_due,
             ..RoundReport::default()
         });
     }
@@ -714,7 +715,10 @@ pub(crate) async fn claim(
             && let Some(pause) = store.pause()?.filter(|p| p.holds_at(now))
         {
             return Ok(Claimed {
-                found: Found::default(),
+                found: Found {
+                    next_due: store.earliest_lock()?,
+                    ..Found::default()
+                },
                 round,
                 lease_until: now,
                 at: Instant::now(),

@@ -115,6 +115,8 @@ pub struct Rounds {
     metrics: Option<Arc<Mutex<Metrics>>>,
     maintenance: Maintenance,
     alerts: Option<Arc<Alerts>>,
+    /// Why dead-letter alerts were left undelivered when the rounds last ended.
+    undelivered: Arc<Mutex<Option<String>>>,
 }
 
 impl Rounds {
@@ -129,7 +131,18 @@ impl Rounds {
             metrics: None,
             maintenance: Maintenance::default(),
             alerts: None,
+            undelivered: Arc::default(),
         }
+    }
+
+    /// When the last [`run_rounds`] with these rounds (or a clone) ended with dead-letter
+    /// alerts it could not deliver (they wait for the next run with alerts): the last
+    /// failure's error.
+    pub fn undelivered_alerts(&self) -> Option<String> {
+        self.undelivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Delivers the dead letters of every commit of `dead_letter_queue` made from the
@@ -210,12 +223,15 @@ impl Rounds {
         }
         // While calls are paused (breaker open, Retry-After) or the queue is, the next round
         // waits for the pause to end even if records are due. A drain stops on a queue paused
-        // until a resume; a worker polls.
-        let queue_paused = report.queue_paused.as_ref().map(|p| p.until);
-        let next = report
-            .paused_until
-            .max(queue_paused.flatten())
-            .max(report.next_due);
+        // until a resume, or on an empty one; a worker polls.
+        let queue_paused = match report.queue_paused.as_ref().map(|p| p.until) {
+            None => None,
+            Some(_) if self.until == Until::Drained && report.next_due.is_none() => return None,
+            Some(None) if self.until == Until::Drained => return None,
+            Some(None) => return Some(self.poll),
+            Some(Some(until)) => Some(until),
+        };
+        let next = report.paused_until.max(queue_paused).max(report.next_due);
         if next.is_none() && self.until == Until::Drained {
             return None;
         }
@@ -318,7 +334,11 @@ pub async fn run_rounds<'p, E: From<Error>>(
     )
     .await;
     if let Some(alerts) = alerts {
-        alerts.finish().await;
+        let undelivered = alerts.finish().await;
+        *rounds
+            .undelivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = undelivered;
     }
     result
 }

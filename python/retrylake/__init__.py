@@ -115,7 +115,10 @@ def _seconds(name: str, value: Duration) -> float:
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be seconds or a timedelta, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large: {value!r} seconds") from None
 
 
 def _time(name: str, value: Optional[Time]) -> Optional[str]:
@@ -126,7 +129,10 @@ def _time(name: str, value: Optional[Time]) -> Optional[str]:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.astimezone(_dt.timezone.utc).isoformat()
+        try:
+            return value.astimezone(_dt.timezone.utc).isoformat()
+        except OverflowError:
+            raise ValueError(f"{name} is out of range in UTC: {value!r}") from None
     raise TypeError(f"{name} must be a datetime or RFC 3339 text, got {value!r}")
 
 
@@ -756,6 +762,11 @@ class Queue:
             ids = []
         elif isinstance(ids, str):
             ids = [ids]
+        else:
+            ids = list(ids)
+            if not ids:
+                # Given, and empty: never "every record".
+                raise ValueError("cancel needs at least one id in ids (an empty list matches none)")
         if older_than is not None:
             older_than = _seconds("older_than", older_than)
         if not isinstance(all, bool):

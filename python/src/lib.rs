@@ -723,6 +723,7 @@ impl Queue {
         if let Some(clock) = &virtual_clock {
             rounds = rounds.virtual_clock(clock.clone());
         }
+        let ended = rounds.clone();
         let caller = call.clone_ref(py);
         let each = PyProcessor {
             caller: call.clone_ref(py),
@@ -759,6 +760,16 @@ impl Queue {
             },
             || shutdown.trigger(),
         )?;
+        if let Some(error) = ended.undelivered_alerts() {
+            let warning = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            PyErr::warn(
+                py,
+                &warning,
+                &std::ffi::CString::new(format!("on_dead_letter: {error}").replace('\0', ""))
+                    .unwrap_or_default(),
+                1,
+            )?;
+        }
         json(&reports)
     }
 

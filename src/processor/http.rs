@@ -13,7 +13,7 @@ use std::error::Error as _;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::header::{
-    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
 };
 use reqwest::{Client, Response, Url};
 
@@ -39,15 +39,16 @@ pub struct HttpProcessor {
 }
 
 /// The redirects a POST follows: 307 and 308 (which keep the method and the body), to the
-/// same host (so no header goes elsewhere), at most 5. A 301, 302 or 303 would turn the
+/// same origin (so no header goes elsewhere), at most 5. A 301, 302 or 303 would turn the
 /// POST into a GET without its body, whose 2xx says nothing of the record: it is
 /// answered as the status it is.
 fn redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
+        // The same scheme, host and port: nothing (a body, a secret header) goes elsewhere.
         let same_host = attempt
             .previous()
             .first()
-            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+            .is_some_and(|first| first.origin() == attempt.url().origin());
         let keeps_body = matches!(attempt.status().as_u16(), 307 | 308);
         if same_host && keeps_body && attempt.previous().len() <= 5 {
             attempt.follow()
@@ -108,6 +109,20 @@ impl HttpProcessor {
         )
         .trim_end()
         .to_owned();
+        // A redirect not followed (see `redirects`) says where it pointed.
+        if status.is_redirection()
+            && let Some(location) = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+        {
+            let location: String = location
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(500)
+                .collect();
+            error.push_str(&format!(" (not followed: Location {location})"));
+        }
         if let Ok(body) = read_bounded(response, MAX_ERROR_BODY).await {
             let body = String::from_utf8_lossy(&body);
             let body = body.trim();

@@ -292,6 +292,16 @@ impl Store {
         Ok(files)
     }
 
+    /// The earliest time lock in the queue as its files' statistics tell (the Unix epoch
+    /// for a file without them), `None` when the queue is empty.
+    pub(crate) fn earliest_lock(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .queue_files()?
+            .iter()
+            .map(|f| f.earliest.unwrap_or(DateTime::UNIX_EPOCH))
+            .min())
+    }
+
     /// Reads the files that may hold due rows, earliest first, and claims up to
     /// `request.limit` of the due rows (oldest lock first) in one commit. A commit that
     /// loses a race with another claim of the same files fails with a conflict.

@@ -9,6 +9,7 @@ mod guard;
 mod hostile;
 mod hostile_batch;
 mod hostile_controls;
+mod hostile_controls2;
 mod hostile_rules;
 mod http;
 mod lease;

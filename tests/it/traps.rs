@@ -128,9 +128,9 @@ fn reading_commands_on_an_empty_s3_prefix_say_so() {
 #[test]
 fn an_unknown_dead_letter_reason_is_refused() {
     let env = Env::new();
-    let err = refused(&env, &["redrive", "--reason", "expired"]);
+    let err = refused(&env, &["redrive", "--reason", "vanished"]);
     assert!(
-        err.contains("--reason") && err.contains("unknown dead-letter reason 'expired'"),
+        err.contains("--reason") && err.contains("unknown dead-letter reason 'vanished'"),
         "{err}"
     );
     assert!(err.contains("retries_exhausted"), "{err}");
