@@ -21,6 +21,9 @@ use retrylake::store::{AttemptRow, DeadReason, DeadRow, FinalRow, QueueRow};
 
 use super::util::{Background, Env, assert_exactly_once, tail};
 
+/// What a redirect target received: the idempotency key and the body.
+type Reached = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
 /// Enqueued at this time, records are due now on the real clock.
 const PAST: &str = "2020-01-01T00:00:00Z";
 /// The longest one command of these tests may take.
@@ -219,7 +222,7 @@ fn a_307_to_another_port_of_the_same_host_is_not_followed() {
     enqueue(&env, "x.jsonl", &ids, true, PAST);
 
     // Another service on the same host: it keeps what reaches it and answers 200.
-    let reached: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+    let reached: Reached = Arc::default();
     let r = reached.clone();
     let other = Router::new().route(
         "/collect",
