@@ -184,6 +184,17 @@ impl Alerts {
             .metadata()
             .id()
             .to_owned();
+        let hold = crate::store::maintenance::ALERT_HOLD;
+        let cursor = if latest.saturating_sub(cursor) > hold {
+            tracing::error!(
+                "dead-letter alerts are {} versions of dead_letter_queue behind, more than the \
+                 {hold} the upkeep keeps: the older ones are skipped",
+                latest - cursor
+            );
+            latest - hold
+        } else {
+            cursor
+        };
         let (mut sent, mut done) = (0, cursor);
         for version in cursor + 1..=latest {
             for alert in alerts_of(store, &table_id, version).await? {
@@ -257,12 +268,17 @@ async fn alerts_of(store: &Store, table_id: &str, version: i64) -> Result<Vec<De
     let table = Table::DeadLetterQueue;
     let object_store = store.table(table).log_store().object_store(None);
     let version_u = u64::try_from(version).unwrap_or(0);
-    let commit = read_object(
-        &object_store,
-        table,
-        commit_uri_from_version(Some(version_u)).as_ref(),
-    )
-    .await?;
+    let entry = commit_uri_from_version(Some(version_u));
+    if let Err(deltalake::ObjectStoreError::NotFound { .. }) = object_store.head(&entry).await {
+        // Cleaned from the log: a cursor left behind by more than the upkeep holds.
+        tracing::error!(
+            version,
+            "the log entry of version {version} of dead_letter_queue was cleaned before its \
+             dead letters were alerted; skipped"
+        );
+        return Ok(Vec::new());
+    }
+    let commit = read_object(&object_store, table, entry.as_ref()).await?;
     let mut paths = Vec::new();
     let mut info = serde_json::Value::Null;
     for line in commit.split(|&b| b == b'\n') {

@@ -102,6 +102,10 @@ pub struct RowRetention {
     pub dead_letter_queue: Option<Duration>,
 }
 
+/// The most versions of `dead_letter_queue` the upkeep keeps (log entries, and files from
+/// a vacuum) for dead-letter alerts not yet delivered.
+pub(crate) const ALERT_HOLD: i64 = 10_000;
+
 impl RowRetention {
     /// The retention of `table`'s rows, and the column that dates them.
     pub fn of(&self, table: Table) -> Option<(Duration, &'static str)> {
@@ -276,19 +280,23 @@ impl Store {
             Table::DeadLetterQueue => self.txn_version(table, super::commit::ALERTS_APP).await?,
             _ => None,
         };
-        // (The cursor may lag a few versions without dead letters behind.)
-        let alerts_pending = alerted.is_some_and(|a| {
-            version.is_some_and(|v| {
-                a.saturating_add(crate::alert::CURSOR_LAG) < i64::try_from(v).unwrap_or(i64::MAX)
-            })
-        });
+        // The cursor may lag a few versions without dead letters behind; one left more than
+        // ALERT_HOLD versions behind (no process alerts any more, or its hook is down for
+        // that long) holds nothing back, so the table's log and files stay bounded.
+        let lag = alerted
+            .and_then(|a| version.map(|v| i64::try_from(v).unwrap_or(i64::MAX).saturating_sub(a)));
+        let alerts_pending =
+            lag.is_some_and(|lag| lag > crate::alert::CURSOR_LAG && lag <= ALERT_HOLD);
         if let (true, false, Some(after)) = (due, alerts_pending, policy.vacuum_after) {
             did.files_vacuumed = self.vacuum_table(table, after).await?;
         }
         // The vacuum commits too: clean up to (and remember) the version it left.
         let version = self.table(table).version();
         let keep = match alerted {
-            Some(a) => version.map(|v| v.min(u64::try_from(a.saturating_add(1)).unwrap_or(0))),
+            Some(a) => version.map(|v| {
+                let held = u64::try_from(a.saturating_add(1)).unwrap_or(0);
+                v.min(held.max(v.saturating_sub(ALERT_HOLD as u64)))
+            }),
             None => version,
         };
         if let (true, Some(retention), Some(version)) = (due, policy.log_retention, version) {

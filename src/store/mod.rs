@@ -6,7 +6,7 @@ pub(crate) mod commit;
 pub(crate) mod due;
 pub(crate) mod journal;
 mod local_log;
-mod maintenance;
+pub(crate) mod maintenance;
 mod schema;
 mod txns;
 
