@@ -118,7 +118,7 @@ def _seconds(name: str, value: Duration) -> float:
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"{name} is too large: {value!r} seconds") from None
+        raise OverflowError(f"{name} is too large: {value!r} seconds") from None
 
 
 def _time(name: str, value: Optional[Time]) -> Optional[str]:
