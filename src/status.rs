@@ -1,7 +1,9 @@
 //! The original Spark job's monitoring questions, answered: backlog, due now, retries, dead letters.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::Array;
+use deltalake::arrow::array::{Array, StringArray};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
 use deltalake::datafusion::logical_expr::cast as cast_expr;
@@ -99,54 +101,44 @@ pub(crate) async fn status(store: &Store, now: DateTime<Utc>) -> Result<Status> 
     let b = &batches[0];
     let waiting = int_at(b.column(0), 0).unwrap_or(0);
 
+    // One read of the dead letters, grouped by error and reason, gives both breakdowns.
     let dead_groups = {
         let (_ctx, dead) = store.frame(Table::DeadLetterQueue).await?;
         let retried = cast_expr(col("retry_count").gt(lit(0)), DataType::Int64);
         dead.aggregate(
-            vec![col("error_msg")],
+            vec![col("error_msg"), col("reason")],
             vec![count(lit(1)).alias("n"), sum(retried).alias("retried")],
         )?
-        .sort(vec![
-            col("n").sort(false, false),
-            col("error_msg").sort(true, true),
-        ])?
         .collect()
         .await?
     };
-    let mut dead_by_error = Vec::new();
+    let mut by_error: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    let mut by_reason: BTreeMap<Option<String>, i64> = BTreeMap::new();
     let mut dead_after_retry = 0;
     for batch in &dead_groups {
-        let messages = strings(batch.column(0))?;
+        let (messages, reasons) = (strings(batch.column(0))?, strings(batch.column(1))?);
         for i in 0..batch.num_rows() {
-            dead_after_retry += int_at(batch.column(2), i).unwrap_or(0);
-            dead_by_error.push(ErrorCount {
-                error_msg: messages.is_valid(i).then(|| messages.value(i).to_owned()),
-                count: int_at(batch.column(1), i).unwrap_or(0),
-            });
+            let n = int_at(batch.column(2), i).unwrap_or(0);
+            dead_after_retry += int_at(batch.column(3), i).unwrap_or(0);
+            let text = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_owned());
+            *by_error.entry(text(&messages)).or_default() += n;
+            *by_reason.entry(text(&reasons)).or_default() += n;
         }
     }
-    let dead_by_reason = {
-        let (_ctx, dead) = store.frame(Table::DeadLetterQueue).await?;
-        let batches = dead
-            .aggregate(vec![col("reason")], vec![count(lit(1)).alias("n")])?
-            .sort(vec![
-                col("n").sort(false, false),
-                col("reason").sort(true, true),
-            ])?
-            .collect()
-            .await?;
-        let mut counts = Vec::new();
-        for batch in &batches {
-            let reasons = strings(batch.column(0))?;
-            for i in 0..batch.num_rows() {
-                counts.push(ReasonCount {
-                    reason: reasons.is_valid(i).then(|| reasons.value(i).to_owned()),
-                    count: int_at(batch.column(1), i).unwrap_or(0),
-                });
-            }
-        }
-        counts
+    // Most common first; ties by text, none first (a BTreeMap's order, kept by a stable sort).
+    let most_first = |groups: BTreeMap<Option<String>, i64>| {
+        let mut groups: Vec<(Option<String>, i64)> = groups.into_iter().collect();
+        groups.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        groups
     };
+    let dead_by_error: Vec<ErrorCount> = most_first(by_error)
+        .into_iter()
+        .map(|(error_msg, count)| ErrorCount { error_msg, count })
+        .collect();
+    let dead_by_reason: Vec<ReasonCount> = most_first(by_reason)
+        .into_iter()
+        .map(|(reason, count)| ReasonCount { reason, count })
+        .collect();
     let (final_count, recovered) =
         count_where(store, Table::FinalResults, col("attempts").gt(lit(1))).await?;
     let needed_retry = recovered + dead_after_retry;
