@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use deltalake::arrow::array::StringArray;
 use serde::Serialize;
 
 use crate::clock::floor_millis;
@@ -88,7 +89,7 @@ pub(crate) async fn enqueue_parsed(
 
     let mut seen: HashSet<&str, foldhash::fast::RandomState> =
         HashSet::with_capacity_and_hasher(input.records.len(), Default::default());
-    if !input.records.iter().all(|r| seen.insert(r.sample_id)) {
+    if !input.records.ids().all(|(_, id)| seen.insert(id)) {
         return Err(fail(duplicate_ids(&input.records)));
     }
     drop(seen);
@@ -105,12 +106,14 @@ pub(crate) async fn enqueue_parsed(
             reason: DeadReason::InvalidInput,
         })
         .collect();
-    let ids: Vec<&str> = input
-        .records
-        .iter()
-        .map(|r| r.sample_id)
-        .chain(dead.iter().map(|d| d.sample_id.as_str()))
-        .collect();
+    // Built once, for every check of which ids the tables already hold.
+    let ids = StringArray::from_iter_values(
+        input
+            .records
+            .ids()
+            .map(|(_, id)| id)
+            .chain(dead.iter().map(|d| d.sample_id.as_str())),
+    );
     let tag = CommitTag::operation("enqueue").with("source", path.display().to_string());
     let mut report = EnqueueReport {
         read: input.records.len() + input.invalid.len(),
@@ -135,7 +138,7 @@ pub(crate) async fn enqueue_parsed(
             (0..input.records.len()).collect()
         } else {
             (0..input.records.len())
-                .filter(|&i| !existing.contains(input.records.get(i).sample_id))
+                .filter(|&i| !existing.contains(input.records.id(i).1))
                 .collect()
         };
         let tag = tag
@@ -155,15 +158,34 @@ pub(crate) async fn enqueue_parsed(
                 return Ok(());
             }
             let records = &input.records;
+            let unread = |e: std::io::Error| {
+                fail(format!(
+                    "cannot read back the payloads set aside in a temporary file: {e}"
+                ))
+            };
             let batches = queued.chunks(FILE_ROWS).map(|chunk| {
-                let chunk: Vec<(&str, Option<&str>)> = chunk
-                    .iter()
-                    .map(|&i| {
-                        let r = records.get(i);
+                // `queued` ascends: the chunk's payloads lie in one stretch of the input's,
+                // read at once unless most of it was skipped (ids already known).
+                let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+                if last - first < 2 * chunk.len() {
+                    let window = records.window(first..last + 1).map_err(unread)?;
+                    let rows = chunk.iter().map(|&i| {
+                        let r = window.get(i);
                         (r.sample_id, r.payload)
-                    })
-                    .collect();
-                QueueRow::new_batch(chunk.into_iter(), now)
+                    });
+                    QueueRow::new_batch(rows, now)
+                } else {
+                    let windows = chunk
+                        .iter()
+                        .map(|&i| records.window(i..i + 1))
+                        .collect::<std::io::Result<Vec<_>>>()
+                        .map_err(unread)?;
+                    let rows = chunk.iter().zip(&windows).map(|(&i, w)| {
+                        let r = w.get(i);
+                        (r.sample_id, r.payload)
+                    });
+                    QueueRow::new_batch(rows, now)
+                }
             });
             store.append_queue(batches, &tag).await?;
             report.enqueued += queued.len();
@@ -202,9 +224,9 @@ const ENQUEUE_RETRIES: u32 = 20;
 fn duplicate_ids(records: &Records) -> String {
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     let mut duplicates = Vec::new();
-    for r in records.iter() {
-        if let Some(first) = first_line.insert(r.sample_id, r.line) {
-            duplicates.push(format!("'{}' on lines {first} and {}", r.sample_id, r.line));
+    for (line, id) in records.ids() {
+        if let Some(first) = first_line.insert(id, line) {
+            duplicates.push(format!("'{id}' on lines {first} and {line}"));
         }
     }
     let count = duplicates.len();
@@ -216,7 +238,7 @@ fn duplicate_ids(records: &Records) -> String {
 }
 
 /// The ids among `ids` already in `retry_queue`, `final_results` or `dead_letter_queue`.
-async fn existing_ids(store: &Store, ids: &[&str]) -> Result<HashSet<String>> {
+async fn existing_ids(store: &Store, ids: &StringArray) -> Result<HashSet<String>> {
     let mut found = HashSet::new();
     for table in [
         Table::RetryQueue,

@@ -135,15 +135,47 @@ pub struct InputRecord<'a> {
 }
 
 /// The valid records of an input, stored by column: a few large buffers instead of two
-/// allocations per record, so a million records take little more than their text.
+/// allocations per record, so a million records take little more than their text. Past
+/// [`SPILL_AT`] bytes of payloads, the payloads go on to an unnamed temporary file, so an
+/// input of any size takes memory for its ids only; [`Records::window`] reads them back.
 #[derive(Debug, Default)]
 pub struct Records {
     lines: Vec<usize>,
     ids: String,
     id_ends: Vec<usize>,
+    /// The payloads not spilled, from byte `spill.len` of all payloads on.
     payloads: String,
+    /// Where each payload ends among all payloads.
     payload_ends: Vec<usize>,
     payload_missing: Vec<bool>,
+    spill: Spill,
+}
+
+/// Bytes of payloads kept in memory before they are written to a temporary file.
+pub const SPILL_AT: usize = 16 << 20;
+
+/// The payloads written to a temporary file.
+#[derive(Debug, Default)]
+struct Spill {
+    file: Option<std::fs::File>,
+    /// Bytes written.
+    len: usize,
+    /// Why spilling failed, reported when the payloads are read back.
+    failed: Option<String>,
+}
+
+impl Spill {
+    /// Appends `text` to the file (created on first use).
+    fn write(&mut self, text: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(tempfile::tempfile()?),
+        };
+        file.write_all(text.as_bytes())?;
+        self.len += text.len();
+        Ok(())
+    }
 }
 
 impl Records {
@@ -153,8 +185,21 @@ impl Records {
         self.ids.push_str(sample_id);
         self.id_ends.push(self.ids.len());
         self.payloads.push_str(payload.unwrap_or_default());
-        self.payload_ends.push(self.payloads.len());
+        self.payload_ends.push(self.spill.len + self.payloads.len());
         self.payload_missing.push(payload.is_none());
+        if self.payloads.len() >= SPILL_AT && self.spill.failed.is_none() {
+            match self.spill.write(&self.payloads) {
+                Ok(()) => self.payloads.clear(),
+                // Kept in memory: the input is still enqueued, in more memory.
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot set payloads aside in a temporary file ({e}); keeping them \
+                         in memory (set TMPDIR to a writable directory with room)"
+                    );
+                    self.spill.failed = Some(e.to_string());
+                }
+            }
+        }
     }
 
     /// How many records there are.
@@ -167,20 +212,90 @@ impl Records {
         self.lines.is_empty()
     }
 
-    /// The `i`-th record.
-    pub fn get(&self, i: usize) -> InputRecord<'_> {
-        let start = |ends: &[usize]| i.checked_sub(1).map_or(0, |j| ends[j]);
-        InputRecord {
-            line: self.lines[i],
-            sample_id: &self.ids[start(&self.id_ends)..self.id_ends[i]],
-            payload: (!self.payload_missing[i])
-                .then(|| &self.payloads[start(&self.payload_ends)..self.payload_ends[i]]),
-        }
+    /// The line and id of the `i`-th record.
+    pub fn id(&self, i: usize) -> (usize, &str) {
+        let start = i.checked_sub(1).map_or(0, |j| self.id_ends[j]);
+        (self.lines[i], &self.ids[start..self.id_ends[i]])
     }
 
-    /// The records in input order.
-    pub fn iter(&self) -> impl Iterator<Item = InputRecord<'_>> + Clone {
-        (0..self.len()).map(|i| self.get(i))
+    /// The lines and ids of the records, in input order.
+    pub fn ids(&self) -> impl Iterator<Item = (usize, &str)> + Clone {
+        (0..self.len()).map(|i| self.id(i))
+    }
+
+    /// Records `range`, their payloads read back from the temporary file when spilled.
+    pub fn window(&self, range: std::ops::Range<usize>) -> std::io::Result<Window<'_>> {
+        let start = |i: usize| i.checked_sub(1).map_or(0, |j| self.payload_ends[j]);
+        let (from, to) = (start(range.start), start(range.end));
+        let text = if from >= self.spill.len {
+            std::borrow::Cow::Borrowed(&self.payloads[from - self.spill.len..to - self.spill.len])
+        } else {
+            let file = self.spill.file.as_ref().ok_or_else(|| {
+                std::io::Error::other(self.spill.failed.clone().unwrap_or_default())
+            })?;
+            let mut bytes = vec![0; to - from];
+            let on_file = self.spill.len.min(to) - from;
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes[..on_file], from as u64)?;
+            bytes[on_file..].copy_from_slice(&self.payloads.as_bytes()[..to - from - on_file]);
+            std::borrow::Cow::Owned(String::from_utf8(bytes).map_err(std::io::Error::other)?)
+        };
+        Ok(Window {
+            records: self,
+            range,
+            from,
+            text,
+        })
+    }
+
+    /// The `i`-th record, its payload read back if spilled.
+    #[cfg(test)]
+    pub(crate) fn get(&self, i: usize) -> OwnedRecord {
+        let window = self.window(i..i + 1).expect("readable");
+        let r = window.get(i);
+        OwnedRecord {
+            line: r.line,
+            sample_id: r.sample_id.to_owned(),
+            payload: r.payload.map(str::to_owned),
+        }
+    }
+}
+
+/// A record of [`Records::get`].
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct OwnedRecord {
+    pub line: usize,
+    pub sample_id: String,
+    pub payload: Option<String>,
+}
+
+/// Some consecutive records of a [`Records`], their payloads in memory.
+#[derive(Debug)]
+pub struct Window<'a> {
+    records: &'a Records,
+    range: std::ops::Range<usize>,
+    /// Where the window's payloads start among all payloads.
+    from: usize,
+    text: std::borrow::Cow<'a, str>,
+}
+
+impl Window<'_> {
+    /// The `i`-th record of the input, which must be in the window.
+    pub fn get(&self, i: usize) -> InputRecord<'_> {
+        assert!(
+            self.range.contains(&i),
+            "record {i} outside {:?}",
+            self.range
+        );
+        let r = self.records;
+        let start = i.checked_sub(1).map_or(0, |j| r.payload_ends[j]);
+        let (line, sample_id) = r.id(i);
+        InputRecord {
+            line,
+            sample_id,
+            payload: (!r.payload_missing[i])
+                .then(|| &self.text[start - self.from..r.payload_ends[i] - self.from]),
+        }
     }
 }
 
@@ -920,7 +1035,10 @@ mod tests {
             .build(rows.as_bytes())
             .unwrap();
         let parsed = parse_batches(&schema, batches, &Fields::default()).unwrap();
-        assert_eq!(parsed.records.get(0).payload, Some(r#"{"x":1,"y":null}"#));
+        assert_eq!(
+            parsed.records.get(0).payload.as_deref(),
+            Some(r#"{"x":1,"y":null}"#)
+        );
     }
 
     #[test]
@@ -929,10 +1047,13 @@ mod tests {
         let parsed = parse_jsonl(input, &Fields::default());
         assert!(parsed.invalid.is_empty(), "{:?}", parsed.invalid);
         assert_eq!(parsed.records.get(0).sample_id, "S-1");
-        assert_eq!(parsed.records.get(0).payload, Some("a"));
+        assert_eq!(parsed.records.get(0).payload.as_deref(), Some("a"));
         assert_eq!(parsed.records.get(1).line, 4);
         assert_eq!(parsed.records.get(1).sample_id, "7");
-        assert_eq!(parsed.records.get(1).payload, Some("{\"k\":[1,2]}"));
+        assert_eq!(
+            parsed.records.get(1).payload.as_deref(),
+            Some("{\"k\":[1,2]}")
+        );
     }
 
     #[test]
@@ -950,7 +1071,7 @@ mod tests {
         );
         assert_eq!(parsed.invalid[3].error, "not valid UTF-8");
         assert_eq!(parsed.records.len(), 1);
-        assert_eq!(parsed.records.get(0).payload, None);
+        assert_eq!(parsed.records.get(0).payload.as_deref(), None);
     }
 
     #[test]
@@ -960,13 +1081,13 @@ mod tests {
         let crlf = parse_csv(input.replace('\n', "\r\n").as_bytes(), &Fields::default()).unwrap();
         let lines = |p: &ParsedInput| {
             (
-                p.records.iter().map(|r| r.line).collect::<Vec<_>>(),
+                p.records.ids().map(|(line, _)| line).collect::<Vec<_>>(),
                 p.invalid[0].line,
             )
         };
         assert_eq!(lines(&parsed), lines(&crlf));
         assert_eq!(parsed.records.len(), 2);
-        assert_eq!(parsed.records.get(0).payload, Some("two\nlines"));
+        assert_eq!(parsed.records.get(0).payload.as_deref(), Some("two\nlines"));
         assert_eq!(parsed.records.get(1).line, 4);
         assert_eq!(parsed.invalid[0].line, 5);
         let fields = Fields {
@@ -1000,6 +1121,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn payloads_past_the_spill_threshold_are_read_back_whole_across_the_boundary() {
+        let mut records = Records::default();
+        let payload = |i: usize| format!("payload {i} {}", "é".repeat(i % 97));
+        let mut n = 0;
+        while records.spill.len + records.payloads.len() < SPILL_AT + (SPILL_AT / 2) {
+            let p = payload(n);
+            records.push(n + 1, &format!("S-{n}"), (n % 5 != 0).then_some(p.as_str()));
+            n += 1;
+        }
+        assert!(
+            records.spill.len >= SPILL_AT,
+            "spilled {}",
+            records.spill.len
+        );
+        assert!(
+            records.payloads.len() < SPILL_AT,
+            "kept {}",
+            records.payloads.len()
+        );
+        // Every record, one at a time and in windows that straddle the spill's end.
+        for i in (0..n).step_by(997).chain(n - 3..n) {
+            let r = records.get(i);
+            assert_eq!(
+                (r.line, r.sample_id.as_str()),
+                (i + 1, format!("S-{i}").as_str())
+            );
+            assert_eq!(r.payload, (i % 5 != 0).then(|| payload(i)));
+        }
+        let window = records.window(0..n).unwrap();
+        for i in 0..n {
+            let expected = payload(i);
+            assert_eq!(
+                window.get(i).payload,
+                (i % 5 != 0).then_some(expected.as_str())
+            );
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -1016,8 +1176,8 @@ mod tests {
         #[test]
         fn parsers_never_panic_on_json_like_text(text in r#"(\{"sample_id":("[a-z\\"]{0,5}"|[0-9]{1,3}|null|\[\]),"payload":("[^"]{0,8}"|\{\}|[0-9.e-]{1,6}|true)\}\r?\n?){0,6}"#) {
             let parsed = parse_jsonl(text.as_bytes(), &Fields::default());
-            for r in parsed.records.iter() {
-                proptest::prop_assert!(!r.sample_id.is_empty());
+            for (_, id) in parsed.records.ids() {
+                proptest::prop_assert!(!id.is_empty());
             }
             let _ = parse_csv(text.as_bytes(), &Fields::default());
         }

@@ -538,7 +538,7 @@ async fn worker(data: &str, args: WorkerArgs) -> Result<()> {
                 r.retried,
                 r.snoozed,
                 r.dead_lettered,
-                r.phases.read + r.phases.process + r.phases.commit()
+                r.phases.total()
             );
         }
         Ok::<(), anyhow::Error>(())

@@ -48,8 +48,7 @@ impl Metrics {
             self.transient += report.outcomes.transient as u64;
             self.permanent += report.outcomes.permanent as u64;
             let phases = report.phases;
-            self.last_round_seconds =
-                (phases.read + phases.process + phases.commit()).as_secs_f64();
+            self.last_round_seconds = phases.total().as_secs_f64();
             self.last_round_at = Some(at);
         }
         self.waiting = status.waiting;

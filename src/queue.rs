@@ -200,6 +200,7 @@ impl Queue {
     ) -> Result<RoundReport> {
         let processor = processor.into();
         config.check()?;
+        let started = std::time::Instant::now();
         self.store.refresh().await?;
         self.store.upgrade().await?;
         if self.recovered_all {
@@ -214,6 +215,7 @@ impl Queue {
             self.store.recover_all().await?;
             self.recovered_all = true;
         }
+        let prepared = started.elapsed();
         let conflicts = self.store.conflicts();
         let mut report = run_round(
             &mut self.store,
@@ -223,6 +225,7 @@ impl Queue {
             config,
         )
         .await?;
+        report.phases.prepare = prepared;
         report.conflicts = self.store.conflicts() - conflicts;
         Ok(report)
     }

@@ -2,6 +2,7 @@
 //! through the same journal as a round, so an interrupted redrive loses and doubles nothing.
 
 use chrono::{DateTime, Utc};
+use deltalake::arrow::array::StringArray;
 use deltalake::datafusion::prelude::{col, lit};
 use serde::Serialize;
 
@@ -88,7 +89,7 @@ async fn redrive_once(
     // A dead letter still in the queue belongs to a round that has not settled yet (a live
     // one, between its commits): it is redriven once that round is done.
     store.refresh_table(Table::RetryQueue).await?;
-    let ids: Vec<&str> = dead.iter().map(|d| d.sample_id.as_str()).collect();
+    let ids = StringArray::from_iter_values(dead.iter().map(|d| d.sample_id.as_str()));
     let settling = store.ids_in(Table::RetryQueue, &ids).await?;
     if !settling.is_empty() {
         tracing::warn!(

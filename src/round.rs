@@ -242,11 +242,17 @@ pub struct OutcomeCounts {
 
 /// Wall time of a round's phases, in the JSON report as `timings_ms` (milliseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Phases {
+    /// Before the round: reading the tables' new commits and checking for half-applied
+    /// rounds to complete.
+    pub prepare: Duration,
     /// Finding and reading the due rows, and claiming them.
     pub read: Duration,
     /// Calling the processor on every due record.
     pub process: Duration,
+    /// Deciding where each record goes.
+    pub decide: Duration,
     /// Writing the files of the round's four commits (side by side), and the `attempts`
     /// journal's commit.
     pub journal: Duration,
@@ -256,6 +262,9 @@ pub struct Phases {
     pub dead_letter: Duration,
     /// The `retry_queue` commit that settles the round.
     pub queue: Duration,
+    /// After the round, with `run` and `worker`: keeping the tables small (compaction,
+    /// checkpoints, log cleanup).
+    pub upkeep: Duration,
 }
 
 impl Phases {
@@ -263,19 +272,26 @@ impl Phases {
     pub fn commit(&self) -> Duration {
         self.journal + self.final_results + self.dead_letter + self.queue
     }
+    /// The round's wall time: every phase but the upkeep after it.
+    pub fn total(&self) -> Duration {
+        self.prepare + self.read + self.process + self.decide + self.commit()
+    }
 }
 
 impl Serialize for Phases {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(6))?;
+        let mut map = s.serialize_map(Some(9))?;
         for (name, d) in [
+            ("prepare", self.prepare),
             ("read", self.read),
             ("process", self.process),
+            ("decide", self.decide),
             ("journal", self.journal),
             ("final", self.final_results),
             ("dead_letter", self.dead_letter),
             ("queue", self.queue),
+            ("upkeep", self.upkeep),
         ] {
             map.serialize_entry(name, &(d.as_secs_f64() * 1000.0))?;
         }
@@ -335,7 +351,8 @@ pub(crate) async fn run_round(
         worker: worker.to_owned(),
         round,
     };
-    let calls = call(processor, clock, &claim.rows, config, claimed_at);
+    let mut rows = claim.rows;
+    let calls = call(processor, clock, &mut rows, config, claimed_at);
     let held = Held {
         files: claim.lease,
         until: lease_until,
@@ -351,7 +368,9 @@ pub(crate) async fn run_round(
     };
     let lease_until = held.until;
     phases.process = processing.elapsed();
-    let decision = decide(claim.rows, tried, round, worker, config);
+    let deciding = Instant::now();
+    let decision = decide(rows, tried, round, worker, config);
+    phases.decide = deciding.elapsed();
     let mut report = decision.report(round, phases);
     report.paused_until = config.guard.blocked_until(clock.now());
     report.breaker = breaker_state(config, clock);
@@ -464,11 +483,12 @@ fn admit<'a>(config: &'a RoundConfig, clock: &dyn Clock) -> Admit<'a> {
 /// Step 4, *call*: the processor on every claimed record (per record, or per batch of
 /// at most `call_batch`), at most `concurrency` calls at once, none started once too
 /// little of the lease is left for it to end and the round to commit. Returns what became
-/// of each record, in the order of `due`.
+/// of each record, in the order of `due`. The records' ids and payloads are lent to the
+/// calls, not copied: they are back in `due` when the calls end.
 async fn call(
     processor: Calls<'_>,
     clock: &dyn Clock,
-    due: &[QueueRow],
+    due: &mut [QueueRow],
     config: &RoundConfig,
     claimed_at: Instant,
 ) -> Vec<Tried> {
@@ -488,38 +508,46 @@ async fn call(
         .collect();
     let to_call: Vec<usize> = (0..total).filter(|&i| tried[i].is_none()).collect();
     finish(total - to_call.len());
-    let results: Vec<(Vec<usize>, Vec<Tried>)> = match processor {
+    let records: Vec<Record> = to_call.iter().map(|&i| lend(&mut due[i])).collect();
+    let lent = &records[..];
+    // What became of `records[k]`.
+    match processor {
         Calls::Each(processor) => {
             let layers = &layers(processor, clock, config);
-            futures::stream::iter(to_call)
-                .map(|i| async move {
-                    let call = layers.call(&record_of(&due[i]), deadline).await;
-                    (vec![i], vec![tried_of(call, clock)])
-                })
+            let done: Vec<(usize, Tried)> = futures::stream::iter(0..lent.len())
+                .map(|k| async move { (k, tried_of(layers.call(&lent[k], deadline).await, clock)) })
                 .buffer_unordered(config.concurrency.max(1))
                 .inspect(|_| finish(1))
                 .collect()
-                .await
+                .await;
+            for (k, t) in done {
+                tried[to_call[k]] = Some(t);
+            }
         }
         Calls::Batches(processor) => {
             let layers = &layers(processor, clock, config);
-            futures::stream::iter(to_call.chunks(config.call_batch.max(1)))
-                .map(|batch| async move {
-                    let records: Vec<Record> = batch.iter().map(|&i| record_of(&due[i])).collect();
-                    let calls = layers.call_batch(&records, deadline).await;
-                    let tried = calls.into_iter().map(|c| tried_of(c, clock)).collect();
-                    (batch.to_vec(), tried)
-                })
-                .buffer_unordered(config.concurrency.max(1))
-                .inspect(|(batch, _)| finish(batch.len()))
-                .collect()
-                .await
+            let size = config.call_batch.max(1);
+            let done: Vec<(usize, Vec<Tried>)> =
+                futures::stream::iter(lent.chunks(size).enumerate())
+                    .map(|(n, batch)| async move {
+                        let calls = layers.call_batch(batch, deadline).await;
+                        let tried: Vec<Tried> =
+                            calls.into_iter().map(|c| tried_of(c, clock)).collect();
+                        (n * size, tried)
+                    })
+                    .buffer_unordered(config.concurrency.max(1))
+                    .inspect(|(_, tried)| finish(tried.len()))
+                    .collect()
+                    .await;
+            for (first, outcomes) in done {
+                for (k, t) in (first..).zip(outcomes) {
+                    tried[to_call[k]] = Some(t);
+                }
+            }
         }
-    };
-    for (indices, outcomes) in results {
-        for (i, t) in indices.into_iter().zip(outcomes) {
-            tried[i] = Some(t);
-        }
+    }
+    for (&i, record) in to_call.iter().zip(records) {
+        give_back(&mut due[i], record);
     }
     tried
         .into_iter()
@@ -584,7 +612,11 @@ fn decide(
 ) -> Decision {
     let mut rng =
         SmallRng::seed_from_u64(config.seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut decision = Decision::default();
+    let mut decision = Decision {
+        rows: Vec::with_capacity(due.len()),
+        retried: Vec::with_capacity(due.len() / 2),
+        ..Decision::default()
+    };
     for (mut row, tried) in due.into_iter().zip(tried) {
         match tried {
             Tried::Called(attempt) => {
@@ -942,13 +974,20 @@ fn expired_error(age: Duration) -> String {
     )
 }
 
-/// The record a processor is called with for a row of the queue.
-fn record_of(row: &QueueRow) -> Record {
+/// The record a processor is called with for a row of the queue, its id and payload moved
+/// out of the row (a copy of each would cost a round two allocations per record).
+fn lend(row: &mut QueueRow) -> Record {
     Record {
-        sample_id: row.sample_id.clone(),
-        payload: row.payload.clone(),
+        sample_id: std::mem::take(&mut row.sample_id),
+        payload: row.payload.take(),
         retry_count: u32::try_from(row.retry_count).unwrap_or(0),
     }
+}
+
+/// Puts a lent record's id and payload back in its row.
+fn give_back(row: &mut QueueRow, record: Record) {
+    row.sample_id = record.sample_id;
+    row.payload = record.payload;
 }
 
 /// What became of a record, from what became of its call through the round's layers.

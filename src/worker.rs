@@ -283,7 +283,8 @@ fn log_pause(pause: Option<&crate::control::Pause>) {
 /// Runs rounds of `processor` (per record or per batch, as in [`Queue::run_round`]) over
 /// `queue` until [`Rounds`] says to stop (see [`Until`]):
 /// the loop of `retrylake run` and `retrylake worker`. `on_round` sees every round's
-/// report as it ends; an error from it, or from a round, stops the rounds and is returned.
+/// report once the round and the upkeep after it (the report's `phases.upkeep`) are
+/// done; an error from it, or from a round, stops the rounds and is returned.
 /// A triggered shutdown is checked before each round and ends a wait at once.
 ///
 /// ```no_run
@@ -353,7 +354,7 @@ async fn rounds_until<E: From<Error>>(
 ) -> Result<(), E> {
     let mut paused = None;
     while !rounds.shutdown.is_triggered() {
-        let report = queue.run_round(processor, config).await?;
+        let mut report = queue.run_round(processor, config).await?;
         if report.queue_paused != paused {
             log_pause(report.queue_paused.as_ref());
             paused = report.queue_paused.clone();
@@ -363,11 +364,13 @@ async fn rounds_until<E: From<Error>>(
         {
             alerts.wake();
         }
-        on_round(&report)?;
         // Upkeep, not the queue's work: a failed pass is tried again after the next round.
+        let upkeep = std::time::Instant::now();
         if let Err(e) = queue.maintain(&rounds.maintenance).await {
             tracing::warn!("table maintenance failed; trying again after the next round: {e}");
         }
+        report.phases.upkeep = upkeep.elapsed();
+        on_round(&report)?;
         rounds.record(queue, &report).await;
         let Some(wait) = rounds.next(&report, queue.clock().now()) else {
             break;

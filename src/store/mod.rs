@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{RecordBatch, StringArray};
+use deltalake::arrow::array::{Array, RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::common::JoinType;
 use deltalake::datafusion::dataframe::DataFrame;
@@ -420,7 +420,7 @@ impl Store {
     }
 
     /// The ids among `ids` that `table` holds at the loaded version.
-    pub(crate) async fn ids_in(&self, table: Table, ids: &[&str]) -> Result<HashSet<String>> {
+    pub(crate) async fn ids_in(&self, table: Table, ids: &StringArray) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
         if ids.is_empty() {
             return Ok(found);
@@ -431,7 +431,7 @@ impl Store {
                 DataType::Utf8,
                 false,
             )])),
-            vec![Arc::new(StringArray::from(ids.to_vec()))],
+            vec![Arc::new(ids.clone())],
         )?;
         let (ctx, frame) = self.frame(table).await?;
         let incoming = ctx.read_batch(incoming)?;

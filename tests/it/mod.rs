@@ -10,6 +10,7 @@ mod hostile;
 mod hostile_batch;
 mod hostile_controls;
 mod hostile_controls2;
+mod hostile_perf;
 mod hostile_rules;
 mod http;
 mod lease;
