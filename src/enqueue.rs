@@ -87,12 +87,9 @@ pub(crate) async fn enqueue_parsed(
         )));
     }
 
-    let mut seen: HashSet<&str, foldhash::fast::RandomState> =
-        HashSet::with_capacity_and_hasher(input.records.len(), Default::default());
-    if !input.records.ids().all(|(_, id)| seen.insert(id)) {
+    if !all_distinct(&input.records).map_err(fail)? {
         return Err(fail(duplicate_ids(&input.records)));
     }
-    drop(seen);
 
     let dead: Vec<DeadRow> = input
         .invalid
@@ -134,16 +131,12 @@ pub(crate) async fn enqueue_parsed(
             .iter()
             .filter(|d| !existing.contains(&d.sample_id))
             .collect();
-        let queued: Vec<usize> = if existing.is_empty() {
-            (0..input.records.len()).collect()
-        } else {
-            (0..input.records.len())
-                .filter(|&i| !existing.contains(input.records.id(i).1))
-                .collect()
-        };
+        // The records to add, in input order: found chunk by chunk rather than listed whole.
+        let new = |i: &usize| existing.is_empty() || !existing.contains(input.records.id(*i).1);
+        let queued = (0..input.records.len()).filter(new).count();
         let tag = tag
             .clone()
-            .with("enqueued", queued.len())
+            .with("enqueued", queued)
             .with("invalid", dead.len());
         // What an earlier pass committed is among the ids found now.
         let committed_before = report.enqueued + report.invalid;
@@ -154,7 +147,7 @@ pub(crate) async fn enqueue_parsed(
         // between the two commits, enqueueing the file again skips what landed and adds
         // the rest.
         let committed = async {
-            if queued.is_empty() && dead.is_empty() {
+            if queued == 0 && dead.is_empty() {
                 return Ok(());
             }
             let records = &input.records;
@@ -163,7 +156,12 @@ pub(crate) async fn enqueue_parsed(
                     "cannot read back the payloads set aside in a temporary file: {e}"
                 ))
             };
-            let batches = queued.chunks(FILE_ROWS).map(|chunk| {
+            let mut indices = (0..records.len()).filter(new).peekable();
+            let chunks = std::iter::from_fn(|| {
+                indices.peek()?;
+                Some(indices.by_ref().take(FILE_ROWS).collect::<Vec<usize>>())
+            });
+            let batches = chunks.map(|chunk| {
                 // `queued` ascends: the chunk's payloads lie in one stretch of the input's,
                 // read at once unless most of it was skipped (ids already known).
                 let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
@@ -188,7 +186,7 @@ pub(crate) async fn enqueue_parsed(
                 }
             });
             store.append_queue(batches, &tag).await?;
-            report.enqueued += queued.len();
+            report.enqueued += queued;
             if !dead.is_empty() {
                 let rows: Vec<DeadRow> = dead.iter().map(|d| (*d).clone()).collect();
                 store
@@ -220,6 +218,33 @@ pub(crate) async fn enqueue_parsed(
 /// How often an enqueue that raced another commit of new ids checks them again.
 const ENQUEUE_RETRIES: u32 = 20;
 
+/// Whether every record's id differs from the others'. The set is of record numbers keyed
+/// by the ids' hashes (4 bytes a record where a set of ids takes 16), so a large input
+/// costs little more than its ids.
+fn all_distinct(records: &Records) -> std::result::Result<bool, String> {
+    use std::hash::BuildHasher;
+    let Ok(n) = u32::try_from(records.len()) else {
+        return Err(format!(
+            "{} records, more than {} in one input: split it",
+            records.len(),
+            u32::MAX
+        ));
+    };
+    let hasher = foldhash::fast::RandomState::default();
+    let id = |i: u32| records.id(i as usize).1;
+    let mut seen = hashbrown::HashTable::<u32>::with_capacity(records.len());
+    for i in 0..n {
+        let hash = hasher.hash_one(id(i));
+        match seen.entry(hash, |&j| id(j) == id(i), |&j| hasher.hash_one(id(j))) {
+            hashbrown::hash_table::Entry::Occupied(_) => return Ok(false),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(i);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// The error for an input that holds the same id more than once, naming the lines.
 fn duplicate_ids(records: &Records) -> String {
     let mut first_line: HashMap<&str, usize> = HashMap::new();
@@ -248,4 +273,29 @@ async fn existing_ids(store: &Store, ids: &StringArray) -> Result<HashSet<String
         found.extend(store.ids_in(table, ids).await?);
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(ids: &[String]) -> Records {
+        let mut records = Records::default();
+        for (line, id) in ids.iter().enumerate() {
+            records.push(line + 1, id, Some("p"));
+        }
+        records
+    }
+
+    #[test]
+    fn the_duplicate_check_finds_one_repeated_id_among_many_and_none_where_all_differ() {
+        let mut ids: Vec<String> = (0..50_000).map(|i| format!("S-{i}")).collect();
+        assert_eq!(all_distinct(&records(&ids)), Ok(true));
+        // Prefixes and lengths that differ by one character are different ids.
+        ids.extend(["S-1x".to_owned(), "S-".to_owned(), "S-10000 ".to_owned()]);
+        assert_eq!(all_distinct(&records(&ids)), Ok(true));
+        ids.push("S-49999".to_owned());
+        assert_eq!(all_distinct(&records(&ids)), Ok(false));
+        assert_eq!(all_distinct(&records(&[])), Ok(true));
+    }
 }

@@ -152,7 +152,7 @@ pub struct Records {
 }
 
 /// Bytes of payloads kept in memory before they are written to a temporary file.
-pub const SPILL_AT: usize = 16 << 20;
+pub const SPILL_AT: usize = 4 << 20;
 
 /// The payloads written to a temporary file.
 #[derive(Debug, Default)]

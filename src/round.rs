@@ -510,7 +510,7 @@ async fn call(
     finish(total - to_call.len());
     let records: Vec<Record> = to_call.iter().map(|&i| lend(&mut due[i])).collect();
     let lent = &records[..];
-    // What became of `records[k]`.
+    // `records[k]` is the record of `due[to_call[k]]`.
     match processor {
         Calls::Each(processor) => {
             let layers = &layers(processor, clock, config);

@@ -1,6 +1,6 @@
 //! A hostile review of the performance change for issue 19: records lent to the processor
 //! (moved out of the claimed rows and put back), the new `timings_ms` phases, and the
-//! payloads of a large input spilled to an unnamed temporary file past 16 MB.
+//! payloads of a large input spilled to an unnamed temporary file past `SPILL_AT` (4 MB).
 //!
 //! Each test says what it attacks. `HOLDS:` a test believed to pass, kept as a guard;
 //! `FAILS:` one believed to fail on the code as reviewed (the line at fault named).
@@ -452,8 +452,8 @@ fn assert_queue_holds(env: &Env, expected: &BTreeMap<String, Option<String>>) {
     );
 }
 
-/// Attack: an input of about 36 MB of payloads spills twice (16 MB each) and keeps the
-/// rest in memory; its single file's window straddles both. Missing vs empty payloads,
+/// Attack: an input of about 36 MB of payloads spills several times (`SPILL_AT` each) and
+/// keeps the rest in memory; its single file's window straddles both. Missing vs empty payloads,
 /// objects kept as written, and multi-byte characters must all come back byte for byte.
 /// HOLDS.
 #[test]
@@ -593,7 +593,7 @@ fn enqueue_keeps_payloads_in_memory_when_tmpdir_is_unusable() {
 /// Attack: the temporary file stops growing (a full disk; here a file size limit, with
 /// SIGXFSZ ignored so a write fails with EFBIG as it would with ENOSPC), once inside the
 /// first spill's write (nothing spilled, part of it written) and once inside the second
-/// (16 MB spilled, part of the next written): the payloads must be read from the file
+/// (some spills whole, part of the next written): the payloads must be read from the file
 /// only up to what was spilled whole, the rest from memory. HOLDS.
 #[test]
 fn enqueue_survives_a_spill_file_that_cannot_grow() {
