@@ -162,8 +162,8 @@ pub(crate) async fn enqueue_parsed(
                 Some(indices.by_ref().take(FILE_ROWS).collect::<Vec<usize>>())
             });
             let batches = chunks.map(|chunk| {
-                // `queued` ascends: the chunk's payloads lie in one stretch of the input's,
-                // read at once unless most of it was skipped (ids already known).
+                // The chunk's records ascend: their payloads lie in one stretch of the
+                // input's, read at once unless most of it was skipped (ids already known).
                 let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
                 if last - first < 2 * chunk.len() {
                     let window = records.window(first..last + 1).map_err(unread)?;
