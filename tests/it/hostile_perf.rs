@@ -630,3 +630,56 @@ fn enqueue_survives_a_spill_file_that_cannot_grow() {
         assert_queue_holds(&env, &expected);
     }
 }
+
+/// Attack: two enqueue processes at once of spilling inputs that share half their ids
+/// (the new duplicate check and the chunk-by-chunk selection of the records to add, under
+/// the race that once doubled every record): each id lands once, with its payload whole.
+#[test]
+fn two_spilling_enqueues_of_overlapping_inputs_at_once_add_each_id_once() {
+    let env = Env::new();
+    let (first, mut expected) = spill_input(&env, "a.jsonl", 1_000, 50_000);
+    // The second input: the first's last half, then as many new ids.
+    let text: String = (500..1_500)
+        .map(|i| {
+            let id = format!("T-{i:04}");
+            let payload = spilled_payload(i, 50_000);
+            let line = spilled_line(&id, payload.as_deref());
+            expected.insert(id, payload);
+            line
+        })
+        .collect();
+    let second = env.write("b.jsonl", text);
+    let second = second.to_str().unwrap();
+    env.ok(&["init"]);
+    let spawn = |input: &str| {
+        env.process()
+            .args(["enqueue", input, "--now", PAST])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(&first), spawn(second));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert_queue_holds(&env, &expected);
+}
+
+/// Attack: the same id on the first line and on the last, with megabytes of spilled
+/// payloads between: the duplicate is named with both lines and nothing is enqueued.
+#[test]
+fn a_duplicate_id_on_both_sides_of_the_spill_is_refused_whole() {
+    let env = Env::new();
+    let (input, _) = spill_input(&env, "in.jsonl", 1_000, 50_000);
+    let mut text = std::fs::read_to_string(&input).unwrap();
+    text.push_str(&spilled_line("T-0000", Some("again")));
+    let input = env.write("dup.jsonl", text);
+    env.ok(&["init"]);
+    let err = env.fails(&["enqueue", input.to_str().unwrap(), "--now", PAST]);
+    assert!(err.contains("'T-0000' on lines 1 and 1001"), "{err}");
+    assert!(env.rows::<QueueRow>().is_empty());
+}
