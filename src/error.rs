@@ -129,6 +129,21 @@ pub enum Error {
         "query is read-only: it runs SELECT, WITH, EXPLAIN and DESCRIBE over the queue's tables; refused: {0}"
     )]
     ReadOnly(String),
+
+    /// SQL that cannot run as written: a Delta form (time travel, `DESCRIBE HISTORY`)
+    /// misused, an unknown table in one, or text that does not tokenize.
+    #[error("SQL: {0}")]
+    Sql(String),
+
+    /// A table a query names cannot be read as asked: a version or time it does not
+    /// have, files removed by vacuum, or a path that is not a Delta table.
+    #[error("{table}: {message}")]
+    Unreadable {
+        /// The table, as the query names it (`retry_queue`, `` delta.`/path` ``).
+        table: String,
+        /// Why, with the versions it has where that helps.
+        message: String,
+    },
 }
 
 impl Error {

@@ -46,6 +46,7 @@
 
 mod alert;
 mod audit;
+mod catalog;
 mod clock;
 mod control;
 mod enqueue;
@@ -65,6 +66,7 @@ mod report;
 mod round;
 mod rules;
 mod shard;
+pub mod sql;
 mod status;
 pub mod store;
 mod worker;

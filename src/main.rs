@@ -55,14 +55,20 @@ enum Command {
     Run(Box<RunCommand>),
     /// Run rounds until SIGINT or SIGTERM, sleeping until the next record is due.
     Worker(Box<WorkerArgs>),
-    /// Run SQL over retry_queue, final_results, dead_letter_queue and attempts.
+    /// Run SQL over retry_queue, final_results, dead_letter_queue and attempts, with
+    /// Delta's VERSION AS OF, DESCRIBE HISTORY and delta.`path`; without SQL, a SQL shell
+    /// (statements from stdin in a pipe).
+    #[command(visible_alias = "sql")]
     Query {
-        /// The statement, e.g. "SELECT error_msg, COUNT(*) FROM dead_letter_queue GROUP BY 1".
-        sql: String,
-        /// Read every table at this version (time travel).
+        /// The statement, e.g. "SELECT error_msg, COUNT(*) FROM dead_letter_queue GROUP BY 1";
+        /// omitted: a shell on a terminal, else the `;`-separated statements on stdin.
+        sql: Option<String>,
+        /// Read every table the SQL names at this version, unless it says its own
+        /// VERSION AS OF (a table without that version is an error).
         #[arg(long, conflicts_with = "as_of")]
         version: Option<u64>,
-        /// Read every table as it was at this time (RFC 3339).
+        /// Read every table the SQL names as it was at this time (RFC 3339), unless it
+        /// says its own AS OF.
         #[arg(long, value_parser = parse_time)]
         as_of: Option<DateTime<Utc>>,
         /// Output format.
@@ -768,8 +774,20 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 (None, Some(t)) => AsOf::Time(t),
                 (None, None) => AsOf::Latest,
             };
-            let batches = queue.query(&sql, as_of).await?;
-            print_batches(&mut out, &batches, format)?;
+            let session = Session {
+                root: &cli.data,
+                queue: &mut queue,
+                as_of,
+                format,
+            };
+            match sql {
+                Some(sql) => session.run(&sql, &mut out).await?,
+                None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    drop(out);
+                    session.shell().await?
+                }
+                None => session.script(std::io::stdin().lock(), &mut out).await?,
+            }
         }
         Command::Pause { until, reason, now } => {
             let mut queue = open(&cli.data, now).await?;
@@ -1074,6 +1092,143 @@ fn print_round(out: &mut impl Write, report: &RoundReport, json: bool) -> Result
     Ok(())
 }
 
+/// Where SQL runs: the tables, the version they are read at, and how results print.
+struct Session<'a> {
+    root: &'a str,
+    queue: &'a mut Queue,
+    as_of: AsOf,
+    format: OutputFormat,
+}
+
+impl Session<'_> {
+    /// Runs one statement and prints its result.
+    async fn run(self, sql: &str, out: &mut impl Write) -> Result<()> {
+        let mut session = self;
+        session.statement(sql, out).await
+    }
+
+    async fn statement(&mut self, sql: &str, out: &mut impl Write) -> Result<()> {
+        let (schema, batches) = self.queue.query_with_schema(sql, self.as_of).await?;
+        if batches.is_empty() && !matches!(self.format, OutputFormat::Json) {
+            // An empty result still shows its columns.
+            let empty = RecordBatch::new_empty(schema);
+            return print_batches(out, &[empty], self.format);
+        }
+        print_batches(out, &batches, self.format)
+    }
+
+    /// Runs the `;`-separated statements of `input` in order, stopping at the first that
+    /// fails, named by its number and line.
+    async fn script(mut self, mut input: impl std::io::Read, out: &mut impl Write) -> Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes).context("cannot read stdin")?;
+        let script = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "stdin is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        let statements = retrylake::sql::statements(&script)?;
+        if statements.is_empty() {
+            bail!("no SQL on stdin: give a statement, or pipe statements separated by `;`");
+        }
+        for (n, statement) in statements.iter().enumerate() {
+            self.statement(&statement.sql, out)
+                .await
+                .with_context(|| format!("statement {} (line {})", n + 1, statement.line))?;
+        }
+        Ok(())
+    }
+
+    /// The interactive shell: statements end with `;` and may span lines; history is
+    /// kept in `RETRYLAKE_HISTORY` (default `~/.retrylake_history`). Ctrl-C cancels the
+    /// statement being typed or run; Ctrl-D or `exit` leaves.
+    async fn shell(mut self) -> Result<()> {
+        use rustyline::error::ReadlineError;
+        let mut editor = rustyline::DefaultEditor::new().context("cannot start the shell")?;
+        let history = std::env::var_os("RETRYLAKE_HISTORY")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".retrylake_history"))
+            });
+        if let Some(file) = &history {
+            let _ = editor.load_history(file);
+        }
+        eprintln!(
+            "retrylake SQL over {}: end statements with `;`; DESCRIBE HISTORY t, \
+             t VERSION AS OF n and delta.`path` work; `exit` or Ctrl-D leaves",
+            self.root
+        );
+        let mut text = String::new();
+        loop {
+            let prompt = if text.is_empty() {
+                "retrylake> "
+            } else {
+                "        -> "
+            };
+            let line = match tokio::task::block_in_place(|| editor.readline(prompt)) {
+                Ok(line) => line,
+                Err(ReadlineError::Interrupted) => {
+                    text.clear();
+                    continue;
+                }
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e).context("cannot read the terminal"),
+            };
+            if text.is_empty()
+                && matches!(
+                    line.trim()
+                        .trim_end_matches(';')
+                        .to_ascii_lowercase()
+                        .as_str(),
+                    "exit" | "quit" | "\\q" | ".quit" | ".exit"
+                )
+            {
+                break;
+            }
+            if text.is_empty() && line.trim().is_empty() {
+                continue;
+            }
+            text.push_str(&line);
+            text.push('\n');
+            if !retrylake::sql::is_complete(&text) {
+                continue;
+            }
+            let _ = editor.add_history_entry(text.trim_end());
+            let statements = match retrylake::sql::statements(&text) {
+                Ok(statements) => statements,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    text.clear();
+                    continue;
+                }
+            };
+            text.clear();
+            for statement in statements {
+                let mut out = std::io::stdout().lock();
+                let started = std::time::Instant::now();
+                let result = tokio::select! {
+                    result = self.statement(&statement.sql, &mut out) => result,
+                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("cancelled")),
+                };
+                match result {
+                    Ok(()) => eprintln!("({:.3} s)", started.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        eprintln!("error: {}", message(&e));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(file) = &history
+            && let Err(e) = editor.save_history(file)
+        {
+            tracing::warn!("cannot save the shell's history to {}: {e}", file.display());
+        }
+        Ok(())
+    }
+}
+
 fn print_batches(
     out: &mut impl Write,
     batches: &[RecordBatch],
@@ -1094,11 +1249,41 @@ fn print_batches(
         OutputFormat::Csv => {
             let mut writer = deltalake::arrow::csv::Writer::new(&mut *out);
             for batch in batches {
-                writer.write(batch)?;
+                writer.write(&flat(batch)?)?;
             }
         }
     }
     Ok(())
+}
+
+/// `batch` with its nested columns (maps, lists, structs, which CSV cannot hold) as text,
+/// written as the table format shows them.
+fn flat(batch: &RecordBatch) -> Result<RecordBatch> {
+    use deltalake::arrow::array::{ArrayRef, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
+    if !batch.columns().iter().any(|c| c.data_type().is_nested()) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !column.data_type().is_nested() {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let formatter = ArrayFormatter::try_new(column, &FormatOptions::default())?;
+        let text: StringArray = (0..column.len())
+            .map(|i| column.is_valid(i).then(|| formatter.value(i).to_string()))
+            .collect();
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+        columns.push(std::sync::Arc::new(text));
+    }
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn print_history(out: &mut impl Write, commits: &[retrylake::Commit]) -> Result<()> {

@@ -10,16 +10,26 @@ use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use deltalake::datafusion::prelude::{SQLOptions, SessionContext};
-use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::catalog;
 use crate::error::{Error, Result};
-use crate::store::{Store, Table, table_error};
+use crate::sql::Source;
+use crate::store::{AsOf, Store, Table, table_error};
 
-/// A session over the four tables with the functions the original job's SQL needs (`DATE`).
+/// A session over the four tables with the functions the original job's SQL needs
+/// (`DATE`); its `delta` schema reads any Delta table by path (`` delta.`/data/t` ``).
 pub async fn session(store: &Store) -> Result<SessionContext> {
-    let ctx = store.session().await?;
+    session_at(store, AsOf::Latest, Vec::new())
+}
+
+fn session_at(
+    store: &Store,
+    as_of: AsOf,
+    sources: Vec<(String, Source)>,
+) -> Result<SessionContext> {
+    let ctx = catalog::session(store, as_of, sources)?;
     ctx.register_udf(create_udf(
         "date",
         vec![DataType::Timestamp(
@@ -48,7 +58,9 @@ pub fn read_only() -> SQLOptions {
 }
 
 /// Runs one SQL statement over the tables: a query (`SELECT`, `WITH`, `EXPLAIN`,
-/// `DESCRIBE`); anything that would write or read beyond the four tables is
+/// `DESCRIBE`), with Delta's forms: `VERSION AS OF n` or `TIMESTAMP AS OF 'ts'` after any
+/// table, `DESCRIBE HISTORY t [LIMIT n]`, `DESCRIBE DETAIL t`, and `` delta.`path` `` for
+/// any Delta table (see [`crate::sql`]). Anything that would write is
 /// [`Error::ReadOnly`], refused before it runs (see [`read_only`]).
 pub async fn query(store: &Store, sql: &str) -> Result<Vec<RecordBatch>> {
     Ok(query_with_schema(store, sql).await?.1)
@@ -56,15 +68,32 @@ pub async fn query(store: &Store, sql: &str) -> Result<Vec<RecordBatch>> {
 
 /// Like [`query`], with the result's schema, which an empty result has too.
 pub async fn query_with_schema(store: &Store, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let ctx = session(store).await?;
-    let plan = ctx.state().create_logical_plan(sql).await?;
+    query_at(store, sql, AsOf::Latest).await
+}
+
+/// Like [`query_with_schema`], reading every table the statement names without its own
+/// `AS OF` at `as_of`. A table the statement names that has no such version is
+/// [`Error::Unreadable`], naming the versions it has.
+pub async fn query_at(
+    store: &Store,
+    sql: &str,
+    as_of: AsOf,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let rewritten = crate::sql::rewrite(sql)?;
+    let ctx = session_at(store, as_of, rewritten.sources)?;
+    let ours = |e: DataFusionError| catalog::ours(&e).unwrap_or(Error::Query(e));
+    let plan = ctx
+        .state()
+        .create_logical_plan(&rewritten.sql)
+        .await
+        .map_err(ours)?;
     read_only().verify_plan(&plan).map_err(|e| match e {
         DataFusionError::Plan(message) => Error::ReadOnly(message),
         other => Error::ReadOnly(other.strip_backtrace()),
     })?;
-    let frame = ctx.execute_logical_plan(plan).await?;
+    let frame = ctx.execute_logical_plan(plan).await.map_err(ours)?;
     let schema = frame.schema().inner().clone();
-    Ok((schema, frame.collect().await?))
+    Ok((schema, frame.collect().await.map_err(ours)?))
 }
 
 /// One commit of one table, as `history` shows it.
@@ -92,28 +121,14 @@ pub struct Commit {
 pub async fn history(store: &Store, tables: &[Table]) -> Result<Vec<Commit>> {
     let mut commits = Vec::new();
     for &table in tables {
-        let t = store.table(table);
-        let latest = t.version().unwrap_or(0);
-        let infos: Vec<_> = t
-            .history(None)
-            .try_collect()
+        for (version, info) in catalog::commits(store.table(table))
             .await
-            .map_err(table_error(table))?;
-        for (i, info) in infos.into_iter().enumerate() {
-            let mut details = match info.info.get("retrylake") {
-                Some(Value::Object(map)) => map.clone(),
-                _ => serde_json::Map::new(),
-            };
-            let job = details
-                .remove("operation")
-                .and_then(|v| v.as_str().map(str::to_owned));
-            let round = details.remove("round").and_then(|v| v.as_i64());
-            let worker = details
-                .remove("worker")
-                .and_then(|v| v.as_str().map(str::to_owned));
+            .map_err(table_error(table))?
+        {
+            let (job, round, worker, details) = catalog::retrylake_info(&info);
             commits.push(Commit {
                 table: table.name(),
-                version: latest.saturating_sub(i as u64),
+                version,
                 timestamp: info.timestamp.and_then(DateTime::from_timestamp_millis),
                 operation: info.operation,
                 job,

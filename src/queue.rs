@@ -308,13 +308,8 @@ impl Queue {
         sql: &str,
         as_of: AsOf,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        if as_of == AsOf::Latest {
-            self.store.refresh().await?;
-            return monitor::query_with_schema(&self.store, sql).await;
-        }
-        let mut past = self.store.reopen().await?;
-        past.travel(as_of).await?;
-        monitor::query_with_schema(&past, sql).await
+        self.store.refresh().await?;
+        monitor::query_at(&self.store, sql, as_of).await
     }
 
     /// The commits of `tables`, newest first: the audit trail of every change.

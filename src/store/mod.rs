@@ -201,6 +201,11 @@ impl Store {
         Store::open_existing(&self.root, self.options.clone()).await
     }
 
+    /// The object store settings the store was opened with.
+    pub(crate) fn options(&self) -> &StorageOptions {
+        &self.options
+    }
+
     /// The data root the store was opened with.
     pub fn root(&self) -> &str {
         &self.root
@@ -470,7 +475,8 @@ pub(crate) type Staged = Vec<tokio::task::JoinHandle<Result<Vec<Add>>>>;
 pub enum AsOf {
     /// The latest version of every table.
     Latest,
-    /// Version N of every table (a table with fewer versions is read at its latest).
+    /// Version N of every table. A query refuses a table it names that has no version N;
+    /// [`Store::travel`] reads such a table at its latest.
     Version(u64),
     /// Every table as it was at this time.
     Time(DateTime<Utc>),
