@@ -3,7 +3,7 @@
 //! query asks for, and their `DESCRIBE HISTORY` and `DESCRIBE DETAIL` as tables. Tables
 //! are opened when a query names them, so a query pays only for what it reads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -166,7 +166,8 @@ impl Catalog {
     async fn history(&self, name: &TableName) -> Result<Arc<dyn TableProvider>> {
         let t = self.open(name, self.default).await?;
         let commits = commits(&t).await.map_err(unreadable(name))?;
-        let batch = history_batch(&commits)?;
+        let log = log_versions(&t).await.map_err(unreadable(name))?;
+        let batch = history_batch(&commits, &log)?;
         Ok(Arc::new(MemTable::try_new(
             batch.schema(),
             vec![vec![batch]],
@@ -218,24 +219,29 @@ impl Catalog {
             }
             Travel::Time(at) => {
                 let shown = at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-                if at < log.earliest_at {
-                    return Err(refuse(format!(
-                        "no version as of {shown}: its earliest version, {}, was committed at {} \
-                         (it has versions {})",
-                        log.earliest,
-                        log.earliest_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                        log.range()
-                    )));
-                }
+                let time = |v: u64| {
+                    log.time(v).map_or("an unknown time".into(), |t| {
+                        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+                    })
+                };
                 if at > Utc::now() {
                     return Err(refuse(format!(
                         "no version as of {shown}: that is in the future (it has versions {}, \
                          the latest committed at {})",
                         log.range(),
-                        log.latest_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                        time(log.latest)
                     )));
                 }
-                t.load_with_datetime(at).await.map_err(unreadable(name))?;
+                let Some(v) = log.version_at(at) else {
+                    return Err(refuse(format!(
+                        "no version as of {shown}: its earliest version, {}, was committed at {} \
+                         (it has versions {})",
+                        log.earliest,
+                        time(log.earliest),
+                        log.range()
+                    )));
+                };
+                t.load_version(v).await.map_err(unreadable(name))?;
             }
         }
         Ok(t)
@@ -267,13 +273,13 @@ async fn open_path(path: &str, options: &StorageOptions) -> Result<DeltaTable, D
     Ok(t)
 }
 
-/// The versions a table's log can load, and when its first and last were committed.
-#[derive(Debug, Clone, Copy)]
+/// The versions a table's log can load, and when each was committed: its log file's
+/// modification time, to the millisecond, as Delta's time travel and history use it.
+#[derive(Debug, Clone)]
 struct LogVersions {
     earliest: u64,
-    earliest_at: DateTime<Utc>,
     latest: u64,
-    latest_at: DateTime<Utc>,
+    times: BTreeMap<u64, DateTime<Utc>>,
 }
 
 impl LogVersions {
@@ -282,6 +288,19 @@ impl LogVersions {
             true => format!("{} only", self.earliest),
             false => format!("{} to {}", self.earliest, self.latest),
         }
+    }
+
+    fn time(&self, version: u64) -> Option<DateTime<Utc>> {
+        self.times.get(&version).copied()
+    }
+
+    /// The latest version committed at or before `at`.
+    fn version_at(&self, at: DateTime<Utc>) -> Option<u64> {
+        self.times
+            .range(self.earliest..=self.latest)
+            .rev()
+            .find(|(_, t)| **t <= at)
+            .map(|(v, _)| *v)
     }
 }
 
@@ -292,8 +311,8 @@ async fn log_versions(t: &DeltaTable) -> Result<LogVersions, DeltaTableError> {
     let store = t.log_store().object_store(None);
     let log = deltalake::Path::from("_delta_log");
     let files: Vec<_> = store.list(Some(&log)).try_collect().await?;
-    let mut commits: HashMap<u64, DateTime<Utc>> = HashMap::new();
-    let mut checkpoints: HashMap<u64, DateTime<Utc>> = HashMap::new();
+    let mut commits: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
+    let mut checkpoints: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
     for file in files {
         let Some(name) = file.location.filename() else {
             continue;
@@ -301,45 +320,44 @@ async fn log_versions(t: &DeltaTable) -> Result<LogVersions, DeltaTableError> {
         let Some((digits, rest)) = name.split_once('.') else {
             continue;
         };
-        let Ok(version) = digits.parse::<u64>() else {
+        let (20, Ok(version)) = (digits.len(), digits.parse::<u64>()) else {
             continue;
         };
-        if digits.len() != 20 {
-            continue;
-        }
+        let millis = file.last_modified.timestamp_millis();
+        let at = DateTime::from_timestamp_millis(millis).unwrap_or(file.last_modified);
         if rest == "json" {
-            commits.insert(version, file.last_modified);
+            commits.insert(version, at);
         } else if rest.starts_with("checkpoint") && rest.ends_with(".parquet") {
-            checkpoints.insert(version, file.last_modified);
+            checkpoints.insert(version, at);
         }
     }
-    let latest = t
+    let loaded = t
         .version()
         .ok_or_else(|| DeltaTableError::NotATable("the table has no version".into()))?;
-    let latest = commits.keys().copied().max().unwrap_or(latest).max(latest);
+    let latest = commits
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(loaded)
+        .max(loaded);
     let earliest = if commits.contains_key(&0) {
         0
     } else {
         checkpoints
             .keys()
             .copied()
-            .filter(|v| *v <= latest)
-            .min()
-            .or_else(|| commits.keys().copied().min())
+            .find(|v| *v <= latest)
+            .or_else(|| commits.keys().next().copied())
             .unwrap_or(latest)
     };
-    let at = |v: u64| {
-        commits
-            .get(&v)
-            .or_else(|| checkpoints.get(&v))
-            .copied()
-            .unwrap_or_default()
-    };
+    // A version whose commit left the log is known by its checkpoint's time.
+    for (v, at) in checkpoints {
+        commits.entry(v).or_insert(at);
+    }
     Ok(LogVersions {
         earliest,
-        earliest_at: at(earliest),
         latest,
-        latest_at: at(latest),
+        times: commits,
     })
 }
 
@@ -429,8 +447,9 @@ fn string_map() -> MapBuilder<StringBuilder, StringBuilder> {
 
 /// The rows of `DESCRIBE HISTORY`: Delta's columns (as Databricks names them), then
 /// retrylake's `job`, `round`, `worker`, `counts` (its integer details) and `details`
-/// (the others).
-fn history_batch(commits: &[(u64, CommitInfo)]) -> Result<RecordBatch> {
+/// (the others). `timestamp` is when the commit's log file was written, the time
+/// `TIMESTAMP AS OF` resolves against, as in Delta.
+fn history_batch(commits: &[(u64, CommitInfo)], log: &LogVersions) -> Result<RecordBatch> {
     let mut version = Int64Builder::new();
     let mut timestamp = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut user_id = StringBuilder::new();
@@ -450,11 +469,18 @@ fn history_batch(commits: &[(u64, CommitInfo)]) -> Result<RecordBatch> {
     let mut details = string_map();
     for (v, info) in commits {
         version.append_value(i64::try_from(*v).unwrap_or(i64::MAX));
-        timestamp.append_option(info.timestamp.map(|ms| ms.saturating_mul(1000)));
+        // The time travel's time: the log file's, else the one the writer recorded.
+        let at = log
+            .time(*v)
+            .map(|t| t.timestamp_millis())
+            .or(info.timestamp);
+        timestamp.append_option(at.map(|ms| ms.saturating_mul(1000)));
         user_id.append_option(info.user_id.as_deref());
         user_name.append_option(info.user_name.as_deref());
         operation.append_option(info.operation.as_deref());
-        for (k, v) in info.operation_parameters.iter().flatten() {
+        let sorted: std::collections::BTreeMap<_, _> =
+            info.operation_parameters.iter().flatten().collect();
+        for (k, v) in sorted {
             parameters.keys().append_value(k);
             parameters.values().append_value(text(v));
         }
@@ -565,7 +591,7 @@ fn detail_batch(t: &DeltaTable, log: &LogVersions) -> Result<RecordBatch, DeltaT
     let mut created = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     created.append_option(micros(int_of(&metadata, "createdTime")));
     let mut modified = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    modified.append_value(log.latest_at.timestamp_micros());
+    modified.append_option(log.time(log.latest).map(|t| t.timestamp_micros()));
     let one = |s: Option<String>| -> ArrayRef {
         let mut b = StringBuilder::new();
         b.append_option(s);

@@ -684,8 +684,12 @@ class Queue:
 
     def query(self, sql: str, *, version: Optional[int] = None, as_of: Optional[Time] = None):
         """Runs one read-only SQL statement over ``retry_queue``, ``final_results``,
-        ``dead_letter_queue`` and ``attempts`` (at a table ``version`` or the time
-        ``as_of``); returns a ``pyarrow.Table`` (``.to_pandas()``, ``polars.from_arrow``)."""
+        ``dead_letter_queue`` and ``attempts``; returns a ``pyarrow.Table``
+        (``.to_pandas()``, ``polars.from_arrow``). The SQL is the CLI's: Delta's
+        ``t VERSION AS OF n`` and ``t TIMESTAMP AS OF 'ts'`` per table, ``DESCRIBE HISTORY
+        t [LIMIT n]``, ``DESCRIBE DETAIL t`` and ``delta.`path``` tables. ``version`` and
+        ``as_of`` apply to every table the SQL names without its own ``AS OF``; a table
+        without that version raises :class:`RetrylakeError` naming the versions it has."""
         stream = self._native.query(sql, version, _time("as_of", as_of))
         import pyarrow
 

@@ -848,7 +848,8 @@ impl Queue {
         json(&report)
     }
 
-    /// A read-only SQL query over the four tables, at a version or a time.
+    /// A read-only SQL query over the four tables (Delta SQL: `VERSION AS OF`, `DESCRIBE
+    /// HISTORY`, `delta.\`path\``), every table it names at a version or a time.
     #[pyo3(signature = (sql, version=None, as_of=None))]
     fn query(
         &self,
