@@ -164,8 +164,15 @@ impl Catalog {
 
     /// `DESCRIBE HISTORY`: one row per commit of the table, newest first.
     async fn history(&self, name: &TableName) -> Result<Arc<dyn TableProvider>> {
-        let t = self.open(name, self.default).await?;
-        let commits = commits(&t).await.map_err(unreadable(name))?;
+        // Numbered from the latest version; under `--version`/`--as-of`, only the
+        // commits up to the version read.
+        let t = self.open(name, None).await?;
+        let upto = match self.default {
+            None => None,
+            Some(_) => self.open(name, self.default).await?.version(),
+        };
+        let mut commits = commits(&t).await.map_err(unreadable(name))?;
+        commits.retain(|(v, _)| upto.is_none_or(|upto| *v <= upto));
         let log = log_versions(&t).await.map_err(unreadable(name))?;
         let batch = history_batch(&commits, &log)?;
         Ok(Arc::new(MemTable::try_new(

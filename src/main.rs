@@ -62,6 +62,7 @@ enum Command {
     Query {
         /// The statement, e.g. "SELECT error_msg, COUNT(*) FROM dead_letter_queue GROUP BY 1";
         /// omitted: a shell on a terminal, else the `;`-separated statements on stdin.
+        #[arg(allow_hyphen_values = true)]
         sql: Option<String>,
         /// Read every table the SQL names at this version, unless it says its own
         /// VERSION AS OF (a table without that version is an error).

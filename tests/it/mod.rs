@@ -3,6 +3,7 @@ mod batch;
 mod concurrent;
 mod controls;
 mod crash;
+mod delta_sql;
 mod enqueue;
 mod errors;
 mod guard;
