@@ -104,10 +104,14 @@ impl SchemaProvider for QueueSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         let provider = match Table::ALL.into_iter().find(|t| t.name() == name) {
-            Some(table) => self.0.table(&TableName::Queue(table), self.0.default).await,
+            Some(table) => {
+                self.0
+                    .table(&TableName::Queue(table), self.0.default.clone())
+                    .await
+            }
             None => match self.0.sources.get(name) {
                 None => return Ok(None),
-                Some(Source::Table(name, travel)) => self.0.table(name, Some(*travel)).await,
+                Some(Source::Table(name, travel)) => self.0.table(name, Some(travel.clone())).await,
                 Some(Source::History(name)) => self.0.history(name).await,
                 Some(Source::Detail(name)) => self.0.detail(name).await,
             },
@@ -131,7 +135,7 @@ impl SchemaProvider for PathSchema {
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         let name = TableName::Path(name.to_owned());
         self.0
-            .table(&name, self.0.default)
+            .table(&name, self.0.default.clone())
             .await
             .map(Some)
             .map_err(|e| DataFusionError::External(Box::new(e)))
@@ -149,8 +153,9 @@ impl Catalog {
         name: &TableName,
         travel: Option<Travel>,
     ) -> Result<Arc<dyn TableProvider>> {
+        let past = travel.is_some();
         let t = self.open(name, travel).await?;
-        if travel.is_some() {
+        if past {
             check_files(&t, name).await?;
         }
         // Lets the session reach the table's files (its object store).
@@ -169,7 +174,7 @@ impl Catalog {
         let t = self.open(name, None).await?;
         let upto = match self.default {
             None => None,
-            Some(_) => self.open(name, self.default).await?.version(),
+            Some(_) => self.open(name, self.default.clone()).await?.version(),
         };
         let mut commits = commits(&t).await.map_err(unreadable(name))?;
         commits.retain(|(v, _)| upto.is_none_or(|upto| *v <= upto));
@@ -183,7 +188,7 @@ impl Catalog {
 
     /// `DESCRIBE DETAIL`: one row about the table.
     async fn detail(&self, name: &TableName) -> Result<Arc<dyn TableProvider>> {
-        let t = self.open(name, self.default).await?;
+        let t = self.open(name, self.default.clone()).await?;
         let log = log_versions(&t).await.map_err(unreadable(name))?;
         let batch = detail_batch(&t, &log).map_err(unreadable(name))?;
         Ok(Arc::new(MemTable::try_new(
@@ -224,6 +229,10 @@ impl Catalog {
                 }
                 t.load_version(v).await.map_err(unreadable(name))?;
             }
+            Travel::Expression(expression) => {
+                let at = evaluate_time(&expression).await?;
+                return Box::pin(self.open(name, Some(Travel::Time(at)))).await;
+            }
             Travel::Time(at) => {
                 let shown = at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
                 let time = |v: u64| {
@@ -253,6 +262,39 @@ impl Catalog {
         }
         Ok(t)
     }
+}
+
+/// The value of a `TIMESTAMP AS OF` expression, in a session that reads no table.
+async fn evaluate_time(expression: &str) -> Result<DateTime<Utc>> {
+    use deltalake::arrow::array::{Array, TimestampMicrosecondArray};
+    use deltalake::arrow::datatypes::{DataType, TimeUnit};
+    let fail = |why: String| Error::Sql(format!("TIMESTAMP AS OF {expression}: {why}"));
+    let ctx = SessionContext::new();
+    let sql = format!("SELECT CAST(({expression}) AS TIMESTAMP) AS t");
+    let value = async {
+        let plan = ctx.state().create_logical_plan(&sql).await?;
+        crate::monitor::read_only().verify_plan(&plan)?;
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let column = match batches.first() {
+            Some(b) if b.num_rows() == 1 => b.column(0).clone(),
+            _ => return Ok(None),
+        };
+        let micros = deltalake::arrow::compute::cast(
+            &column,
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let micros = micros
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .filter(|a| a.is_valid(0))
+            .map(|a| a.value(0));
+        Ok::<_, DataFusionError>(micros)
+    }
+    .await
+    .map_err(|e| fail(e.strip_backtrace()))?;
+    value
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(|| fail("its value is not a time".into()))
 }
 
 fn unreadable(name: &TableName) -> impl FnOnce(DeltaTableError) -> Error + '_ {

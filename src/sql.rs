@@ -35,12 +35,16 @@ impl std::fmt::Display for TableName {
 }
 
 /// Which version of a table a reference reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Travel {
     /// `VERSION AS OF n`.
     Version(u64),
     /// `TIMESTAMP AS OF 'ts'`: the latest version committed at or before it.
     Time(DateTime<Utc>),
+    /// `TIMESTAMP AS OF <expression>` (`current_timestamp() - INTERVAL 1 HOUR`,
+    /// `date_sub(current_date(), 1)`): SQL whose value is the time, evaluated as the query
+    /// is planned.
+    Expression(String),
 }
 
 /// A table the rewritten SQL reads under a name of its own.
@@ -160,18 +164,32 @@ pub fn rewrite(sql: &str) -> Result<Rewritten> {
                     place(k)
                 )));
             }
-            let travel = travel(clause, at(value)).map_err(|why| {
-                syntax(format!(
-                    "{name} {clause} AS OF: {why} ({})",
-                    place(value.min(sig.len() - 1))
-                ))
-            })?;
-            let label = match travel {
+            // A time may be an expression (`current_timestamp() - INTERVAL 1 HOUR`),
+            // evaluated before the query runs ([`Travel::Expression`]).
+            let mut value = value;
+            let travel = match expression(&at, value).filter(|&e| {
+                clause == "TIMESTAMP"
+                    && (e > value || !matches!(at(value), Some(Token::SingleQuotedString(_))))
+            }) {
+                Some(last) => {
+                    let text = sql[start(value)..end(last)].trim().to_owned();
+                    value = last;
+                    Travel::Expression(text)
+                }
+                None => travel(clause, at(value)).map_err(|why| {
+                    syntax(format!(
+                        "{name} {clause} AS OF: {why} ({})",
+                        place(value.min(sig.len() - 1))
+                    ))
+                })?,
+            };
+            let label = match &travel {
                 Travel::Version(v) => format!("{name} VERSION AS OF {v}"),
                 Travel::Time(t) => format!(
                     "{name} TIMESTAMP AS OF {}",
                     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
                 ),
+                Travel::Expression(e) => format!("{name} TIMESTAMP AS OF {e}"),
             };
             let mut text = quote(&label);
             // Keep the table's own name as the qualifier its columns are known by, unless
@@ -336,6 +354,83 @@ fn temporal<'a>(at: &impl Fn(usize) -> Option<&'a Token>, k: usize) -> Option<&'
     };
     (is_keyword(at(k + 1), &[Keyword::AS]) && is_keyword(at(k + 2), &[Keyword::OF]))
         .then_some(clause)
+}
+
+/// The last token of a time expression starting at `k`: operands (a literal, `INTERVAL
+/// '1' HOUR`, `TIMESTAMP '...'`, a function call, a parenthesised expression,
+/// `CURRENT_TIMESTAMP`) joined by
+/// `+` or `-`. `None` when no operand starts at `k`.
+fn expression<'a>(at: &impl Fn(usize) -> Option<&'a Token>, k: usize) -> Option<usize> {
+    let mut last = operand(at, k)?;
+    while matches!(at(last + 1), Some(Token::Plus | Token::Minus)) {
+        last = operand(at, last + 2)?;
+    }
+    Some(last)
+}
+
+fn operand<'a>(at: &impl Fn(usize) -> Option<&'a Token>, k: usize) -> Option<usize> {
+    const UNITS: [&str; 9] = [
+        "YEAR",
+        "MONTH",
+        "WEEK",
+        "DAY",
+        "HOUR",
+        "MINUTE",
+        "SECOND",
+        "MILLISECOND",
+        "MICROSECOND",
+    ];
+    match at(k)? {
+        Token::SingleQuotedString(_) | Token::Number(..) => Some(k),
+        Token::LParen => closing(at, k),
+        Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::INTERVAL => {
+            if !matches!(
+                at(k + 1),
+                Some(Token::SingleQuotedString(_) | Token::Number(..))
+            ) {
+                return None;
+            }
+            let unit = |t: Option<&Token>| {
+                matches!(t, Some(Token::Word(u)) if u.quote_style.is_none()
+                    && UNITS.contains(&u.value.to_ascii_uppercase().trim_end_matches('S')))
+            };
+            Some(if unit(at(k + 2)) { k + 2 } else { k + 1 })
+        }
+        Token::Word(w) if w.quote_style.is_none() => match at(k + 1) {
+            Some(Token::LParen) => closing(at, k + 1),
+            // A typed literal: TIMESTAMP '2025-11-24 14:00:00', DATE '2025-11-24'.
+            Some(Token::SingleQuotedString(_))
+                if matches!(w.keyword, Keyword::TIMESTAMP | Keyword::DATE) =>
+            {
+                Some(k + 1)
+            }
+            _ => matches!(
+                w.keyword,
+                Keyword::CURRENT_TIMESTAMP | Keyword::CURRENT_DATE
+            )
+            .then_some(k),
+        },
+        _ => None,
+    }
+}
+
+/// The `)` closing the `(` at `k`.
+fn closing<'a>(at: &impl Fn(usize) -> Option<&'a Token>, k: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = k;
+    loop {
+        match at(i)? {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
 }
 
 /// The version or time after `AS OF`.
@@ -556,6 +651,45 @@ mod tests {
     }
 
     #[test]
+    fn a_time_may_be_an_expression_evaluated_later() {
+        let r = rewrite(
+            "SELECT * FROM retry_queue TIMESTAMP AS OF current_timestamp() - INTERVAL 1 HOUR r \
+             JOIN attempts FOR SYSTEM_TIME AS OF date_sub(current_date(), (1 + 2)) ON true \
+             JOIN final_results TIMESTAMP AS OF '2025-01-01' + INTERVAL '2' DAYS f ON true",
+        )
+        .unwrap();
+        assert_eq!(
+            r.sql,
+            "SELECT * FROM \"retry_queue TIMESTAMP AS OF current_timestamp() - INTERVAL 1 HOUR\" r \
+             JOIN \"attempts TIMESTAMP AS OF date_sub(current_date(), (1 + 2))\" AS attempts ON true \
+             JOIN \"final_results TIMESTAMP AS OF '2025-01-01' + INTERVAL '2' DAYS\" f ON true"
+        );
+        let expressions: Vec<Travel> = r
+            .sources
+            .into_iter()
+            .map(|(_, s)| match s {
+                Source::Table(_, t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            expressions,
+            vec![
+                Travel::Expression("current_timestamp() - INTERVAL 1 HOUR".into()),
+                Travel::Expression("date_sub(current_date(), (1 + 2))".into()),
+                Travel::Expression("'2025-01-01' + INTERVAL '2' DAYS".into()),
+            ]
+        );
+        // An unbalanced call is no expression: the time is missing.
+        assert!(rewrite("SELECT * FROM attempts TIMESTAMP AS OF f(1").is_err());
+        // VERSION AS OF takes a number only.
+        assert!(
+            rewrite("SELECT * FROM attempts VERSION AS OF 1 + 1")
+                .is_ok_and(|r| r.sql.ends_with("+ 1"))
+        );
+    }
+
+    #[test]
     fn quoted_names_and_multibyte_text_splice_at_the_right_bytes() {
         let r = rewrite("SELECT 'ünïcødé 😀' AS \"é\" FROM \"retry_queue\" VERSION AS OF 2 -- ✓")
             .unwrap();
@@ -594,7 +728,11 @@ mod tests {
                 "'yesterday' is not a time",
             ),
             (
-                "SELECT * FROM retry_queue TIMESTAMP AS OF now()",
+                "SELECT * FROM retry_queue TIMESTAMP AS OF x",
+                "expected a quoted time",
+            ),
+            (
+                "SELECT * FROM retry_queue TIMESTAMP AS OF now() -",
                 "expected a quoted time",
             ),
             ("SELECT * FROM nope VERSION AS OF 1", "unknown table nope"),

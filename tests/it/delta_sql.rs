@@ -485,6 +485,55 @@ fn a_time_before_the_first_commit_or_in_the_future_is_refused_with_the_range() {
     );
 }
 
+/// `TIMESTAMP AS OF` takes an expression, as Databricks does ("the retry queue 1 hour
+/// ago"): evaluated when the query is planned, then refused or read like a literal time.
+#[test]
+fn a_time_expression_reads_the_version_of_its_value() {
+    let env = Env::new();
+    setup(&env, true);
+    // An hour ago the tables did not exist: refused, naming the time it evaluated to.
+    let err = refused(
+        &env,
+        "SELECT * FROM retry_queue TIMESTAMP AS OF current_timestamp() - INTERVAL 1 HOUR",
+        &[],
+    );
+    assert!(
+        err.contains("retry_queue: no version as of ")
+            && err.contains("earliest version, 0, was committed at"),
+        "{err}"
+    );
+    // Now is the latest version: one record still waits after round 2.
+    let now = scalar(
+        &env,
+        "SELECT COUNT(*) FROM retry_queue TIMESTAMP AS OF now()",
+        &[],
+    );
+    assert_eq!(now, scalar(&env, "SELECT COUNT(*) FROM retry_queue", &[]));
+    // Halfway between round 1 and round 2, by arithmetic on the history's times: round 1's
+    // state, with an alias after the expression.
+    let h = history(&env, "retry_queue", &[]);
+    let mid = halfway(commit_time(&h, 3), commit_time(&h, 5));
+    let sql = format!(
+        "SELECT COUNT(*) FROM retry_queue TIMESTAMP AS OF TIMESTAMP '{mid}' + INTERVAL '1' \
+         MILLISECOND q WHERE q.retry_count >= 0"
+    );
+    assert_eq!(
+        scalar(&env, &sql, &[]),
+        scalar(
+            &env,
+            "SELECT COUNT(*) FROM retry_queue VERSION AS OF 3",
+            &[]
+        )
+    );
+    // An expression that is no time is refused, naming it.
+    let err = refused(
+        &env,
+        "SELECT * FROM retry_queue TIMESTAMP AS OF upper('x')",
+        &[],
+    );
+    assert!(err.contains("TIMESTAMP AS OF upper('x')"), "{err}");
+}
+
 /// Sets the modification time of every `_delta_log` entry of the local tables to `age`
 /// ago, as if they had been written then.
 fn age_logs(env: &Env, age: Duration) {
