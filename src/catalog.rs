@@ -3,7 +3,7 @@
 //! query asks for, and their `DESCRIBE HISTORY` and `DESCRIBE DETAIL` as tables. Tables
 //! are opened when a query names them, so a query pays only for what it reads.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -308,7 +308,14 @@ fn unreadable(name: &TableName) -> impl FnOnce(DeltaTableError) -> Error + '_ {
 /// creating nothing.
 async fn open_path(path: &str, options: &StorageOptions) -> Result<DeltaTable, DeltaTableError> {
     let not_a_table = || DeltaTableError::NotATable(format!("no Delta table at {path}"));
-    if !path.contains("://") && !std::path::Path::new(path).join("_delta_log").is_dir() {
+    // A local table must have its log already: delta-rs would create a missing folder.
+    let local = match url::Url::parse(path) {
+        Ok(url) if url.scheme() == "file" => Some(url.to_file_path().map_err(|_| not_a_table())?),
+        Ok(url) if url.scheme().len() > 1 => None,
+        // A relative path, or a Windows drive letter.
+        _ => Some(std::path::PathBuf::from(path)),
+    };
+    if local.is_some_and(|dir| !dir.join("_delta_log").is_dir()) {
         return Err(not_a_table());
     }
     let url = deltalake::ensure_table_uri(path)?;
@@ -329,6 +336,8 @@ struct LogVersions {
     earliest: u64,
     latest: u64,
     times: BTreeMap<u64, DateTime<Utc>>,
+    /// The versions whose commit file is in the log.
+    json: BTreeSet<u64>,
 }
 
 impl LogVersions {
@@ -360,6 +369,12 @@ async fn log_versions(t: &DeltaTable) -> Result<LogVersions, DeltaTableError> {
     let store = t.log_store().object_store(None);
     let log = deltalake::Path::from("_delta_log");
     let files: Vec<_> = store.list(Some(&log)).try_collect().await?;
+    // Only the log's own entries: a file in a folder under it (a backup copy) is none.
+    let files = files.into_iter().filter(|f| {
+        f.location
+            .prefix_match(&log)
+            .is_some_and(|rest| rest.count() == 1)
+    });
     let mut commits: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
     let mut checkpoints: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
     for file in files {
@@ -399,6 +414,7 @@ async fn log_versions(t: &DeltaTable) -> Result<LogVersions, DeltaTableError> {
             .or_else(|| commits.keys().next().copied())
             .unwrap_or(latest)
     };
+    let json = commits.keys().copied().collect();
     // A version whose commit left the log is known by its checkpoint's time.
     for (v, at) in checkpoints {
         commits.entry(v).or_insert(at);
@@ -407,6 +423,7 @@ async fn log_versions(t: &DeltaTable) -> Result<LogVersions, DeltaTableError> {
         earliest,
         latest,
         times: commits,
+        json,
     })
 }
 
@@ -449,15 +466,39 @@ async fn check_files(t: &DeltaTable, name: &TableName) -> Result<()> {
     Ok(())
 }
 
-/// Each commit of the table with its version, newest first.
+/// Each commit of the table up to its loaded version, newest first, with its version
+/// (from its log file's name) and its `commitInfo` (empty for a commit without one).
 pub(crate) async fn commits(t: &DeltaTable) -> Result<Vec<(u64, CommitInfo)>, DeltaTableError> {
-    let latest = t.version().unwrap_or(0);
-    let infos: Vec<CommitInfo> = t.history(None).try_collect().await?;
-    Ok(infos
-        .into_iter()
-        .enumerate()
-        .map(|(i, info)| (latest.saturating_sub(i as u64), info))
-        .collect())
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    use futures::StreamExt;
+    let log = log_versions(t).await?;
+    let upto = t.version().unwrap_or(0);
+    let store = t.log_store().object_store(None);
+    let versions: Vec<u64> = log.json.range(log.earliest..=upto).rev().copied().collect();
+    let read = versions.into_iter().map(|v| {
+        let store = store.clone();
+        async move {
+            let path = deltalake::Path::from(format!("_delta_log/{v:020}.json"));
+            let bytes = match store.get(&path).await {
+                Ok(got) => got.bytes().await?,
+                // Removed by log retention since the listing: no longer in the history.
+                Err(deltalake::ObjectStoreError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(DeltaTableError::from(e)),
+            };
+            let info = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|mut action| action.get_mut("commitInfo").map(Value::take))
+                .and_then(|info| serde_json::from_value::<CommitInfo>(info).ok())
+                .unwrap_or_default();
+            Ok(Some((v, info)))
+        }
+    });
+    let commits: Vec<Option<(u64, CommitInfo)>> = futures::stream::iter(read)
+        .buffered(16)
+        .try_collect()
+        .await?;
+    Ok(commits.into_iter().flatten().collect())
 }
 
 /// retrylake's record of a commit: its job, round, worker, and the rest of what it noted.

@@ -699,14 +699,32 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // DataFusion and delta-rs plan by recursion over the SQL: a query of tens of thousands
+    // of terms (an `IN` list on stdin) needs more than the default stacks. Only the pages
+    // used are committed.
+    const STACK: usize = 256 << 20;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(STACK)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = std::thread::Builder::new()
+        .name("main".into())
+        .stack_size(STACK)
+        .spawn(move || runtime.block_on(dispatch(cli)))
+        .map_err(anyhow::Error::from)
+        .and_then(|thread| {
+            thread.join().unwrap_or_else(|_| {
+                Err(anyhow::anyhow!("internal error: the main thread panicked"))
+            })
+        });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

@@ -80,13 +80,21 @@ pub async fn query_at(
     as_of: AsOf,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let rewritten = crate::sql::rewrite(sql)?;
-    let ctx = session_at(store, as_of, rewritten.sources)?;
+    let ctx = session_at(store, as_of, rewritten.sources.clone())?;
     let ours = |e: DataFusionError| catalog::ours(&e).unwrap_or(Error::Query(e));
-    let plan = ctx
-        .state()
-        .create_logical_plan(&rewritten.sql)
-        .await
-        .map_err(ours)?;
+    let plan = match ctx.state().create_logical_plan(&rewritten.sql).await {
+        Ok(plan) => plan,
+        // A parse error's place, in the statement as written.
+        Err(DataFusionError::SQL(e, _)) if rewritten.sql != sql => {
+            use deltalake::datafusion::sql::sqlparser::parser::ParserError;
+            let message = match *e {
+                ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
+                other => other.to_string(),
+            };
+            return Err(Error::Sql(rewritten.locate(&message)));
+        }
+        Err(e) => return Err(ours(e)),
+    };
     read_only().verify_plan(&plan).map_err(|e| match e {
         DataFusionError::Plan(message) => Error::ReadOnly(message),
         other => Error::ReadOnly(other.strip_backtrace()),

@@ -11,7 +11,9 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use deltalake::datafusion::sql::sqlparser::dialect::GenericDialect;
 use deltalake::datafusion::sql::sqlparser::keywords::Keyword;
-use deltalake::datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
+use deltalake::datafusion::sql::sqlparser::tokenizer::{
+    Location, Span, Token, TokenWithSpan, Tokenizer, Word,
+};
 
 use crate::error::{Error, Result};
 use crate::store::Table;
@@ -65,13 +67,16 @@ pub struct Rewritten {
     pub sql: String,
     /// Each name the statement reads (a quoted identifier in `sql`) and what it is.
     pub sources: Vec<(String, Source)>,
+    /// The statement as written.
+    original: String,
+    /// Each replacement: its bytes in `original`, then in `sql`.
+    splices: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
 /// Rewrites the Delta forms in one statement (see the module doc); any other SQL is
 /// returned as it is.
 pub fn rewrite(sql: &str) -> Result<Rewritten> {
-    let tokens = tokens(sql)?;
-    let starts = byte_starts(sql, &tokens);
+    let (tokens, starts) = tokens(sql)?;
     // Significant tokens: no whitespace or comments.
     let sig: Vec<usize> = (0..tokens.len())
         .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
@@ -84,6 +89,8 @@ pub fn rewrite(sql: &str) -> Result<Rewritten> {
     let mut rewritten = Rewritten {
         sql: String::new(),
         sources: Vec::new(),
+        original: sql.to_owned(),
+        splices: Vec::new(),
     };
     // Byte ranges of `sql` and their replacements, in order.
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
@@ -128,8 +135,13 @@ pub fn rewrite(sql: &str) -> Result<Rewritten> {
             k = last + 1;
             continue;
         }
-        // t [FOR] VERSION AS OF n / t [FOR] TIMESTAMP AS OF 'ts'
-        if let Some(clause) = temporal(&at, k) {
+        // t [FOR] VERSION AS OF n / t [FOR] TIMESTAMP AS OF 'ts', after a name (not after
+        // a keyword or `::`: `SELECT version AS of`, `x::timestamp AS of` are aliases)
+        if let Some(clause) = temporal(&at, k).filter(|_| {
+            k > 0
+                && matches!(at(k - 1), Some(Token::Word(w))
+                    if w.quote_style.is_some() || w.keyword == Keyword::NoKeyword)
+        }) {
             let clause_start = k;
             let for_ = is_keyword(at(k), &[Keyword::FOR]) as usize;
             let value = k + for_ + 3;
@@ -210,7 +222,11 @@ pub fn rewrite(sql: &str) -> Result<Rewritten> {
     let mut from = 0;
     for (start, end, text) in edits {
         rewritten.sql.push_str(&sql[from..start]);
+        let at = rewritten.sql.len();
         rewritten.sql.push_str(&text);
+        rewritten
+            .splices
+            .push((start..end, at..rewritten.sql.len()));
         from = end;
     }
     rewritten.sql.push_str(&sql[from..]);
@@ -218,6 +234,30 @@ pub fn rewrite(sql: &str) -> Result<Rewritten> {
 }
 
 impl Rewritten {
+    /// `message` (a parser error about `sql`) with each `Line: L, Column: C` moved to the
+    /// same place in the statement as written.
+    pub fn locate(&self, message: &str) -> String {
+        if self.splices.is_empty() {
+            return message.to_owned();
+        }
+        let pattern = regex::Regex::new(r"Line: (\d+), Column: (\d+)").expect("a valid pattern");
+        pattern
+            .replace_all(message, |c: &regex::Captures| {
+                let (line, column) = (c[1].parse().unwrap_or(0), c[2].parse().unwrap_or(0));
+                let at = offset(&self.sql, line, column);
+                // The last replacement that starts before it: inside it, its start as written;
+                // after it, the same distance after its end as written.
+                let original = match self.splices.iter().rev().find(|(_, new)| new.start <= at) {
+                    Some((old, new)) if at < new.end => old.start,
+                    Some((old, new)) => old.end + (at - new.end),
+                    None => at,
+                };
+                let (line, column) = line_column(&self.original, original);
+                format!("Line: {line}, Column: {column}")
+            })
+            .into_owned()
+    }
+
     fn add(&mut self, name: String, source: Source) {
         if !self.sources.iter().any(|(n, _)| *n == name) {
             self.sources.push((name, source));
@@ -237,8 +277,7 @@ pub struct Statement {
 /// Splits a script into its statements at each `;` outside strings, quoted names and
 /// comments; statements holding only whitespace and comments are left out.
 pub fn statements(script: &str) -> Result<Vec<Statement>> {
-    let tokens = tokens(script)?;
-    let starts = byte_starts(script, &tokens);
+    let (tokens, starts) = tokens(script)?;
     let mut out = Vec::new();
     let mut begin = 0;
     let mut first: Option<usize> = None;
@@ -272,7 +311,7 @@ pub fn statements(script: &str) -> Result<Vec<Statement>> {
 /// comments is `;`. An unterminated string or comment is not an end (the shell reads on).
 pub fn is_complete(text: &str) -> bool {
     match tokens(text) {
-        Ok(tokens) => tokens
+        Ok((tokens, _)) => tokens
             .iter()
             .rev()
             .find(|t| !matches!(t.token, Token::Whitespace(_)))
@@ -298,32 +337,80 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-fn tokens(sql: &str) -> Result<Vec<TokenWithSpan>> {
-    Tokenizer::new(&GenericDialect {}, sql)
+/// The tokens of `sql` and the byte offset where each starts, with `sql.len()` after the
+/// last: token `i` is `sql[starts[i]..starts[i + 1]]`.
+fn tokens(sql: &str) -> Result<(Vec<TokenWithSpan>, Vec<usize>)> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize_with_location()
-        .map_err(|e| syntax(e.to_string()))
+        .map_err(|e| syntax(e.to_string()))?;
+    // The tokenizer turns a `/*! ... */` comment into the tokens inside it, placed from the
+    // comment's start on: they no longer tile the text, which could then not be spliced
+    // (and DataFusion would run the comment as SQL).
+    let (lines, columns) = line_column(sql, sql.len());
+    let at_end = Location::new(lines as u64, columns as u64);
+    let end = TokenWithSpan::new(Token::EOF, Span::new(at_end, at_end));
+    for pair in tokens.iter().chain([&end]).collect::<Vec<_>>().windows(2) {
+        if pair[0].span.end != pair[1].span.start {
+            return Err(syntax(format!(
+                "/*! ... */ optimizer hints are not supported (near {}): write /* ... */ \
+                 for a comment",
+                location(pair[0])
+            )));
+        }
+    }
+    let starts = byte_starts(sql, &tokens);
+    Ok((tokens, starts))
 }
 
-/// Each token's byte offset in `sql`, and `sql.len()` after the last: token `i` is
-/// `sql[starts[i]..starts[i + 1]]`.
+/// Each token's byte offset in `sql` (from its line and column, counted in chars), and
+/// `sql.len()` after the last; one pass over the text.
 fn byte_starts(sql: &str, tokens: &[TokenWithSpan]) -> Vec<usize> {
-    // Byte offset of each line's start, and of each char within a line.
-    let mut lines = vec![0];
-    lines.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
-    let mut starts: Vec<usize> = tokens
-        .iter()
-        .map(|t| {
-            let line = (t.span.start.line as usize).saturating_sub(1);
-            let line_start = lines.get(line).copied().unwrap_or(sql.len());
-            let column = (t.span.start.column as usize).saturating_sub(1);
-            sql[line_start..]
-                .char_indices()
-                .nth(column)
-                .map_or(sql.len(), |(i, _)| line_start + i)
-        })
-        .collect();
+    let mut starts = Vec::with_capacity(tokens.len() + 1);
+    let (mut line, mut column, mut byte) = (1u64, 1u64, 0usize);
+    let mut chars = sql.char_indices().peekable();
+    for t in tokens {
+        let target = (t.span.start.line, t.span.start.column);
+        if target < (line, column) {
+            // Not in order (never seen): count again from the start.
+            (line, column, byte) = (1, 1, 0);
+            chars = sql.char_indices().peekable();
+        }
+        while (line, column) < target {
+            let Some((_, c)) = chars.next() else { break };
+            byte += c.len_utf8();
+            if c == '\n' {
+                (line, column) = (line + 1, 1);
+            } else {
+                column += 1;
+            }
+        }
+        starts.push(byte.min(sql.len()));
+    }
     starts.push(sql.len());
     starts
+}
+
+/// The byte offset of 1-based `line` and `column` (in chars) in `text`.
+fn offset(text: &str, line: usize, column: usize) -> usize {
+    let line_start = match line {
+        0 | 1 => 0,
+        n => text
+            .match_indices('\n')
+            .nth(n - 2)
+            .map_or(text.len(), |(i, _)| i + 1),
+    };
+    text[line_start..]
+        .char_indices()
+        .nth(column.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| line_start + i)
+}
+
+/// The 1-based line and column (in chars) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn location(t: &TokenWithSpan) -> String {
@@ -532,9 +619,12 @@ fn reference<'a>(
 
 /// Whether the token after a table reference starts an alias (`AS x`, or a bare name).
 fn is_alias(token: Option<&Token>) -> bool {
+    use deltalake::datafusion::sql::sqlparser::keywords::RESERVED_FOR_TABLE_ALIAS;
     match token {
         Some(Token::Word(w)) => {
-            w.quote_style.is_some() || w.keyword == Keyword::AS || w.keyword == Keyword::NoKeyword
+            w.quote_style.is_some()
+                || w.keyword == Keyword::AS
+                || !RESERVED_FOR_TABLE_ALIAS.contains(&w.keyword)
         }
         _ => false,
     }
@@ -566,6 +656,10 @@ mod tests {
             "SELECT version FROM t ORDER BY version DESC",
             "DESCRIBE retry_queue",
             "SELECT COUNT(*) FROM delta.`/mnt/delta/retry_queue`",
+            // Not after a name: aliases named `of`, or not Delta's (DataFusion refuses).
+            "SELECT version AS of, processed_at::timestamp AS of FROM final_results",
+            "SELECT 1 VERSION AS OF 1",
+            "VERSION AS OF 1",
         ] {
             let r = rewrite(sql).unwrap();
             assert_eq!(r.sql, sql);
@@ -740,8 +834,6 @@ mod tests {
                 "SELECT * FROM a.b.c.d VERSION AS OF 1",
                 "unknown table a.b.c.d",
             ),
-            ("SELECT 1 VERSION AS OF 1", "VERSION AS OF follows a table"),
-            ("VERSION AS OF 1", "VERSION AS OF follows a table"),
             ("DESCRIBE HISTORY", "DESCRIBE HISTORY takes a table"),
             ("DESCRIBE HISTORY nope", "unknown table nope"),
             (

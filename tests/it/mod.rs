@@ -13,6 +13,7 @@ mod hostile_controls;
 mod hostile_controls2;
 mod hostile_perf;
 mod hostile_rules;
+mod hostile_sql;
 mod http;
 mod lease;
 mod library;
