@@ -77,6 +77,15 @@ pub(crate) fn ours(e: &DataFusionError) -> Option<Error> {
     }
 }
 
+/// A table lookup's error as DataFusion carries it: its own errors as they are, ours
+/// inside, for [`ours`] to take out.
+fn lookup_error(e: Error) -> DataFusionError {
+    match e {
+        Error::Query(e) => e,
+        other => DataFusionError::External(Box::new(other)),
+    }
+}
+
 #[derive(Debug)]
 struct Catalog {
     /// The store's tables, at the versions it has loaded.
@@ -116,9 +125,7 @@ impl SchemaProvider for QueueSchema {
                 Some(Source::Detail(name)) => self.0.detail(name).await,
             },
         };
-        provider
-            .map(Some)
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+        provider.map(Some).map_err(lookup_error)
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -138,7 +145,7 @@ impl SchemaProvider for PathSchema {
             .table(&name, self.0.default.clone())
             .await
             .map(Some)
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+            .map_err(lookup_error)
     }
 
     fn table_exist(&self, _name: &str) -> bool {

@@ -45,6 +45,11 @@ pyo3::create_exception!(
     "The queue could not do what was asked: storage, tables, a lost lease."
 );
 
+/// The stack of the threads that plan and run queries: DataFusion and delta-rs plan by
+/// recursion over the SQL, and a query of tens of thousands of terms (an `IN` list)
+/// overflows the default 2 MB. Only the pages used are committed.
+const STACK: usize = 256 << 20;
+
 /// The one runtime every queue of the process runs on.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -52,6 +57,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("retrylake")
+            .thread_stack_size(STACK)
             .build()
             .expect("a tokio runtime")
     })
@@ -118,6 +124,7 @@ where
     let (_cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name(format!("retrylake-{what}"))
+        .stack_size(STACK)
         .spawn(move || {
             runtime().block_on(async move {
                 tokio::select! {

@@ -83,3 +83,10 @@ def test_missing_versions_are_errors_naming_the_table_and_its_range(q, tmp_path)
     assert not missing.exists()
     with pytest.raises(retrylake.RetrylakeError, match="read-only"):
         q.query(f"INSERT INTO delta.`{tmp_path / 'data' / 'final_results'}` SELECT * FROM final_results")
+
+
+def test_an_enormous_in_list_is_a_result_not_a_crash(q):
+    # Planning recurses per term: 20,000 ids overflowed a default 2 MB thread stack.
+    ids = ",\n".join(f"'S-{i}'" for i in range(20000))
+    got = q.query(f"SELECT count(*) AS n FROM final_results WHERE sample_id IN ({ids}, 'a')")
+    assert rows(got) == [{"n": 1}]
