@@ -277,7 +277,7 @@ async fn evaluate_time(expression: &str) -> Result<DateTime<Utc>> {
     use deltalake::arrow::datatypes::{DataType, TimeUnit};
     let fail = |why: String| Error::Sql(format!("TIMESTAMP AS OF {expression}: {why}"));
     let ctx = SessionContext::new();
-    let sql = format!("SELECT CAST(({expression}) AS TIMESTAMP) AS t");
+    let sql = format!("SELECT ({expression}) AS t");
     let value = async {
         let plan = ctx.state().create_logical_plan(&sql).await?;
         crate::monitor::read_only().verify_plan(&plan)?;
@@ -286,9 +286,15 @@ async fn evaluate_time(expression: &str) -> Result<DateTime<Utc>> {
             Some(b) if b.num_rows() == 1 => b.column(0).clone(),
             _ => return Ok(None),
         };
+        // A zoned time keeps its zone through the cast, so its value stays the instant
+        // (UTC); a time without one is UTC; text and dates are cast as SQL casts them.
+        let zone = match column.data_type() {
+            DataType::Timestamp(_, zone) => zone.clone(),
+            _ => None,
+        };
         let micros = deltalake::arrow::compute::cast(
             &column,
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
+            &DataType::Timestamp(TimeUnit::Microsecond, zone),
         )?;
         let micros = micros
             .as_any()
@@ -481,7 +487,11 @@ pub(crate) async fn commits(t: &DeltaTable) -> Result<Vec<(u64, CommitInfo)>, De
     let log = log_versions(t).await?;
     let upto = t.version().unwrap_or(0);
     let store = t.log_store().object_store(None);
-    let versions: Vec<u64> = log.json.range(log.earliest..=upto).rev().copied().collect();
+    // A table loaded before its log was cleaned past it has no commit left to show.
+    let versions: Vec<u64> = match upto >= log.earliest {
+        true => log.json.range(log.earliest..=upto).rev().copied().collect(),
+        false => Vec::new(),
+    };
     let read = versions.into_iter().map(|v| {
         let store = store.clone();
         async move {

@@ -699,13 +699,13 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    // DataFusion and delta-rs plan by recursion over the SQL: a query of tens of thousands
-    // of terms (an `IN` list on stdin) needs more than the default stacks. Only the pages
-    // used are committed.
+    // DataFusion and delta-rs plan by recursion over the SQL, on this thread: a query of
+    // tens of thousands of terms (an `IN` list on stdin) needs more than the default stack.
+    // Only the pages used are committed; the runtime's threads keep the default (a large
+    // stack for each blocking thread would exhaust a limited address space).
     const STACK: usize = 256 << 20;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(STACK)
         .build()
     {
         Ok(rt) => rt,

@@ -84,16 +84,24 @@ pub async fn query_at(
     let ours = |e: DataFusionError| catalog::ours(&e).unwrap_or(Error::Query(e));
     let plan = match ctx.state().create_logical_plan(&rewritten.sql).await {
         Ok(plan) => plan,
-        // A parse error's place, in the statement as written.
-        Err(DataFusionError::SQL(e, _)) if rewritten.sql != sql => {
-            use deltalake::datafusion::sql::sqlparser::parser::ParserError;
-            let message = match *e {
-                ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
-                other => other.to_string(),
-            };
-            return Err(Error::Sql(rewritten.locate(&message)));
+        Err(e) => {
+            // A parse error's place, in the statement as written.
+            let mut root = &e;
+            while let DataFusionError::Diagnostic(_, inner) | DataFusionError::Context(_, inner) =
+                root
+            {
+                root = inner;
+            }
+            if let (DataFusionError::SQL(parse, _), true) = (root, rewritten.sql != sql) {
+                use deltalake::datafusion::sql::sqlparser::parser::ParserError;
+                let message = match parse.as_ref() {
+                    ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                return Err(Error::Sql(rewritten.locate(&message)));
+            }
+            return Err(ours(e));
         }
-        Err(e) => return Err(ours(e)),
     };
     read_only().verify_plan(&plan).map_err(|e| match e {
         DataFusionError::Plan(message) => Error::ReadOnly(message),

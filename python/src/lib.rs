@@ -45,9 +45,10 @@ pyo3::create_exception!(
     "The queue could not do what was asked: storage, tables, a lost lease."
 );
 
-/// The stack of the threads that plan and run queries: DataFusion and delta-rs plan by
-/// recursion over the SQL, and a query of tens of thousands of terms (an `IN` list)
-/// overflows the default 2 MB. Only the pages used are committed.
+/// The stack of the thread that plans a query (not of the runtime's threads: a large
+/// stack for each blocking thread would exhaust a limited address space): DataFusion and
+/// delta-rs plan by recursion over the SQL, and a query of tens of thousands of terms (an
+/// `IN` list) overflows the default 2 MB. Only the pages used are committed.
 const STACK: usize = 256 << 20;
 
 /// The one runtime every queue of the process runs on.
@@ -57,7 +58,6 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("retrylake")
-            .thread_stack_size(STACK)
             .build()
             .expect("a tokio runtime")
     })

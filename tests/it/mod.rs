@@ -14,6 +14,7 @@ mod hostile_controls2;
 mod hostile_perf;
 mod hostile_rules;
 mod hostile_sql;
+mod hostile_sql2;
 mod http;
 mod lease;
 mod library;
