@@ -405,19 +405,6 @@ impl Store {
         Ok(())
     }
 
-    /// A DataFusion session with the four tables registered under their names.
-    pub async fn session(&self) -> Result<SessionContext> {
-        let ctx = SessionContext::new();
-        for table in Store::order() {
-            let t = self.table(table);
-            t.update_datafusion_session(&ctx.state())
-                .map_err(table_error(table))?;
-            let provider = t.table_provider().await?;
-            ctx.register_table(table.name(), provider)?;
-        }
-        Ok(ctx)
-    }
-
     /// Every row of the table that holds `R`, read from disk at the loaded version.
     pub async fn read<R: Rows>(&self) -> Result<Vec<R>> {
         let (_ctx, frame) = self.frame(R::TABLE).await?;
